@@ -1,0 +1,59 @@
+"""Data layer: one record type (:class:`KaryoRecord`) and a loader per dataset format.
+
+``build_dataset(name, root, split, **kw)`` builds any of them by name:
+
+========== ============================================ =============================
+name       format                                       class
+========== ============================================ =============================
+voc        Pascal-VOC XML + images (CIL:54816)          :class:`datasets.voc.VOCDataset`
+coco       COCO instance JSON (polygons, RLE)           :class:`datasets.coco.COCODataset`
+labelme    LabelMe JSON polygons                        :class:`datasets.labelme.LabelMeDataset`
+yolo       YOLO txt (boxes or polygons) + data.yaml     :class:`datasets.yolo.YOLODataset`
+mfish      ADIR M-FISH ``…D.tif`` + ``…K.tif`` maps     :class:`datasets.mfish.MFISHDataset`
+crops      single-chromosome crops (BioImLab)           :class:`datasets.crops.CropDataset`
+synthetic  generated metaphases                         :class:`datasets.synthetic.SyntheticDataset`
+========== ============================================ =============================
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from .errors import AnnotationError, DataError, ImageReadError
+from .record import KaryoRecord, collate_records
+
+DATASETS: dict[str, tuple[str, str]] = {
+    "voc": ("datasets.voc", "VOCDataset"),
+    "coco": ("datasets.coco", "COCODataset"),
+    "labelme": ("datasets.labelme", "LabelMeDataset"),
+    "yolo": ("datasets.yolo", "YOLODataset"),
+    "mfish": ("datasets.mfish", "MFISHDataset"),
+    "crops": ("datasets.crops", "CropDataset"),
+    "synthetic": ("datasets.synthetic", "SyntheticDataset"),
+}
+
+
+def dataset_class(name: str):
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    module, cls = DATASETS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_dataset(name: str, root: str | os.PathLike | None, split: str = "all", **kwargs: Any):
+    """Build the dataset ``name`` (see the table above) on ``root`` for ``split``."""
+    return dataset_class(name)(root, split, **kwargs)
+
+
+__all__ = [
+    "DATASETS",
+    "AnnotationError",
+    "DataError",
+    "ImageReadError",
+    "KaryoRecord",
+    "build_dataset",
+    "collate_records",
+    "dataset_class",
+]

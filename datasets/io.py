@@ -1,0 +1,192 @@
+"""Reading images of any kind into one grey float image, and atomic file writing.
+
+Every output file of this project is written through :func:`atomic_write` (temp file in the same
+folder, fsync, rename), so an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import ImageReadError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+#: images larger than this many pixels on their longer side are refused by :func:`read_image`
+#: unless ``max_side`` is given (in which case they are downscaled with a warning)
+MAX_PIXELS = 30_000 * 30_000
+
+
+def to_grey_float(arr: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
+    """Convert an 8/16-bit or float image array (H×W, H×W×1, H×W×3 or H×W×4) to grey float32 in [0, 1].
+
+    RGB(A) is reduced to luminance (ITU-R 601 weights, alpha dropped). 16-bit images are scaled by
+    65535, floats are clipped to [0, 1] if they already lie there, otherwise min-max stretched.
+    """
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        a = a[..., :3]
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+        elif a.dtype == np.uint16:
+            a = a.astype(np.float32) / 65535.0
+        else:
+            a = a.astype(np.float32)
+        a = a @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.clip(a, 0.0, 1.0).astype(np.float32)
+    if a.ndim != 2:
+        raise ImageReadError(path, f"expected a 2-D grey or 3-channel image, got an array of shape {a.shape}")
+    if a.size == 0:
+        raise ImageReadError(path, "image has zero pixels")
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    if np.issubdtype(a.dtype, np.integer):
+        a = a.astype(np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
+    if np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise ImageReadError(path, "image contains NaN or infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return a
+        return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
+    raise ImageReadError(path, f"unsupported pixel type {a.dtype}")
+
+
+def read_image(path: str | os.PathLike, *, max_side: int | None = None) -> np.ndarray:
+    """Read an image file (PNG, JPEG, TIFF, BMP; 8- or 16-bit; grey, RGB or RGBA) as grey float32 [H, W] in [0, 1].
+
+    Args:
+        path: the image file.
+        max_side: if given and the image's longer side exceeds it, the image is downscaled (area
+            interpolation) so that the longer side equals ``max_side``, with a warning.
+
+    Raises:
+        ImageReadError: the file is missing, empty, truncated, not an image, or of an unusable shape.
+    """
+    import cv2
+
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(p, "file does not exist")
+    if p.is_dir():
+        raise ImageReadError(p, "is a folder, not an image file")
+    if p.stat().st_size == 0:
+        raise ImageReadError(p, "file is empty (0 bytes)")
+    arr = None
+    if p.suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile
+
+            arr = tifffile.imread(str(p))
+        except Exception:  # fall back to OpenCV/PIL below; tifffile is optional
+            arr = None
+    if arr is None:
+        data = np.fromfile(str(p), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if arr is not None and arr.ndim == 3 and arr.shape[2] >= 3:
+            arr = arr[..., [2, 1, 0]] if arr.shape[2] == 3 else arr[..., [2, 1, 0, 3]]
+    if arr is None:
+        try:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                im.load()
+                arr = np.asarray(im)
+        except Exception as exc:
+            raise ImageReadError(p, f"not a readable image (truncated, corrupt or wrong format): {exc}") from None
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # channel-first TIFF
+    if arr.ndim > 3 or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        raise ImageReadError(p, f"image has shape {arr.shape}: multi-page or multi-plane images are not supported")
+    img = to_grey_float(arr, p)
+    h, w = img.shape
+    if h < 2 or w < 2:
+        raise ImageReadError(p, f"image is only {w}x{h} pixels")
+    if max_side is not None and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        warnings.warn(f"{p}: {w}x{h} image downscaled to {nw}x{nh} (longer side limited to {max_side} px)", stacklevel=2)
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (by extension) directly in ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
+    """Open a temp file beside ``path``; on success it is fsynced and renamed onto ``path``.
+
+    On any exception the temp file is removed and ``path`` is left as it was.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, **kwargs: Any) -> None:
+    """Write ``obj`` as JSON atomically."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, **({"indent": 1} | kwargs))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically: a kill during the write leaves the previous file intact."""
+    import torch
+
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def atomic_save_figure(fig: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """Save a matplotlib figure atomically; the format follows the file extension."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=fmt, **kwargs)
+
+
+def atomic_write_image(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Write a uint8 grey or RGB image (PNG/JPEG by extension) atomically."""
+    import cv2
+
+    a = np.asarray(img)
+    if a.ndim == 3:
+        a = a[..., ::-1]  # RGB -> BGR for OpenCV
+    ok, buf = cv2.imencode(Path(path).suffix or ".png", np.ascontiguousarray(a))
+    if not ok:
+        raise OSError(f"{path}: could not encode image")
+    with atomic_write(path, "wb") as f:
+        f.write(buf.tobytes())
