@@ -54,7 +54,9 @@ class RecordDataset(torch.utils.data.Dataset):
         items, groups = self.index()
         if len(items) == 0:
             raise DataError(self.root, f"no {self.source} samples found (is this the right folder and format?)")
-        self.items = select_split(items, groups, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        self.items = select_split(
+            items, groups, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+        )
         if len(self.items) == 0:
             raise DataError(self.root, f"split {split!r} of {len(items)} {self.source} samples is empty")
 

@@ -126,7 +126,9 @@ def read_image(path: str | os.PathLike, *, max_side: int | None = None) -> np.nd
     if max_side is not None and max(h, w) > max_side:
         s = max_side / max(h, w)
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
-        warnings.warn(f"{p}: {w}x{h} image downscaled to {nw}x{nh} (longer side limited to {max_side} px)", stacklevel=2)
+        warnings.warn(
+            f"{p}: {w}x{h} image downscaled to {nw}x{nh} (longer side limited to {max_side} px)", stacklevel=2
+        )
         img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
     return img
 

@@ -175,7 +175,9 @@ class KaryoRecord:
             masks = boxes_to_masks(self.boxes, self.height, self.width)
         labels = np.ones(n, np.int64) if agnostic else self.labels
         if not agnostic and n and (labels <= 0).any():
-            raise AnnotationError(self.meta.get("path"), "unknown (0) labels cannot train a 24-class model; use agnostic")
+            raise AnnotationError(
+                self.meta.get("path"), "unknown (0) labels cannot train a 24-class model; use agnostic"
+            )
         return {
             "boxes": torch.from_numpy(np.ascontiguousarray(self.boxes)).float(),
             "labels": torch.from_numpy(np.ascontiguousarray(labels)).long(),

@@ -28,7 +28,9 @@ def assign_splits(
     2
     """
     if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) and sum below 1")
+        raise ValueError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) and sum below 1"
+        )
     uniq = sorted(set(map(str, groups)), key=lambda g: _key(g, seed))
     n = len(uniq)
     n_test = round(test_fraction * n)
@@ -42,7 +44,13 @@ def assign_splits(
 
 
 def select_split(
-    items: Sequence, groups: Sequence[str], split: str, *, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0
+    items: Sequence,
+    groups: Sequence[str],
+    split: str,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    seed: int = 0,
 ) -> list:
     """The items whose group falls in ``split`` ("train", "val", "test" or "all"), in their original order."""
     if split not in SPLITS:
