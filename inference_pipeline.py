@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 DEFAULT_SEG_WEIGHTS = ROOT / "weights" / "segmentation.pt"
 DEFAULT_CLS_WEIGHTS = ROOT / "weights" / "classifier.pt"
-DEFAULT_EXAMPLE = ROOT / "examples" / "cil_103071.jpg"
+DEFAULT_EXAMPLE = ROOT / "examples" / "cil_104023.jpg"
 #: images whose longer side exceeds this are downscaled for processing (outputs are mapped back)
 DEFAULT_MAX_SIDE = 2048
 
