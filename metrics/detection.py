@@ -1,0 +1,322 @@
+"""COCO-style detection and instance-segmentation metrics (box and mask AP) through pycocotools.
+
+Everything is built in memory (no JSON files): ground-truth and predicted :class:`KaryoRecord` lists are
+turned into two ``pycocotools.coco.COCO`` objects and scored with ``COCOeval``.
+
+Definitions (COCO, Lin et al. 2014):
+
+* ``AP`` is the mean over the ten IoU thresholds 0.50:0.05:0.95 and over the categories that have at
+  least one ground-truth instance of the 101-point interpolated precision at recall 0, 0.01, ..., 1.
+* ``AP50`` / ``AP75`` are the same at a single IoU threshold of 0.50 / 0.75.
+* IoU is box IoU for ``bbox`` and mask IoU (pixels) for ``segm``; a detection matches a ground truth
+  when IoU >= threshold, greedily in order of decreasing score, each ground truth at most once.
+
+All values are fractions in [0, 1]. A quantity with nothing to average over (no ground-truth instance
+in any image) is returned as ``nan`` (pycocotools writes -1 there).
+
+Detections per image: pycocotools' default ``maxDets=(1, 10, 100)`` keeps only the 100 highest-scoring
+detections of each image. A human metaphase has 46 chromosomes (more with aneuploidy, polyploid cells
+or debris), and a Mask R-CNN with a low score threshold emits many more candidates than that; a cap of
+100 would silently drop low-scoring true positives and bias AP. We therefore evaluate with
+``max_dets=(1, 10, 100, 300)`` by default and read AP at the last (largest) cap. We compute AP from
+``COCOeval.eval["precision"]`` ourselves, because ``COCOeval.summarize`` hard-codes a cap of 100.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from datasets.record import KaryoRecord, boxes_to_masks
+from karyogram.labels import NUM_CLASSES, name_of
+
+__all__ = ["coco_evaluate", "COCOEvaluator", "records_from_predictions", "DEFAULT_MAX_DETS"]
+
+#: detection caps per image used by :func:`coco_evaluate`; AP is read at the last one
+DEFAULT_MAX_DETS: tuple[int, ...] = (1, 10, 100, 300)
+
+_IOU_TYPES = ("bbox", "segm")
+
+
+def _encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
+    """RLE-encode binary masks uint8 [N, H, W] (any non-zero pixel is foreground) for pycocotools."""
+    if len(masks) == 0:
+        return []
+    fortran = np.asfortranarray((np.asarray(masks) > 0).transpose(1, 2, 0).astype(np.uint8))
+    return list(mask_utils.encode(fortran))
+
+
+def _record_masks(rec: KaryoRecord) -> tuple[np.ndarray, bool]:
+    """Masks uint8 [N, H, W] of a record and whether they had to be filled in from the boxes."""
+    if rec.masks is not None:
+        return rec.masks, False
+    return boxes_to_masks(rec.boxes, rec.height, rec.width), True
+
+
+def _check_labels(rec: KaryoRecord, which: str, index: int, agnostic: bool) -> np.ndarray:
+    labels = np.asarray(rec.labels, np.int64)
+    if agnostic:
+        return np.ones(len(labels), np.int64)
+    bad = labels[(labels < 1) | (labels > NUM_CLASSES)]
+    if len(bad):
+        raise ValueError(
+            f"{which} record {index} (image_id={rec.image_id!r}) has labels {sorted(set(bad.tolist()))} outside "
+            f"1..{NUM_CLASSES}; class-aware AP needs a chromosome class on every instance: use agnostic=True"
+        )
+    return labels
+
+
+def _build_coco(records: Sequence[KaryoRecord], *, is_gt: bool, agnostic: bool, need_segm: bool) -> tuple[COCO, bool]:
+    """An in-memory COCO object for ``records`` (image ids are list positions + 1).
+
+    Returns the COCO object and whether any record's masks were filled in from its boxes.
+    """
+    images, anns = [], []
+    from_boxes = False
+    ann_id = 1
+    for i, rec in enumerate(records):
+        img_id = i + 1
+        images.append({"id": img_id, "height": rec.height, "width": rec.width})
+        n = len(rec)
+        if n == 0:
+            continue
+        labels = _check_labels(rec, "ground-truth" if is_gt else "predicted", i, agnostic)
+        if rec.boxes.shape != (n, 4):
+            raise ValueError(f"record {i} (image_id={rec.image_id!r}): boxes shape {rec.boxes.shape} != {(n, 4)}")
+        if is_gt:
+            scores = np.ones(n, np.float32)
+        elif rec.scores is None:
+            scores = np.ones(n, np.float32)  # no scores: every detection equally confident
+        else:
+            scores = np.asarray(rec.scores, np.float32)
+            if scores.shape != (n,):
+                raise ValueError(f"predicted record {i}: scores shape {scores.shape} != {(n,)}")
+        rles: list[dict[str, Any]] | None = None
+        areas = (rec.boxes[:, 2] - rec.boxes[:, 0]) * (rec.boxes[:, 3] - rec.boxes[:, 1])
+        if need_segm:
+            masks, filled = _record_masks(rec)
+            from_boxes |= filled
+            if masks.shape != (n, rec.height, rec.width):
+                raise ValueError(f"record {i}: masks shape {masks.shape} != {(n, rec.height, rec.width)}")
+            rles = _encode_masks(masks)
+            areas = mask_utils.area(rles).astype(np.float64)
+        for j in range(n):
+            x1, y1, x2, y2 = (float(v) for v in rec.boxes[j])
+            ann: dict[str, Any] = {
+                "id": ann_id,
+                "image_id": img_id,
+                "category_id": int(labels[j]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": float(areas[j]),
+                "iscrowd": 0,
+            }
+            if rles is not None:
+                ann["segmentation"] = rles[j]
+            if not is_gt:
+                ann["score"] = float(scores[j])
+            anns.append(ann)
+            ann_id += 1
+    cat_ids = [1] if agnostic else list(range(1, NUM_CLASSES + 1))
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": c, "name": str(c)} for c in cat_ids]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco, from_boxes
+
+
+def _mean_valid(a: np.ndarray) -> float:
+    """Mean of the entries > -1 (pycocotools marks undefined precision with -1); nan if there are none."""
+    v = a[a > -1]
+    if not v.size:
+        return math.nan
+    # pycocotools divides by (tp + fp + np.spacing(1)), so a perfect precision is 1 - 2e-16; rounding to
+    # 12 decimals removes that artefact (AP's own resolution is far coarser) and makes perfect exactly 1.0
+    return round(math.fsum(v.tolist()) / v.size, 12)
+
+
+def coco_evaluate(
+    gt: Sequence[KaryoRecord],
+    pred: Sequence[KaryoRecord],
+    *,
+    agnostic: bool = False,
+    iou_types: Sequence[str] = _IOU_TYPES,
+    max_dets: Sequence[int] = DEFAULT_MAX_DETS,
+) -> dict[str, Any]:
+    """COCO box and mask AP of predictions against ground truth, image by image (list positions pair up).
+
+    Args:
+        gt: ground-truth records; ``labels`` 1..24 (or anything when ``agnostic``), ``masks`` uint8
+            [N, H, W] or None (then the filled boxes stand in for the masks, and the result carries
+            ``"segm_gt_from_boxes": 1.0``).
+        pred: one predicted record per ground-truth record, same image size; ``scores`` float32 [M]
+            (None means 1.0 for every detection); ``masks`` None means filled boxes.
+        agnostic: score detection only: every label becomes 1 (one "chromosome" category).
+        iou_types: any of ``"bbox"``, ``"segm"``.
+        max_dets: detection caps per image (ascending); AP is read at the last. See the module docstring.
+
+    Returns:
+        A flat dict: ``{t}_AP``, ``{t}_AP50``, ``{t}_AP75`` for each IoU type ``t`` (fractions; nan when no
+        image has a ground-truth instance), ``segm_gt_from_boxes`` (1.0 or 0.0) when segm is evaluated,
+        and, unless ``agnostic``, ``per_class_bbox_AP50`` (and ``per_class_segm_AP50``): ``{name: AP50}``
+        for the classes ("1".."22", "X", "Y") that have at least one ground-truth instance.
+
+    Raises:
+        ValueError: lists of different lengths, image sizes that differ, unknown IoU types, labels
+            outside 1..24 when not agnostic.
+    """
+    gt, pred = list(gt), list(pred)
+    if len(gt) != len(pred):
+        raise ValueError(f"{len(gt)} ground-truth records but {len(pred)} predicted records; pass one per image")
+    for i, (g, p) in enumerate(zip(gt, pred)):
+        if (g.height, g.width) != (p.height, p.width):
+            raise ValueError(
+                f"image {i} (image_id={g.image_id!r}): gt is {g.width}x{g.height}, pred {p.width}x{p.height}"
+            )
+    iou_types = tuple(iou_types)
+    unknown = [t for t in iou_types if t not in _IOU_TYPES]
+    if unknown or not iou_types:
+        raise ValueError(f"iou_types must be a non-empty subset of {_IOU_TYPES}, got {iou_types}")
+    max_dets = sorted(int(m) for m in max_dets)
+    if not max_dets or max_dets[0] < 1:
+        raise ValueError(f"max_dets must be positive integers, got {max_dets}")
+
+    need_segm = "segm" in iou_types
+    coco_gt, gt_from_boxes = _build_coco(gt, is_gt=True, agnostic=agnostic, need_segm=need_segm)
+    coco_dt, _ = _build_coco(pred, is_gt=False, agnostic=agnostic, need_segm=need_segm)
+
+    out: dict[str, Any] = {}
+    for t in iou_types:
+        ev = COCOeval(coco_gt, coco_dt, iouType=t)
+        ev.params.imgIds = list(range(1, len(gt) + 1))
+        ev.params.maxDets = list(max_dets)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.evaluate()
+            ev.accumulate()
+        if len(gt) == 0 or not ev.eval:
+            prec = -np.ones((len(ev.params.iouThrs), 1, len(ev.params.catIds), 1, 1))
+        else:
+            prec = ev.eval["precision"]  # [T iou thresholds, R recall points, K classes, A areas, M caps]
+        prec = prec[:, :, :, 0, -1]  # area "all", largest cap
+        iou_thrs = np.asarray(ev.params.iouThrs)
+        i50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
+        i75 = int(np.argmin(np.abs(iou_thrs - 0.75)))
+        out[f"{t}_AP"] = _mean_valid(prec)
+        out[f"{t}_AP50"] = _mean_valid(prec[i50])
+        out[f"{t}_AP75"] = _mean_valid(prec[i75])
+        if not agnostic:
+            per_class = {}
+            for k, cat in enumerate(ev.params.catIds):
+                v = _mean_valid(prec[i50, :, k])
+                if not math.isnan(v):
+                    per_class[name_of(int(cat))] = v
+            out[f"per_class_{t}_AP50"] = per_class
+    if need_segm:
+        out["segm_gt_from_boxes"] = 1.0 if gt_from_boxes else 0.0
+    return out
+
+
+class COCOEvaluator:
+    """detectron2-style evaluator: ``reset()``, then ``process(gt, pred)`` per batch, then ``evaluate()``.
+
+    Records are kept (masks included) until :meth:`evaluate`, which calls :func:`coco_evaluate` on all of
+    them; use one evaluator per evaluation pass.
+    """
+
+    def __init__(
+        self,
+        *,
+        agnostic: bool = False,
+        iou_types: Sequence[str] = _IOU_TYPES,
+        max_dets: Sequence[int] = DEFAULT_MAX_DETS,
+    ) -> None:
+        self.agnostic = agnostic
+        self.iou_types = tuple(iou_types)
+        self.max_dets = tuple(max_dets)
+        self._gt: list[KaryoRecord] = []
+        self._pred: list[KaryoRecord] = []
+
+    def reset(self) -> None:
+        """Forget everything processed so far."""
+        self._gt, self._pred = [], []
+
+    def process(self, gt_records: Sequence[KaryoRecord], pred_records: Sequence[KaryoRecord]) -> None:
+        """Add one batch: ``gt_records[i]`` and ``pred_records[i]`` describe the same image."""
+        gt_records, pred_records = list(gt_records), list(pred_records)
+        if len(gt_records) != len(pred_records):
+            raise ValueError(f"process() got {len(gt_records)} ground-truth and {len(pred_records)} predicted records")
+        self._gt.extend(gt_records)
+        self._pred.extend(pred_records)
+
+    def __len__(self) -> int:
+        return len(self._gt)
+
+    def evaluate(self) -> dict[str, Any]:
+        """The :func:`coco_evaluate` dict over every processed image."""
+        return coco_evaluate(
+            self._gt, self._pred, agnostic=self.agnostic, iou_types=self.iou_types, max_dets=self.max_dets
+        )
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def records_from_predictions(
+    outputs: Sequence[dict[str, Any]],
+    images: Sequence[Any],
+    mask_thresh: float = 0.5,
+) -> list[KaryoRecord]:
+    """Convert torchvision Mask R-CNN outputs into predicted :class:`KaryoRecord` objects.
+
+    Args:
+        outputs: one dict per image with ``boxes`` FloatTensor[M, 4] (xyxy pixels), ``labels``
+            Int64Tensor[M], ``scores`` FloatTensor[M] and optionally ``masks`` FloatTensor[M, 1, H, W]
+            (probabilities in [0, 1]); numpy arrays work too.
+        images: per image, either the input :class:`KaryoRecord` (its image and ``meta`` are copied),
+            a grey image [H, W], or a tensor [1, H, W] / [3, H, W] (first channel used).
+        mask_thresh: a mask pixel is foreground when its probability is > ``mask_thresh``.
+
+    Returns:
+        Records with ``masks`` uint8 [M, H, W] in {0, 1} (None if the outputs carry no masks) and
+        ``scores`` float32 [M]; ``meta["image_id"]`` is the input record's, else the list position.
+    """
+    outputs, images = list(outputs), list(images)
+    if len(outputs) != len(images):
+        raise ValueError(f"{len(outputs)} outputs but {len(images)} images")
+    if not 0.0 <= mask_thresh < 1.0:
+        raise ValueError(f"mask_thresh must be in [0, 1), got {mask_thresh}")
+    recs = []
+    for i, (out, img) in enumerate(zip(outputs, images)):
+        if isinstance(img, KaryoRecord):
+            image, meta = img.image, dict(img.meta)
+        else:
+            image = _to_numpy(img).astype(np.float32)
+            if image.ndim == 3:
+                image = image[0]
+            meta = {"image_id": str(i)}
+        if image.ndim != 2:
+            raise ValueError(f"image {i}: expected [H, W] or [C, H, W], got shape {image.shape}")
+        meta.setdefault("image_id", str(i))
+        h, w = image.shape
+        boxes = _to_numpy(out["boxes"]).astype(np.float32).reshape(-1, 4)
+        labels = _to_numpy(out["labels"]).astype(np.int64).reshape(-1)
+        scores = _to_numpy(out["scores"]).astype(np.float32).reshape(-1)
+        m = len(boxes)
+        if labels.shape != (m,) or scores.shape != (m,):
+            raise ValueError(f"output {i}: {m} boxes but {labels.shape[0]} labels and {scores.shape[0]} scores")
+        masks = None
+        if "masks" in out and out["masks"] is not None:
+            prob = _to_numpy(out["masks"]).reshape(m, h, w)
+            masks = (prob > mask_thresh).astype(np.uint8)
+        recs.append(KaryoRecord(image=image, boxes=boxes, labels=labels, masks=masks, scores=scores, meta=meta))
+    return recs

@@ -1,0 +1,470 @@
+"""Instance matching, panoptic quality and aggregated Jaccard index (after stardist's ``matching.py``).
+
+Chromosomes overlap, so besides integer label maps (stardist's input) every function here also works
+on *stacked binary masks* ``uint8 [N, H, W]``, one plane per instance, where a pixel may belong to
+several instances.
+
+Definitions used throughout (``score`` is IoU unless another criterion is chosen):
+
+* IoU(a, b) = |a ∩ b| / |a ∪ b|; IoT = |a ∩ b| / |a| (over the true instance); IoP = |a ∩ b| / |b|
+  (over the predicted instance); areas in pixels.
+* Matching: one-to-one, optimal (Hungarian, ``scipy.optimize.linear_sum_assignment``): first the number
+  of pairs with score >= ``thresh`` is maximised, then the sum of their scores. A pair is a true
+  positive when its score >= ``thresh`` (the ``>=`` of COCO and stardist). For IoU and thresh >= 0.5 a
+  true instance can overlap at most one prediction that much (except at exact equality), so the
+  optimal matching is then the same as greedy matching.
+* tp, fp = n_pred - tp, fn = n_true - tp; precision = tp / n_pred; recall = tp / n_true;
+  accuracy = tp / (tp + fp + fn); f1 = 2 tp / (2 tp + fp + fn);
+  mean_true_score = (sum of matched scores) / n_true; mean_matched_score = (sum of matched scores) / tp;
+  panoptic_quality (Kirillov et al. 2019) = (sum of matched IoU) / (tp + fp/2 + fn/2)
+  = SQ * RQ with SQ = mean_matched_score and RQ = f1.
+* Empty inputs (0/0): when both ground truth and prediction are empty every ratio is 1.0 (nothing to
+  find and nothing claimed: a perfect answer); when only one side is empty every 0/0 ratio is 0.0.
+  So an empty prediction of a non-empty image scores precision = recall = f1 = PQ = 0, and a perfect
+  prediction scores exactly 1.0 everywhere.
+* Aggregation over images (:func:`matching_dataset`): tp, fp, fn, n_true, n_pred and the sum of matched
+  scores are *summed* over images and the ratios computed once from the sums (micro average), not
+  averaged per image, unless ``by_image=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from karyogram.labels import name_of
+
+__all__ = [
+    "Matching",
+    "CRITERIA",
+    "matching",
+    "matching_masks",
+    "matching_dataset",
+    "iou_matrix",
+    "box_iou",
+    "panoptic_quality_all",
+    "multiclass_panoptic_quality",
+    "aggregated_jaccard_index",
+]
+
+
+class Matching(NamedTuple):
+    """Result of matching ground-truth instances to predicted instances (see the module docstring).
+
+    ``tp``, ``fp``, ``fn``, ``n_true``, ``n_pred`` are counts (floats only for ``by_image`` averages);
+    the others are fractions in [0, 1]; ``sum_matched_score`` is the sum of the true positives' scores.
+    """
+
+    criterion: str
+    thresh: float
+    fp: int
+    tp: int
+    fn: int
+    precision: float
+    recall: float
+    accuracy: float
+    f1: float
+    n_true: int
+    n_pred: int
+    mean_true_score: float
+    mean_matched_score: float
+    panoptic_quality: float
+    sum_matched_score: float
+
+
+def _intersection_over_union(overlap: np.ndarray, area_true: np.ndarray, area_pred: np.ndarray) -> np.ndarray:
+    union = area_true[:, None] + area_pred[None, :] - overlap
+    return np.divide(overlap, union, out=np.zeros_like(overlap), where=union > 0)
+
+
+def _intersection_over_true(overlap: np.ndarray, area_true: np.ndarray, area_pred: np.ndarray) -> np.ndarray:
+    den = np.broadcast_to(area_true[:, None], overlap.shape)
+    return np.divide(overlap, den, out=np.zeros_like(overlap), where=den > 0)
+
+
+def _intersection_over_pred(overlap: np.ndarray, area_true: np.ndarray, area_pred: np.ndarray) -> np.ndarray:
+    den = np.broadcast_to(area_pred[None, :], overlap.shape)
+    return np.divide(overlap, den, out=np.zeros_like(overlap), where=den > 0)
+
+
+#: score of every (true, pred) pair from the overlap matrix [N, M] and the areas [N], [M] (pixels)
+CRITERIA = {
+    "iou": _intersection_over_union,
+    "iot": _intersection_over_true,
+    "iop": _intersection_over_pred,
+}
+
+
+def _ratio(num: float, den: float, both_empty: bool) -> float:
+    """num / den, with 0/0 = 1.0 when ground truth and prediction are both empty and 0.0 otherwise."""
+    if den > 0:
+        return float(num) / float(den)
+    return 1.0 if both_empty else 0.0
+
+
+def _check_thresh_criterion(thresh: float, criterion: str) -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
+    if not 0.0 < float(thresh) <= 1.0:
+        raise ValueError(f"thresh must be in (0, 1], got {thresh}")
+
+
+def _from_counts(criterion: str, thresh: float, tp: float, n_true: float, n_pred: float, sum_score: float) -> Matching:
+    """A :class:`Matching` from the counts and the sum of matched scores (the ratios of the module docstring)."""
+    fp, fn = n_pred - tp, n_true - tp
+    empty = n_true == 0 and n_pred == 0
+    return Matching(
+        criterion=criterion,
+        thresh=float(thresh),
+        fp=fp,
+        tp=tp,
+        fn=fn,
+        precision=_ratio(tp, n_pred, empty),
+        recall=_ratio(tp, n_true, empty),
+        accuracy=_ratio(tp, tp + fp + fn, empty),
+        f1=_ratio(2 * tp, 2 * tp + fp + fn, empty),
+        n_true=n_true,
+        n_pred=n_pred,
+        mean_true_score=_ratio(sum_score, n_true, empty),
+        mean_matched_score=_ratio(sum_score, tp, empty),
+        panoptic_quality=_ratio(sum_score, tp + fp / 2 + fn / 2, empty),
+        sum_matched_score=float(sum_score),
+    )
+
+
+def _assign(scores: np.ndarray, thresh: float) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal one-to-one pairs (true_ind, pred_ind) with score >= thresh, from scores [N, M].
+
+    Maximises the number of such pairs first, then the sum of their scores (stardist's cost:
+    ``-(score >= thresh) - score / (2 * min(N, M))``; the second term sums to less than 1).
+    """
+    n, m = scores.shape
+    if n == 0 or m == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ok = scores >= thresh
+    if not ok.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cost = -ok.astype(np.float64) - scores / (2 * min(n, m))
+    ti, pi = linear_sum_assignment(cost)
+    keep = ok[ti, pi]
+    return ti[keep].astype(np.int64), pi[keep].astype(np.int64)
+
+
+def _match_from_overlap(
+    overlap: np.ndarray, area_true: np.ndarray, area_pred: np.ndarray, thresh: float, criterion: str
+) -> Matching:
+    scores = CRITERIA[criterion](overlap, area_true, area_pred)
+    ti, pi = _assign(scores, thresh)
+    sum_score = float(scores[ti, pi].sum()) if len(ti) else 0.0
+    return _from_counts(criterion, thresh, len(ti), len(area_true), len(area_pred), sum_score)
+
+
+# ---------------------------------------------------------------------------------------------- label maps
+def _check_label_map(y: np.ndarray, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        raise ValueError(f"{name} must be an integer label map, got dtype {y.dtype}")
+    if y.size and y.min() < 0:
+        raise ValueError(f"{name} has negative labels (min {y.min()}); labels are 0 (background) or positive ids")
+    return y.astype(np.int64)
+
+
+def _label_overlap(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Overlap [N, M] and areas [N], [M] (pixels) of the instances of two label maps (ids need not be sequential)."""
+    t_ids, t_inv = np.unique(y_true.ravel(), return_inverse=True)
+    p_ids, p_inv = np.unique(y_pred.ravel(), return_inverse=True)
+    # make row/column 0 the background whether or not label 0 occurs
+    t_off = 0 if (len(t_ids) and t_ids[0] == 0) else 1
+    p_off = 0 if (len(p_ids) and p_ids[0] == 0) else 1
+    nt, np_ = len(t_ids) + t_off, len(p_ids) + p_off
+    hist = np.bincount((t_inv + t_off) * np_ + (p_inv + p_off), minlength=nt * np_).reshape(nt, np_)
+    overlap = hist[1:, 1:].astype(np.float64)
+    area_true = hist[1:, :].sum(1).astype(np.float64)
+    area_pred = hist[:, 1:].sum(0).astype(np.float64)
+    return overlap, area_true, area_pred
+
+
+def matching(y_true: np.ndarray, y_pred: np.ndarray, thresh: float = 0.5, criterion: str = "iou") -> Matching:
+    """Match the instances of two integer label maps int[H, W] (0 = background, any positive ids).
+
+    Args:
+        y_true: ground-truth label map.
+        y_pred: predicted label map, same shape.
+        thresh: a matched pair counts as a true positive when its score >= thresh (0 < thresh <= 1).
+        criterion: ``"iou"``, ``"iot"`` (intersection over true) or ``"iop"`` (intersection over pred).
+
+    Returns:
+        :class:`Matching` (definitions in the module docstring).
+
+    Two 10x10 squares, the prediction shifted by 5 pixels: IoU = 50 / 150 = 1/3.
+
+    >>> t = np.zeros((20, 20), int); t[0:10, 0:10] = 1
+    >>> p = np.zeros((20, 20), int); p[0:10, 5:15] = 7
+    >>> m = matching(t, p, thresh=0.5); (m.tp, m.fp, m.fn)
+    (0, 1, 1)
+    >>> m = matching(t, p, thresh=0.3); (m.tp, round(m.panoptic_quality, 4), m.f1)
+    (1, 0.3333, 1.0)
+    """
+    _check_thresh_criterion(thresh, criterion)
+    y_true = _check_label_map(y_true, "y_true")
+    y_pred = _check_label_map(y_pred, "y_pred")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has shape {y_true.shape} but y_pred has shape {y_pred.shape}")
+    return _match_from_overlap(*_label_overlap(y_true, y_pred), thresh, criterion)
+
+
+# ---------------------------------------------------------------------------------------------- stacked masks
+def _check_masks(masks: np.ndarray, name: str) -> np.ndarray:
+    a = np.asarray(masks)
+    if a.ndim != 3:
+        raise ValueError(f"{name} must be stacked binary masks [N, H, W], got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+        raise ValueError(f"{name} must be binary (bool or integer 0/1) masks, got dtype {a.dtype}")
+    return a
+
+
+#: pixels per chunk in :func:`_mask_overlap`; float32 sums stay exact below 2**24
+_CHUNK = 1 << 18
+
+
+def _mask_overlap(true_masks: np.ndarray, pred_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairwise intersections float64 [N, M] and areas [N], [M] (pixels) of stacked binary masks.
+
+    Vectorised as a matrix product of the flattened masks, in pixel chunks so that float32 counts stay
+    exact and memory stays at N * chunk floats.
+    """
+    t = _check_masks(true_masks, "true_masks")
+    p = _check_masks(pred_masks, "pred_masks")
+    if t.shape[1:] != p.shape[1:]:
+        raise ValueError(f"true masks are {t.shape[1:]} pixels but pred masks are {p.shape[1:]}")
+    n, m = t.shape[0], p.shape[0]
+    n_px = int(np.prod(t.shape[1:]))
+    tf = t.reshape(n, n_px)
+    pf = p.reshape(m, n_px)
+    inter = np.zeros((n, m), np.float64)
+    area_t = np.zeros(n, np.float64)
+    area_p = np.zeros(m, np.float64)
+    for s in range(0, tf.shape[1], _CHUNK):
+        a = (tf[:, s : s + _CHUNK] > 0).astype(np.float32)
+        b = (pf[:, s : s + _CHUNK] > 0).astype(np.float32)
+        area_t += a.sum(1, dtype=np.float64)
+        area_p += b.sum(1, dtype=np.float64)
+        if n and m:
+            inter += a @ b.T
+    return inter, area_t, area_p
+
+
+def iou_matrix(true_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
+    """Mask IoU float64 [N, M] between stacked binary masks [N, H, W] and [M, H, W] (0 where both are empty).
+
+    >>> a = np.zeros((1, 4, 4), np.uint8); a[0, :2] = 1
+    >>> b = np.zeros((1, 4, 4), np.uint8); b[0, 1:3] = 1
+    >>> iou_matrix(a, b).round(4).tolist()
+    [[0.3333]]
+    """
+    return _intersection_over_union(*_mask_overlap(true_masks, pred_masks))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU float64 [N, M] of boxes a [N, 4] and b [M, 4] in ``x1, y1, x2, y2`` (continuous pixel coordinates).
+
+    Area of a box = (x2 - x1) * (y2 - y1); 0 where both boxes have zero area.
+
+    >>> box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10]])).round(4).tolist()
+    [[0.3333]]
+    """
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    for name, x in (("a", a), ("b", b)):
+        if ((x[:, 2] < x[:, 0]) | (x[:, 3] < x[:, 1])).any():
+            raise ValueError(f"boxes {name} must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1")
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    return _intersection_over_union(inter, area_a, area_b)
+
+
+def matching_masks(
+    true_masks: np.ndarray, pred_masks: np.ndarray, thresh: float = 0.5, criterion: str = "iou"
+) -> Matching:
+    """Like :func:`matching`, on stacked binary masks uint8 [N, H, W] and [M, H, W] (overlaps allowed)."""
+    _check_thresh_criterion(thresh, criterion)
+    return _match_from_overlap(*_mask_overlap(true_masks, pred_masks), thresh, criterion)
+
+
+def _match_any(y_true: np.ndarray, y_pred: np.ndarray, thresh: float, criterion: str) -> Matching:
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    if t.ndim == 2 and p.ndim == 2:
+        return matching(t, p, thresh, criterion)
+    if t.ndim == 3 and p.ndim == 3:
+        return matching_masks(t, p, thresh, criterion)
+    raise ValueError(f"expected two label maps [H, W] or two mask stacks [N, H, W], got shapes {t.shape}, {p.shape}")
+
+
+def matching_dataset(
+    list_true: Sequence[np.ndarray],
+    list_pred: Sequence[np.ndarray],
+    thresh: float = 0.5,
+    criterion: str = "iou",
+    by_image: bool = False,
+) -> Matching:
+    """Match image by image and aggregate over a dataset.
+
+    Args:
+        list_true / list_pred: per image either a label map int[H, W] or stacked masks uint8 [N, H, W]
+            (both sides of an image in the same form).
+        by_image: False (default): tp, fp, fn, n_true, n_pred and the sum of matched scores are summed
+            over the images, then the ratios are computed once from those sums (each instance weighs
+            the same). True: every field is the mean over images of the per-image value (each image
+            weighs the same; counts become floats).
+    """
+    list_true, list_pred = list(list_true), list(list_pred)
+    if len(list_true) != len(list_pred):
+        raise ValueError(f"{len(list_true)} ground-truth images but {len(list_pred)} predicted images")
+    _check_thresh_criterion(thresh, criterion)
+    per_image = [_match_any(t, p, thresh, criterion) for t, p in zip(list_true, list_pred)]
+    if by_image:
+        if not per_image:
+            return _from_counts(criterion, thresh, 0, 0, 0, 0.0)
+        fields = {
+            k: float(np.mean([getattr(r, k) for r in per_image]))
+            for k in Matching._fields
+            if k not in ("criterion", "thresh")
+        }
+        return Matching(criterion=criterion, thresh=float(thresh), **fields)
+    return _from_counts(
+        criterion,
+        thresh,
+        sum(r.tp for r in per_image),
+        sum(r.n_true for r in per_image),
+        sum(r.n_pred for r in per_image),
+        sum(r.sum_matched_score for r in per_image),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- PQ
+def panoptic_quality_all(
+    true_masks_list: Sequence[np.ndarray], pred_masks_list: Sequence[np.ndarray], thresh: float = 0.5
+) -> float:
+    """Class-agnostic panoptic quality over a dataset: every chromosome is one class "chromosome".
+
+    PQ = (sum of matched IoU) / (TP + FP/2 + FN/2), matched at IoU >= 0.5, counts and IoU sums pooled over
+    all images (see :func:`matching_dataset`). 1.0 when both sides are empty everywhere.
+    """
+    return matching_dataset(true_masks_list, pred_masks_list, thresh=thresh, criterion="iou").panoptic_quality
+
+
+def multiclass_panoptic_quality(
+    true_masks_list: Sequence[np.ndarray],
+    true_labels_list: Sequence[np.ndarray],
+    pred_masks_list: Sequence[np.ndarray],
+    pred_labels_list: Sequence[np.ndarray],
+    classes: Iterable[int] = range(1, 25),
+    thresh: float = 0.5,
+) -> tuple[float, dict[str, float]]:
+    """Multi-class panoptic quality (mPQ, as the dataset-level mPQ+ of the CoNIC challenge).
+
+    For each class c in ``classes``: in every image, the true instances labelled c are matched to the
+    predicted instances labelled c (one-to-one, IoU >= ``thresh``); TP_c, FP_c, FN_c and the sum of
+    matched IoU are summed over all images and PQ_c = sum IoU_c / (TP_c + FP_c/2 + FN_c/2). A class is
+    *present* when it has at least one true or predicted instance in the dataset; mPQ is the mean of
+    PQ_c over the present classes. Instances whose label is not in ``classes`` (e.g. 0, unknown) are
+    ignored on both sides. With no present class at all mPQ = 1.0 (empty vs empty).
+
+    Args:
+        true_masks_list / pred_masks_list: per image, stacked binary masks uint8 [N, H, W] / [M, H, W].
+        true_labels_list / pred_labels_list: per image, class ids int[N] / int[M] (1..22, 23 = X, 24 = Y).
+
+    Returns:
+        ``(mPQ, {class name: PQ_c})`` with only the present classes in the dict.
+    """
+    _check_thresh_criterion(thresh, "iou")
+    n_img = len(true_masks_list)
+    if not (len(true_labels_list) == len(pred_masks_list) == len(pred_labels_list) == n_img):
+        raise ValueError("true_masks_list, true_labels_list, pred_masks_list and pred_labels_list differ in length")
+    classes = [int(c) for c in classes]
+    tp = dict.fromkeys(classes, 0)
+    nt = dict.fromkeys(classes, 0)
+    npred = dict.fromkeys(classes, 0)
+    s_iou = dict.fromkeys(classes, 0.0)
+    for i in range(n_img):
+        tm = _check_masks(true_masks_list[i], f"true_masks_list[{i}]")
+        pm = _check_masks(pred_masks_list[i], f"pred_masks_list[{i}]")
+        tl = np.asarray(true_labels_list[i]).reshape(-1)
+        pl = np.asarray(pred_labels_list[i]).reshape(-1)
+        if len(tl) != len(tm) or len(pl) != len(pm):
+            raise ValueError(
+                f"image {i}: {len(tm)} true masks / {len(tl)} labels, {len(pm)} pred masks / {len(pl)} labels"
+            )
+        inter, at, ap = _mask_overlap(tm, pm)
+        iou = _intersection_over_union(inter, at, ap)
+        for c in classes:
+            ti_c = np.flatnonzero(tl == c)
+            pi_c = np.flatnonzero(pl == c)
+            nt[c] += len(ti_c)
+            npred[c] += len(pi_c)
+            if len(ti_c) and len(pi_c):
+                sub = iou[np.ix_(ti_c, pi_c)]
+                a, b = _assign(sub, thresh)
+                tp[c] += len(a)
+                s_iou[c] += float(sub[a, b].sum())
+    per_class: dict[str, float] = {}
+    for c in classes:
+        if nt[c] + npred[c] == 0:
+            continue
+        per_class[name_of(c)] = _from_counts("iou", thresh, tp[c], nt[c], npred[c], s_iou[c]).panoptic_quality
+    if not per_class:
+        return 1.0, per_class
+    return float(np.mean(list(per_class.values()))), per_class
+
+
+# ---------------------------------------------------------------------------------------------- AJI
+def aggregated_jaccard_index(true_masks: np.ndarray, pred_masks: np.ndarray, variant: str = "plus") -> float:
+    """Aggregated Jaccard index of one image's stacked binary masks [N, H, W] (true) and [M, H, W] (pred).
+
+    ``variant="plain"`` (Kumar et al. 2017): each true instance G_i is paired with the prediction S_j of
+    maximal IoU (if that IoU > 0); a prediction may be paired with several true instances.
+    ``variant="plus"`` (AJI+, Graham et al. 2019, HoVer-Net): pairs are one-to-one, chosen by Hungarian
+    matching maximising the summed IoU; pairs with IoU 0 are dropped. In both:
+
+        AJI = sum over pairs |G_i ∩ S_j| / (sum over pairs |G_i ∪ S_j| + sum of |G| of unpaired true
+              + sum of |S| of unpaired predictions)
+
+    Areas are counted on the stacked masks, so overlapping chromosomes keep all their pixels.
+
+    The project default is ``"plus"``: plain AJI lets one prediction that merges two overlapping or
+    touching chromosomes be paired with both, so its area enters the denominator twice (over-penalising
+    merges, and not comparable with the one-to-one matching of PQ and AP); AJI+ pairs one-to-one like
+    every other metric here.
+
+    Empty cases: both empty -> 1.0; exactly one side empty -> 0.0. A perfect prediction gives 1.0.
+    """
+    if variant not in ("plain", "plus"):
+        raise ValueError(f"variant must be 'plain' or 'plus', got {variant!r}")
+    inter, at, ap = _mask_overlap(true_masks, pred_masks)
+    n, m = inter.shape
+    if n == 0 and m == 0:
+        return 1.0
+    union = at[:, None] + ap[None, :] - inter
+    iou = _intersection_over_union(inter, at, ap)
+    if n and m:
+        if variant == "plain":
+            ti = np.arange(n)
+            pi = iou.argmax(1)
+        else:
+            ti, pi = linear_sum_assignment(-iou)
+        keep = iou[ti, pi] > 0
+        ti, pi = ti[keep], pi[keep]
+    else:
+        ti = pi = np.zeros(0, np.int64)
+    num = float(inter[ti, pi].sum())
+    den = float(union[ti, pi].sum())
+    den += float(at[np.setdiff1d(np.arange(n), ti)].sum())
+    den += float(ap[np.setdiff1d(np.arange(m), pi)].sum())
+    return num / den if den > 0 else 0.0
