@@ -1,0 +1,373 @@
+"""Paired augmentations: every transform moves the image, boxes, masks, centromeres and p_dir together.
+
+A transform is a callable ``(record, rng: np.random.Generator) -> record`` (see :data:`datasets.base.Transform`).
+Coordinates follow the project convention: points (centromeres) have integer pixel centres (pixel
+column ``j`` is at ``x = j``); boxes are ``x1 = first column, x2 = last column + 1``. Geometric
+transforms recompute boxes from the masks when there are masks (or transform the box corners and take
+their bounding box when there are none), drop instances whose mask (or box) vanishes from every array
+at once, and mark centromeres that leave the image as unknown (NaN, with their p_dir). Photometric
+transforms touch the image only and keep it in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+import cv2
+import numpy as np
+
+from .record import KaryoRecord, masks_to_boxes
+
+__all__ = [
+    "BrightnessContrastGamma",
+    "Compose",
+    "FreeRotation",
+    "GaussianBlur",
+    "GaussianNoise",
+    "HorizontalFlip",
+    "RandomScale",
+    "ResizeLongest",
+    "Rot90",
+    "VerticalFlip",
+    "affine_record",
+    "default_train_transforms",
+]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _finish(rec: KaryoRecord) -> KaryoRecord:
+    """Recompute boxes from masks, drop vanished instances, NaN centromeres outside the image."""
+    if rec.masks is not None:
+        keep = rec.masks.reshape(len(rec), -1).any(1) if len(rec) else np.zeros(0, bool)
+        rec.boxes = masks_to_boxes(rec.masks)
+    else:
+        b = rec.boxes
+        b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, rec.width)
+        b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, rec.height)
+        keep = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)
+    if rec.centromeres is not None and len(rec):
+        c = rec.centromeres
+        out = ~((c[:, 0] >= -0.5) & (c[:, 0] <= rec.width - 0.5) & (c[:, 1] >= -0.5) & (c[:, 1] <= rec.height - 0.5))
+        out &= np.isfinite(c).all(1)
+        c[out] = np.nan
+        if rec.p_dir is not None:
+            rec.p_dir[out] = np.nan
+    if not keep.all():
+        rec = rec.select(keep)
+    return rec
+
+
+def _warp_masks(masks: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour affine warp of masks uint8 [N, H, W] by the 2x3 matrix ``m`` to ``size`` = (W', H')."""
+    n = masks.shape[0]
+    out = np.zeros((n, size[1], size[0]), np.uint8)
+    for i in range(0, n, 4):  # OpenCV warps up to 4 channels at a time
+        chunk = np.ascontiguousarray(np.moveaxis(masks[i : i + 4], 0, -1))
+        w = cv2.warpAffine(chunk, m, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out[i : i + 4] = np.moveaxis(w.reshape(size[1], size[0], -1), -1, 0)
+    return out
+
+
+def _background(image: np.ndarray) -> float:
+    """Fill value for uncovered canvas: the median of the image's border pixels."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    return float(np.median(border))
+
+
+def affine_record(
+    rec: KaryoRecord, m: np.ndarray, size: tuple[int, int], *, interpolation: int = cv2.INTER_LINEAR
+) -> KaryoRecord:
+    """Apply the 2x3 affine matrix ``m`` (pixel-centre coordinates, as OpenCV) to a whole record.
+
+    Args:
+        rec: the record.
+        m: float [2, 3]; maps input ``(x, y)`` to output ``m @ (x, y, 1)``.
+        size: output ``(width, height)`` in pixels.
+        interpolation: for the image (masks always use nearest neighbour).
+    """
+    m = np.asarray(m, np.float64)
+    img = cv2.warpAffine(
+        rec.image, m, size, flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=_background(rec.image)
+    )
+    out = replace(rec, image=np.clip(img, 0.0, 1.0).astype(np.float32), meta=dict(rec.meta))
+    a = m[:, :2]
+    if rec.masks is not None:
+        out.masks = _warp_masks(rec.masks, m, size)
+    else:
+        b = rec.boxes.astype(np.float64)
+        # box corners in pixel-centre coordinates: the outer edges are at x1 - 0.5 and x2 - 0.5
+        xs = np.stack([b[:, 0], b[:, 2], b[:, 2], b[:, 0]], 1) - 0.5
+        ys = np.stack([b[:, 1], b[:, 1], b[:, 3], b[:, 3]], 1) - 0.5
+        tx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2] + 0.5
+        ty = m[1, 0] * xs + m[1, 1] * ys + m[1, 2] + 0.5
+        out.boxes = np.stack([tx.min(1), ty.min(1), tx.max(1), ty.max(1)], 1).astype(np.float32)
+    if rec.centromeres is not None:
+        c = rec.centromeres.astype(np.float64)
+        out.centromeres = (c @ a.T + m[:, 2]).astype(np.float32)
+    if rec.p_dir is not None:
+        d = rec.p_dir.astype(np.float64) @ a.T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = d / np.linalg.norm(d, axis=1, keepdims=True)
+        out.p_dir = d.astype(np.float32)
+    return _finish(out)
+
+
+# ---------------------------------------------------------------------------------------------- geometric
+class HorizontalFlip:
+    """Mirror left-right: ``x -> W - 1 - x`` for points, ``dx -> -dx`` for p_dir."""
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator | None = None) -> KaryoRecord:
+        w = rec.width
+        out = rec.copy()
+        out.image = np.ascontiguousarray(rec.image[:, ::-1])
+        if rec.masks is not None:
+            out.masks = np.ascontiguousarray(rec.masks[:, :, ::-1])
+        out.boxes[:, [0, 2]] = w - rec.boxes[:, [2, 0]]
+        if out.centromeres is not None:
+            out.centromeres[:, 0] = w - 1 - rec.centromeres[:, 0]
+        if out.p_dir is not None:
+            out.p_dir[:, 0] = -rec.p_dir[:, 0]
+        return out
+
+
+class VerticalFlip:
+    """Mirror top-bottom: ``y -> H - 1 - y`` for points, ``dy -> -dy`` for p_dir."""
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator | None = None) -> KaryoRecord:
+        h = rec.height
+        out = rec.copy()
+        out.image = np.ascontiguousarray(rec.image[::-1])
+        if rec.masks is not None:
+            out.masks = np.ascontiguousarray(rec.masks[:, ::-1])
+        out.boxes[:, [1, 3]] = h - rec.boxes[:, [3, 1]]
+        if out.centromeres is not None:
+            out.centromeres[:, 1] = h - 1 - rec.centromeres[:, 1]
+        if out.p_dir is not None:
+            out.p_dir[:, 1] = -rec.p_dir[:, 1]
+        return out
+
+
+class Rot90:
+    """Rotate by ``k`` quarter turns counter-clockwise as displayed (``np.rot90``); ``k=None`` draws 1..3."""
+
+    def __init__(self, k: int | None = None) -> None:
+        self.k = k
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator | None = None) -> KaryoRecord:
+        if self.k is None:
+            if rng is None:
+                raise ValueError("Rot90(k=None) draws k from rng; pass a numpy Generator")
+            k = int(rng.integers(1, 4))
+        else:
+            k = int(self.k) % 4
+        out = rec.copy()
+        for _ in range(k):
+            out = self._once(out)
+        return out
+
+    @staticmethod
+    def _once(rec: KaryoRecord) -> KaryoRecord:
+        # np.rot90: new[i, j] = old[j, W-1-i]  =>  (x, y) -> (y, W - 1 - x)
+        w = rec.width
+        out = rec.copy()
+        out.image = np.ascontiguousarray(np.rot90(rec.image))
+        if rec.masks is not None:
+            out.masks = np.ascontiguousarray(np.rot90(rec.masks, axes=(1, 2)))
+        b = rec.boxes
+        out.boxes = np.stack([b[:, 1], w - b[:, 2], b[:, 3], w - b[:, 0]], 1).astype(np.float32)
+        if rec.centromeres is not None:
+            c = rec.centromeres
+            out.centromeres = np.stack([c[:, 1], w - 1 - c[:, 0]], 1).astype(np.float32)
+        if rec.p_dir is not None:
+            d = rec.p_dir
+            out.p_dir = np.stack([d[:, 1], -d[:, 0]], 1).astype(np.float32)
+        return out
+
+
+class FreeRotation:
+    """Rotate by an angle drawn uniformly from ``[-max_deg, max_deg]`` (positive = counter-clockwise as displayed).
+
+    Args:
+        max_deg: largest rotation, degrees.
+        expand: grow the canvas so nothing is cut off (default); otherwise keep ``H x W`` and drop
+            instances that leave it.
+        angle: a fixed angle in degrees instead of a random one (for tests and inference).
+    """
+
+    def __init__(self, max_deg: float = 180.0, *, expand: bool = True, angle: float | None = None) -> None:
+        self.max_deg = float(max_deg)
+        self.expand = expand
+        self.angle = angle
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator | None = None) -> KaryoRecord:
+        if self.angle is not None:
+            ang = float(self.angle)
+        else:
+            if rng is None:
+                raise ValueError("FreeRotation draws its angle from rng; pass a numpy Generator or angle=")
+            ang = float(rng.uniform(-self.max_deg, self.max_deg))
+        h, w = rec.height, rec.width
+        cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+        m = cv2.getRotationMatrix2D((cx, cy), ang, 1.0)
+        if self.expand:
+            c, s = abs(math.cos(math.radians(ang))), abs(math.sin(math.radians(ang)))
+            nw, nh = int(math.ceil(w * c + h * s - 1e-6)), int(math.ceil(w * s + h * c - 1e-6))
+            m[0, 2] += (nw - 1) / 2.0 - cx
+            m[1, 2] += (nh - 1) / 2.0 - cy
+        else:
+            nw, nh = w, h
+        return affine_record(rec, m, (nw, nh))
+
+
+def _resize(rec: KaryoRecord, nw: int, nh: int) -> KaryoRecord:
+    """Resize a record to ``nw x nh`` pixels (area interpolation when shrinking, linear when growing)."""
+    h, w = rec.height, rec.width
+    if (nw, nh) == (w, h):
+        return rec.copy()
+    sx, sy = nw / w, nh / h
+    interp = cv2.INTER_AREA if sx * sy < 1 else cv2.INTER_LINEAR
+    out = rec.copy()
+    out.image = np.clip(cv2.resize(rec.image, (nw, nh), interpolation=interp), 0, 1).astype(np.float32)
+    if rec.masks is not None:
+        out.masks = np.zeros((len(rec), nh, nw), np.uint8)
+        for i in range(0, len(rec), 4):
+            chunk = np.ascontiguousarray(np.moveaxis(rec.masks[i : i + 4], 0, -1))
+            r = cv2.resize(chunk, (nw, nh), interpolation=cv2.INTER_NEAREST)
+            out.masks[i : i + 4] = np.moveaxis(r.reshape(nh, nw, -1), -1, 0)
+    else:
+        out.boxes = rec.boxes * np.array([sx, sy, sx, sy], np.float32)
+    if rec.centromeres is not None:
+        # pixel centre x maps to (x + 0.5) * sx - 0.5, as in cv2.resize
+        out.centromeres = ((rec.centromeres + 0.5) * np.array([sx, sy], np.float32) - 0.5).astype(np.float32)
+    if rec.p_dir is not None:
+        d = rec.p_dir * np.array([sx, sy], np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.p_dir = (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
+    return _finish(out)
+
+
+class RandomScale:
+    """Resize the whole record by a factor drawn uniformly from ``[lo, hi]`` (same factor both axes)."""
+
+    def __init__(self, lo: float = 0.8, hi: float = 1.25) -> None:
+        if not 0 < lo <= hi:
+            raise ValueError(f"RandomScale({lo}, {hi}): need 0 < lo <= hi")
+        self.lo, self.hi = float(lo), float(hi)
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator | None = None) -> KaryoRecord:
+        f = self.lo if rng is None or self.lo == self.hi else float(rng.uniform(self.lo, self.hi))
+        nw, nh = max(1, round(rec.width * f)), max(1, round(rec.height * f))
+        return _resize(rec, nw, nh)
+
+
+class ResizeLongest:
+    """Resize so that the longer side is ``max_side`` pixels (only shrinking unless ``upscale``)."""
+
+    def __init__(self, max_side: int, *, upscale: bool = False) -> None:
+        if max_side < 8:
+            raise ValueError(f"ResizeLongest({max_side}): max_side must be at least 8 px")
+        self.max_side = int(max_side)
+        self.upscale = upscale
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator | None = None) -> KaryoRecord:
+        long = max(rec.width, rec.height)
+        if long == self.max_side or (long < self.max_side and not self.upscale):
+            return rec.copy()
+        f = self.max_side / long
+        out = _resize(rec, max(1, round(rec.width * f)), max(1, round(rec.height * f)))
+        out.meta["resize_factor"] = f * float(rec.meta.get("resize_factor", 1.0))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- photometric
+class BrightnessContrastGamma:
+    """``image -> clip((image ** gamma - 0.5) * contrast + 0.5 + brightness, 0, 1)`` with random factors.
+
+    Args:
+        brightness: shift drawn from ``[-brightness, brightness]`` (image units).
+        contrast: factor drawn from ``[1 - contrast, 1 + contrast]``.
+        gamma: ``log(gamma)`` drawn from ``[-gamma, gamma]``.
+    """
+
+    def __init__(self, brightness: float = 0.1, contrast: float = 0.2, gamma: float = 0.2) -> None:
+        self.brightness, self.contrast, self.gamma = float(brightness), float(contrast), float(gamma)
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator) -> KaryoRecord:
+        b = rng.uniform(-self.brightness, self.brightness)
+        c = rng.uniform(1 - self.contrast, 1 + self.contrast)
+        g = math.exp(rng.uniform(-self.gamma, self.gamma))
+        img = np.power(np.clip(rec.image, 0, 1), g)
+        img = (img - 0.5) * c + 0.5 + b
+        return replace(rec, image=np.clip(img, 0, 1).astype(np.float32), meta=dict(rec.meta))
+
+
+class GaussianBlur:
+    """Gaussian blur with sigma drawn from ``[lo, hi]`` pixels."""
+
+    def __init__(self, lo: float = 0.3, hi: float = 1.5) -> None:
+        self.lo, self.hi = float(lo), float(hi)
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator) -> KaryoRecord:
+        s = float(rng.uniform(self.lo, self.hi))
+        img = cv2.GaussianBlur(rec.image, (0, 0), s) if s > 0 else rec.image.copy()
+        return replace(rec, image=np.clip(img, 0, 1).astype(np.float32), meta=dict(rec.meta))
+
+
+class GaussianNoise:
+    """Additive Gaussian noise with standard deviation drawn from ``[lo, hi]`` (image units)."""
+
+    def __init__(self, lo: float = 0.0, hi: float = 0.03) -> None:
+        self.lo, self.hi = float(lo), float(hi)
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator) -> KaryoRecord:
+        s = float(rng.uniform(self.lo, self.hi))
+        img = rec.image + s * rng.standard_normal(rec.image.shape).astype(np.float32)
+        return replace(rec, image=np.clip(img, 0, 1).astype(np.float32), meta=dict(rec.meta))
+
+
+# ---------------------------------------------------------------------------------------------- composition
+class Compose:
+    """Apply ``transforms`` in order, each with its probability (default 1 for all).
+
+    >>> t = Compose([HorizontalFlip(), VerticalFlip()], [0.5, 0.5])
+    """
+
+    def __init__(self, transforms: Sequence, probabilities: Sequence[float] | None = None) -> None:
+        self.transforms = list(transforms)
+        self.probabilities = (
+            [1.0] * len(self.transforms) if probabilities is None else [float(p) for p in probabilities]
+        )
+        if len(self.probabilities) != len(self.transforms):
+            raise ValueError(f"{len(self.transforms)} transforms but {len(self.probabilities)} probabilities")
+        if any(not 0.0 <= p <= 1.0 for p in self.probabilities):
+            raise ValueError(f"probabilities {self.probabilities} must lie in [0, 1]")
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator) -> KaryoRecord:
+        for t, p in zip(self.transforms, self.probabilities):
+            if p >= 1.0 or rng.random() < p:
+                rec = t(rec, rng)
+        return rec
+
+
+def default_train_transforms(max_side: int | None = None) -> Compose:
+    """The training augmentation: flips, quarter turns, small free rotation, scale, photometric jitter.
+
+    ``max_side`` (optional) appends :class:`ResizeLongest` for reduced-size (CPU) training.
+    """
+    ts: list = [
+        HorizontalFlip(),
+        VerticalFlip(),
+        Rot90(),
+        FreeRotation(20.0),
+        RandomScale(0.8, 1.2),
+        BrightnessContrastGamma(0.08, 0.2, 0.2),
+        GaussianBlur(0.3, 1.2),
+        GaussianNoise(0.0, 0.02),
+    ]
+    ps = [0.5, 0.5, 0.5, 0.3, 0.5, 0.8, 0.3, 0.3]
+    if max_side is not None:
+        ts.append(ResizeLongest(max_side))
+        ps.append(1.0)
+    return Compose(ts, ps)

@@ -1,0 +1,185 @@
+"""Paired augmentations keep image, masks, boxes, centromeres and p_dir aligned."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datasets.record import KaryoRecord, masks_to_boxes
+from datasets.synthetic import generate_spread
+from datasets.transforms import (
+    BrightnessContrastGamma,
+    Compose,
+    FreeRotation,
+    GaussianBlur,
+    GaussianNoise,
+    HorizontalFlip,
+    RandomScale,
+    ResizeLongest,
+    Rot90,
+    VerticalFlip,
+    default_train_transforms,
+)
+
+FIELDS = ("image", "boxes", "labels", "masks", "centromeres", "p_dir")
+
+
+def _equal(a: KaryoRecord, b: KaryoRecord) -> None:
+    for f in FIELDS:
+        x, y = getattr(a, f), getattr(b, f)
+        assert (x is None) == (y is None), f
+        if x is not None and f in ("centromeres", "p_dir"):  # float32 round trips: W - 1 - (W - 1 - x)
+            np.testing.assert_allclose(x, y, atol=1e-4, err_msg=f)
+        elif x is not None:
+            np.testing.assert_array_equal(x, y, err_msg=f)
+
+
+def _tiny() -> KaryoRecord:
+    """One 3x2 instance in a 5x8 image; centromere at (3, 1), p arm to the right."""
+    img = np.linspace(0, 1, 40, dtype=np.float32).reshape(5, 8)
+    m = np.zeros((1, 5, 8), np.uint8)
+    m[0, 1:3, 2:5] = 1
+    return KaryoRecord(img, masks_to_boxes(m), [7], m, centromeres=[[3, 1]], p_dir=[[1, 0]]).validate()
+
+
+@pytest.fixture(scope="module")
+def spread() -> KaryoRecord:
+    return generate_spread(np.random.default_rng(11), None, "46,XY", size=(300, 360))
+
+
+def _check_aligned(r: KaryoRecord, tol_px: int = 1) -> None:
+    r.validate()
+    np.testing.assert_array_equal(r.boxes, masks_to_boxes(r.masks))
+    assert r.masks.reshape(len(r), -1).any(1).all()
+    ok = np.isfinite(r.centromeres).all(1)
+    np.testing.assert_allclose(np.linalg.norm(r.p_dir[ok], axis=1), 1.0, atol=1e-5)
+    for i in np.flatnonzero(ok):
+        x, y = np.round(r.centromeres[i]).astype(int)
+        win = r.masks[i, max(0, y - tol_px) : y + tol_px + 1, max(0, x - tol_px) : x + tol_px + 1]
+        assert win.any(), f"centromere {i} ({x}, {y}) outside its mask"
+
+
+def test_hflip_known_answer():
+    r = HorizontalFlip()(_tiny())
+    np.testing.assert_array_equal(r.boxes, [[3, 1, 6, 3]])
+    np.testing.assert_array_equal(r.centromeres, [[4, 1]])
+    np.testing.assert_array_equal(r.p_dir, [[-1, 0]])
+    assert r.masks[0, 1, 4] == 1 and r.image[0, 7] == _tiny().image[0, 0]
+    np.testing.assert_array_equal(r.boxes, masks_to_boxes(r.masks))
+
+
+def test_vflip_known_answer():
+    r = VerticalFlip()(_tiny())
+    np.testing.assert_array_equal(r.boxes, [[2, 2, 5, 4]])
+    np.testing.assert_array_equal(r.centromeres, [[3, 3]])
+    np.testing.assert_array_equal(r.p_dir, [[1, 0]])
+    np.testing.assert_array_equal(r.boxes, masks_to_boxes(r.masks))
+
+
+def test_rot90_known_answer():
+    t = _tiny()
+    r = Rot90(1)(t)
+    assert r.image.shape == (8, 5)
+    np.testing.assert_array_equal(r.image, np.rot90(t.image))
+    np.testing.assert_array_equal(r.centromeres, [[1, 4]])  # (x, y) -> (y, W - 1 - x)
+    np.testing.assert_array_equal(r.p_dir, [[0, -1]])  # right -> up, as displayed
+    np.testing.assert_array_equal(r.boxes, masks_to_boxes(r.masks))
+    assert r.masks[0, 4, 1] == 1
+
+
+def test_flips_and_rotations_invert(spread):
+    rng = np.random.default_rng(0)
+    _equal(HorizontalFlip()(HorizontalFlip()(spread, rng), rng), spread)
+    _equal(VerticalFlip()(VerticalFlip()(spread, rng), rng), spread)
+    r = spread
+    for _ in range(4):
+        r = Rot90(1)(r, rng)
+        _check_aligned(r, 0)
+    _equal(r, spread)
+    _equal(Rot90(3)(Rot90(1)(spread)), spread)
+    _check_aligned(HorizontalFlip()(spread), 0)
+
+
+def test_free_rotation_90_equals_rot90(spread):
+    a = FreeRotation(angle=90.0)(spread)
+    b = Rot90(1)(spread)
+    assert a.image.shape == b.image.shape
+    np.testing.assert_allclose(a.image, b.image, atol=1e-4)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    np.testing.assert_allclose(a.centromeres, b.centromeres, atol=1e-3)
+    np.testing.assert_allclose(a.p_dir, b.p_dir, atol=1e-5)
+    # box-only records: rotated corners give the same boxes
+    nb = spread.copy()
+    nb.masks = None
+    a2 = FreeRotation(angle=90.0)(nb)
+    np.testing.assert_allclose(a2.boxes, b.boxes, atol=1e-3)
+
+
+@pytest.mark.parametrize("angle", [17.0, -133.0])
+def test_free_rotation_keeps_alignment(spread, angle):
+    r = FreeRotation(angle=angle)(spread)
+    assert len(r) == len(spread)
+    _check_aligned(r)
+    # the rotated p_dir is the original turned by -angle in image coordinates (y down)
+    th = np.deg2rad(angle)
+    rot = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])
+    np.testing.assert_allclose(r.p_dir, spread.p_dir @ rot.T, atol=1e-5)
+    # mask areas are preserved up to the nearest-neighbour resampling
+    a0 = spread.masks.reshape(len(spread), -1).sum(1)
+    a1 = r.masks.reshape(len(r), -1).sum(1)
+    np.testing.assert_allclose(a1, a0, rtol=0.12)
+
+
+def test_rotation_without_expand_drops_vanished_instances():
+    img = np.ones((40, 40), np.float32)
+    m = np.zeros((2, 40, 40), np.uint8)
+    m[0, 0:3, 0:3] = 1  # corner: leaves the canvas at 45 degrees
+    m[1, 18:23, 15:25] = 1  # centre: stays
+    r = KaryoRecord(img, masks_to_boxes(m), [3, 5], m, centromeres=[[1, 1], [20, 20]], p_dir=[[1, 0], [0, 1]])
+    out = FreeRotation(angle=45.0, expand=False)(r)
+    assert out.image.shape == (40, 40)
+    assert out.labels.tolist() == [5] and out.masks.shape == (1, 40, 40) and out.centromeres.shape == (1, 2)
+    _check_aligned(out, 0)
+
+
+def test_random_scale_and_resize_longest(spread):
+    r = RandomScale(2.0, 2.0)(spread, np.random.default_rng(0))
+    assert r.image.shape == (600, 720)
+    np.testing.assert_allclose(r.centromeres, (spread.centromeres + 0.5) * 2 - 0.5, atol=1e-4)
+    a0 = spread.masks.reshape(len(spread), -1).sum(1)
+    np.testing.assert_allclose(r.masks.reshape(len(r), -1).sum(1), 4 * a0, rtol=1e-6)
+    _check_aligned(r, 0)
+    s = ResizeLongest(180)(spread)
+    assert s.image.shape == (150, 180) and len(s) == len(spread)
+    _check_aligned(s)
+    assert ResizeLongest(1000)(spread).image.shape == spread.image.shape  # no upscaling by default
+
+
+def test_photometric_touch_image_only(spread):
+    rng = np.random.default_rng(2)
+    same = BrightnessContrastGamma(0, 0, 0)(spread, rng)
+    np.testing.assert_allclose(same.image, spread.image, atol=1e-6)
+    for t in (BrightnessContrastGamma(0.2, 0.5, 0.5), GaussianBlur(1.0, 2.0), GaussianNoise(0.05, 0.1)):
+        r = t(spread, rng)
+        assert r.image.shape == spread.image.shape and 0 <= r.image.min() and r.image.max() <= 1
+        assert not np.array_equal(r.image, spread.image)
+        for f in FIELDS[1:]:
+            np.testing.assert_array_equal(getattr(r, f), getattr(spread, f))
+
+
+def test_compose_probabilities(spread):
+    rng = np.random.default_rng(0)
+    _equal(Compose([HorizontalFlip(), Rot90(1)], [0.0, 0.0])(spread, rng), spread)
+    _equal(Compose([HorizontalFlip(), HorizontalFlip()])(spread, rng), spread)
+    with pytest.raises(ValueError):
+        Compose([HorizontalFlip()], [0.5, 0.5])
+    with pytest.raises(ValueError):
+        Compose([HorizontalFlip()], [1.5])
+
+
+def test_default_train_transforms(spread):
+    t = default_train_transforms(max_side=256)
+    for seed in range(4):
+        r = t(spread, np.random.default_rng(seed))
+        assert max(r.image.shape) <= 256 and len(r) == len(spread)
+        _check_aligned(r)
