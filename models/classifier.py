@@ -1,0 +1,340 @@
+"""Hybrid chromosome classifier: a ResNet on the straightened crop fused with an MLP on the feature triad.
+
+The image branch sees the straightened chromosome (p arm up, white background, resized into a
+``crop_height x crop_width`` box keeping its aspect ratio); the feature branch sees the per-spread
+feature vector of :mod:`features.triad` (geometry, scale relative to the cell, banding texture),
+restricted to ``config.feature_groups``. The two are concatenated and a linear head gives 24 logits:
+index ``k`` is class id ``k + 1`` (1..22, 23 = X, 24 = Y).
+
+Like nanoGPT, the model is fully described by a :class:`ClsConfig` dataclass stored in every
+checkpoint, including the feature standardisation (mean / std of the training features), so inference
+rebuilds the model and its input pipeline from the checkpoint file alone::
+
+    model, config = load_classifier_checkpoint("runs/cls/best.pth", "cpu")
+    probs = predict_proba(model, config, crops, features)   # float32 [N, 24]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from karyogram.labels import NUM_CLASSES
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+#: stems of the image branch (see :class:`HybridClassifier`)
+STEMS = ("small", "cifar", "imagenet")
+
+
+@dataclass
+class ClsConfig:
+    """Everything needed to rebuild a :class:`HybridClassifier` and prepare its inputs.
+
+    Attributes:
+        arch: "resnet18", "resnet34" or "resnet50" (torchvision, never pretrained).
+        in_channels: channels of the crop (1: grey).
+        crop_height / crop_width: size in pixels the straightened crop is fitted into (p arm up).
+        stem: "small" (3x3 stride-1 conv + max-pool: total stride 16, a 96x32 crop ends as a 6x2 map),
+            "cifar" (3x3 stride-1 conv, no pool: stride 8) or "imagenet" (torchvision's 7x7 stride-2 conv +
+            pool: stride 32, which leaves a 3x1 map for 96x32 crops, too coarse for banding).
+        n_features: length of the feature vector fed to the MLP branch; 0 removes the branch (the "none"
+            ablation: image only).
+        feature_groups: the :func:`features.triad.select_features` group the vector is made of
+            ("none", "geometry", "scale", "texture" or "all").
+        feature_names: names of the selected columns (for checking and reports).
+        feature_mean / feature_std: standardisation of the selected features, from the training set.
+        mlp_hidden: width of the feature MLP.
+        dropout: dropout before the head (and inside the MLP).
+        num_classes: 24 (ids 1..24 map to logits 0..23).
+    """
+
+    arch: str = "resnet18"
+    in_channels: int = 1
+    crop_height: int = 96
+    crop_width: int = 32
+    stem: str = "small"
+    n_features: int = 0
+    feature_groups: str = "none"
+    feature_names: list[str] = field(default_factory=list)
+    feature_mean: list[float] = field(default_factory=list)
+    feature_std: list[float] = field(default_factory=list)
+    mlp_hidden: int = 64
+    dropout: float = 0.2
+    num_classes: int = NUM_CLASSES
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown classifier arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
+        if self.stem not in STEMS:
+            raise ValueError(f"unknown stem {self.stem!r}: choose one of {', '.join(STEMS)}")
+        if self.crop_height < 8 or self.crop_width < 8:
+            raise ValueError(f"crop size {self.crop_height}x{self.crop_width} is too small (at least 8x8 pixels)")
+        if self.n_features < 0:
+            raise ValueError(f"n_features must be >= 0, got {self.n_features}")
+        if self.feature_groups == "none" and self.n_features:
+            raise ValueError(f"feature_groups 'none' needs n_features 0, got {self.n_features}")
+        for name in ("feature_mean", "feature_std"):
+            v = getattr(self, name)
+            if v and len(v) != self.n_features:
+                raise ValueError(f"{name} has {len(v)} values but n_features is {self.n_features}")
+        if self.feature_names and len(self.feature_names) != self.n_features:
+            raise ValueError(f"feature_names has {len(self.feature_names)} names but n_features is {self.n_features}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClsConfig:
+        """Rebuild from a stored dict; unknown keys (from a newer version) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _resnet_trunk(config: ClsConfig) -> tuple[nn.Module, int]:
+    """A torchvision ResNet without its fc layer, with a ``config.in_channels`` stem. Returns (trunk, feature dim)."""
+    import torchvision
+
+    net = getattr(torchvision.models, config.arch)(weights=None)
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    if config.stem == "imagenet":
+        net.conv1 = nn.Conv2d(config.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    else:
+        # chromosome crops are ~100 px tall: a stride-1 3x3 stem keeps the band resolution that the
+        # ImageNet 7x7/2 stem would throw away
+        net.conv1 = nn.Conv2d(config.in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        if config.stem == "cifar":
+            net.maxpool = nn.Identity()
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return net, dim
+
+
+class HybridClassifier(nn.Module):
+    """ResNet on the crop + MLP on the feature vector -> 24 logits.
+
+    Args:
+        config: the :class:`ClsConfig`.
+
+    Forward:
+        crops (FloatTensor[B, C, H, W]): straightened crops, values in [0, 1], dark chromosome on a white
+            (1.0) background as :func:`features.triad.oriented_crop` gives them; the model inverts them so
+            that the background is 0 (zero padding of the convolutions then matches the background).
+        features (FloatTensor[B, F] or None): the *selected*, unstandardised features (F = n_features);
+            the model standardises them with ``config.feature_mean / feature_std`` and replaces NaN
+            (a feature that could not be measured) by the training mean. Ignored when n_features == 0.
+
+    Returns:
+        FloatTensor[B, num_classes]: logits; index k is class id k + 1.
+    """
+
+    def __init__(self, config: ClsConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone, dim = _resnet_trunk(config)
+        self.image_dim = dim
+        fused = dim
+        self.mlp: nn.Module | None = None
+        if config.n_features > 0:
+            h = config.mlp_hidden
+            self.mlp = nn.Sequential(
+                nn.Linear(config.n_features, h),
+                nn.ReLU(inplace=True),
+                nn.Dropout(config.dropout),
+                nn.Linear(h, h),
+                nn.ReLU(inplace=True),
+            )
+            fused += h
+            mean = config.feature_mean or [0.0] * config.n_features
+            std = config.feature_std or [1.0] * config.n_features
+            # not persistent: the config is the one source of truth for the standardisation
+            self.register_buffer("feature_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+            self.register_buffer(
+                "feature_std", torch.tensor(std, dtype=torch.float32).clamp_min(1e-6), persistent=False
+            )
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(fused, config.num_classes))
+
+    def forward(self, crops: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        if crops.ndim != 4 or crops.shape[1] != self.config.in_channels:
+            raise ValueError(f"crops must be [B, {self.config.in_channels}, H, W], got {tuple(crops.shape)}")
+        z = self.backbone(1.0 - crops)
+        if self.mlp is not None:
+            if features is None:
+                raise ValueError(f"this model needs a feature vector of {self.config.n_features} values per crop")
+            if features.ndim != 2 or features.shape != (crops.shape[0], self.config.n_features):
+                raise ValueError(
+                    f"features must be [{crops.shape[0]}, {self.config.n_features}] "
+                    f"({self.config.feature_groups}), got {tuple(features.shape)}"
+                )
+            f = (features.float() - self.feature_mean) / self.feature_std
+            f = torch.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0).clamp(-10.0, 10.0)
+            z = torch.cat([z, self.mlp(f).to(z.dtype)], dim=1)
+        return self.head(z)
+
+
+def build_classifier(config: ClsConfig) -> HybridClassifier:
+    """Build a freshly initialised (never pretrained) :class:`HybridClassifier`."""
+    return HybridClassifier(config)
+
+
+# ------------------------------------------------------------------ checkpoints
+def _clean_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip DDP / torch.compile prefixes and cast half-precision floats back to float32."""
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        if torch.is_tensor(v) and v.is_floating_point() and v.dtype != torch.float32:
+            v = v.float()
+        out[k] = v
+    return out
+
+
+def save_weights(model: nn.Module, config: ClsConfig, path: str | os.PathLike, *, half: bool = False) -> None:
+    """Save a weights-only file ``{"model", "config", "kind"}`` (atomically); ``half`` stores float16 weights.
+
+    :func:`load_classifier_checkpoint` reads it as well as the trainer's full checkpoints.
+    """
+    from datasets.io import atomic_torch_save
+
+    m = model.module if hasattr(model, "module") else model
+    sd = {k: v.detach().cpu() for k, v in m.state_dict().items()}
+    if half:
+        sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    atomic_torch_save({"model": sd, "config": config.to_dict(), "kind": "classifier"}, path)
+
+
+def _safe_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: our checkpoints hold only tensors and plain values (config and
+    args as dicts), plus the ``torch.__version__`` string object that engine.save_checkpoint records."""
+    from torch.torch_version import TorchVersion
+
+    try:
+        with torch.serialization.safe_globals([TorchVersion]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable classifier checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def load_classifier_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[HybridClassifier, ClsConfig]:
+    """Rebuild the classifier from a checkpoint alone (no command-line flags), in eval mode on ``device``.
+
+    Accepts the trainer's full checkpoints (``last.pth``, ``best.pth``) and :func:`save_weights` files;
+    float16 weights are cast to float32.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file holds no classifier config (e.g. a segmentation checkpoint).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"classifier checkpoint {p} does not exist (train one with train_classification.py)")
+    ckpt = _safe_load(p)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("config"), dict):
+        raise ValueError(f"{p} is not a classifier checkpoint: it has no 'model' and 'config' entries")
+    cfg_dict = ckpt["config"]
+    if "crop_height" not in cfg_dict or "arch" not in cfg_dict:
+        raise ValueError(f"{p} holds a config without crop_height/arch: not a classifier checkpoint")
+    config = ClsConfig.from_dict(cfg_dict)
+    model = build_classifier(config)
+    model.load_state_dict(_clean_state_dict(ckpt["model"]))
+    return model.to(device).eval(), config
+
+
+# ------------------------------------------------------------------ inference
+def prepare_crops(crops: np.ndarray | Sequence[np.ndarray], config: ClsConfig) -> np.ndarray:
+    """Fit crops into the model's box: float32 [N, crop_height, crop_width], values in [0, 1].
+
+    Args:
+        crops: float32 [N, h, w] or a list of float [h_i, w_i] straightened crops (white background 1.0,
+            p arm up); uint8 crops (0..255) are scaled to [0, 1]. Crops already of the model's size are
+            taken as they are; others are resized keeping their aspect ratio and padded with white.
+    """
+    from datasets.instances import fit_crop
+
+    out = np.ones((len(crops), config.crop_height, config.crop_width), np.float32)
+    for i, c in enumerate(crops):
+        a = np.asarray(c)
+        a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+        if a.ndim != 2:
+            raise ValueError(f"crop {i} must be 2-D [h, w], got shape {a.shape}")
+        out[i] = (
+            a
+            if a.shape == (config.crop_height, config.crop_width)
+            else fit_crop(a, config.crop_height, config.crop_width)
+        )
+    return out
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module,
+    config: ClsConfig,
+    crops: np.ndarray | Sequence[np.ndarray],
+    features: np.ndarray | None = None,
+    *,
+    batch_size: int = 256,
+    selected: bool = False,
+) -> np.ndarray:
+    """Class probabilities of N chromosomes.
+
+    Args:
+        model: a :class:`HybridClassifier` (eval mode is set here).
+        config: its :class:`ClsConfig`.
+        crops: float32 [N, h, w] or a list of N crops of any size (see :func:`prepare_crops`).
+        features: float32 [N, F_all], all :data:`features.triad.FEATURE_NAMES` columns as
+            :func:`features.triad.spread_features` returns them (columns are selected here with
+            ``config.feature_groups``), or already-selected [N, n_features] when ``selected``.
+            May be None when ``config.n_features == 0``.
+        batch_size: crops per forward pass.
+
+    Returns:
+        float32 [N, 24]: softmax probabilities, rows sum to 1; column k is class id k + 1.
+    """
+    n = len(crops)
+    x = prepare_crops(crops, config) if n else np.zeros((0, config.crop_height, config.crop_width), np.float32)
+    f = None
+    if config.n_features > 0:
+        if features is None:
+            raise ValueError(f"this classifier uses features ({config.feature_groups}): pass the spread_features array")
+        f = np.asarray(features, dtype=np.float32).reshape(n, -1)
+        if not selected:
+            from features.triad import select_features
+
+            f = select_features(f, config.feature_groups)
+        if f.shape[1] != config.n_features:
+            raise ValueError(
+                f"features have {f.shape[1]} columns after selecting {config.feature_groups!r}, "
+                f"the model expects {config.n_features}"
+            )
+    model.eval()
+    device = next(model.parameters()).device
+    out = np.zeros((n, config.num_classes), np.float32)
+    for s in range(0, n, batch_size):
+        xb = torch.from_numpy(x[s : s + batch_size]).to(device)[:, None]
+        fb = None if f is None else torch.from_numpy(np.ascontiguousarray(f[s : s + batch_size])).to(device)
+        out[s : s + batch_size] = torch.softmax(model(xb, fb).float(), dim=1).cpu().numpy()
+    return out
+
+
+__all__ = [
+    "ARCHS",
+    "ClsConfig",
+    "HybridClassifier",
+    "build_classifier",
+    "load_classifier_checkpoint",
+    "predict_proba",
+    "prepare_crops",
+    "save_weights",
+]

@@ -1,0 +1,592 @@
+"""Train the hybrid chromosome classifier (crop ResNet + feature-triad MLP) on per-chromosome samples.
+
+Wiring only (torchvision ``references`` style): data from :mod:`datasets` through
+:class:`datasets.instances.InstanceDataset`, the model from :mod:`models.classifier`, devices, DDP,
+AMP, checkpoints and logging from :mod:`engine`, metrics from :mod:`metrics.identification`.
+
+Examples::
+
+    # seconds on a CPU: tiny synthetic data, resnet18, 2 steps
+    python train_classification.py --smoke --output-dir runs/cls_smoke
+
+    # CIL:54816 (boxes -> derived masks), all features
+    python train_classification.py --dataset voc --data-root ../shared/data/cil54816 \\
+        --features all --epochs 30 --amp --output-dir runs/cls_cil_all
+
+    # the same on 4 GPUs (class-balanced sampling is split across ranks)
+    torchrun --nproc_per_node=4 train_classification.py --dataset voc --data-root ../shared/data/cil54816 ...
+
+Outputs in ``--output-dir``: ``last.pth`` (every epoch), ``best.pth`` (best val accuracy), ``log.csv``,
+``log.jsonl``, ``tb/``, ``args.json``, and for the best model on val: ``confusion.png``,
+``per_class.png``, ``per_class.json`` and ``val_probs.npz`` (per-instance probabilities, labels,
+cell index, lengths, centromere index: everything karyotype-level assignment needs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+FEATURE_CHOICES = ("none", "geometry", "scale", "texture", "all")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train the hybrid chromosome classifier", add_help=add_help)
+
+    g = p.add_argument_group("Data")
+    g.add_argument(
+        "--dataset", nargs="+", default=["voc"], help="dataset loader name(s): voc, mfish, crops, synthetic, ..."
+    )
+    g.add_argument(
+        "--data-root",
+        nargs="+",
+        default=None,
+        help="one root per --dataset ('none' for synthetic); default ../shared/data/cil54816 for a single voc",
+    )
+    g.add_argument("--val-fraction", type=float, default=0.1, help="fraction of groups (images/slides/cells) for val")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
+    g.add_argument("--max-train-spreads", type=int, default=None, help="use at most this many training spreads")
+    g.add_argument("--max-val-spreads", type=int, default=None, help="use at most this many validation spreads")
+    g.add_argument(
+        "--cache-dir", default="runs/instance_cache", help="folder of the per-instance feature caches ('none' disables)"
+    )
+    g.add_argument(
+        "--prepare-only", action="store_true", help="compute the instance caches and exit (run before torchrun)"
+    )
+    g.add_argument("--synthetic-spreads", type=int, default=40, help="spreads generated for --dataset synthetic")
+
+    g = p.add_argument_group("Model")
+    g.add_argument(
+        "--features",
+        default="all",
+        help="feature groups for the MLP branch: " + ", ".join(FEATURE_CHOICES) + " (or joined by '+')",
+    )
+    g.add_argument("--arch", default="resnet18", help="resnet18, resnet34 or resnet50 (never pretrained)")
+    g.add_argument(
+        "--stem", default="small", help="ResNet stem: small (stride 16), cifar (stride 8), imagenet (stride 32)"
+    )
+    g.add_argument("--crop-height", type=int, default=96, help="crop box height in pixels (p arm up)")
+    g.add_argument("--crop-width", type=int, default=32, help="crop box width in pixels")
+    g.add_argument("--mlp-hidden", type=int, default=64, help="width of the feature MLP")
+    g.add_argument("--dropout", type=float, default=0.2)
+
+    g = p.add_argument_group("Training")
+    g.add_argument("--epochs", type=int, default=None, help="epochs (default 30; 1 with --smoke)")
+    g.add_argument("--batch-size", type=int, default=128, help="crops per GPU per step")
+    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (for the total batch)")
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument(
+        "--balanced", action=argparse.BooleanOptionalAction, default=True, help="class-balanced sampling (default on)"
+    )
+    g.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction, default=True, help="crop augmentation (default on)"
+    )
+    g.add_argument("--schedule", default="cosine", help="cosine or step (per optimizer step)")
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length in epochs")
+    g.add_argument("--clip-grad-norm", type=float, default=0.0, help="clip gradients to this norm (0: off)")
+    g.add_argument("--steps-per-epoch", type=int, default=None, help="cap optimizer steps per epoch (quick runs)")
+    g.add_argument("--seed", type=int, default=0, help="training seed (rank added per process)")
+    g.add_argument(
+        "--smoke", action="store_true", help="tiny synthetic data (3 spreads), 32x16 crops, 2 steps: seconds on a CPU"
+    )
+
+    g = p.add_argument_group("Hardware")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or fp16 with a GradScaler)")
+    g.add_argument("--workers", type=int, default=4, help="DataLoader workers (also used to compute the caches)")
+
+    g = p.add_argument_group("Output")
+    g.add_argument("--output-dir", default="runs/cls", help="run folder: checkpoints, logs, plots")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' for <output-dir>/last.pth")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Apply --smoke and defaults, and reject bad flag values with a ValueError naming the flag."""
+    from models.classifier import ARCHS, STEMS
+
+    if args.smoke:
+        args.dataset = ["synthetic"]
+        args.data_root = ["none"]
+        args.synthetic_spreads = 3
+        args.val_fraction = 0.34
+        args.crop_height, args.crop_width = 32, 16
+        args.batch_size = min(args.batch_size, 8)
+        args.steps_per_epoch = 2
+        args.workers = 0
+        if args.epochs is None:
+            args.epochs = 1
+    if args.epochs is None:
+        args.epochs = 30
+    if args.data_root is None:
+        if args.dataset == ["voc"]:
+            args.data_root = [str(Path(__file__).resolve().parent.parent / "shared" / "data" / "cil54816")]
+        elif all(d == "synthetic" for d in args.dataset):
+            args.data_root = ["none"] * len(args.dataset)
+        else:
+            raise ValueError("--data-root is required for --dataset " + " ".join(args.dataset))
+    if len(args.data_root) != len(args.dataset):
+        raise ValueError(
+            f"--dataset has {len(args.dataset)} names but --data-root has {len(args.data_root)} paths: give one root per "
+            "dataset ('none' for synthetic)"
+        )
+    from datasets import DATASETS
+
+    for name, root in zip(args.dataset, args.data_root):
+        if name not in DATASETS:
+            raise ValueError(f"--dataset {name!r} is unknown: choose from {', '.join(DATASETS)}")
+        if name != "synthetic" and (root.lower() == "none" or not Path(root).exists()):
+            raise ValueError(f"--data-root {root!r} for --dataset {name} does not exist")
+    from features.triad import feature_names
+
+    try:
+        feature_names(args.features)
+    except ValueError as exc:
+        raise ValueError(f"--features {args.features!r}: {exc} (e.g. {', '.join(FEATURE_CHOICES)})") from None
+    if args.arch not in ARCHS:
+        raise ValueError(f"--arch {args.arch!r} is unknown: choose from {', '.join(ARCHS)}")
+    if args.stem not in STEMS:
+        raise ValueError(f"--stem {args.stem!r} is unknown: choose from {', '.join(STEMS)}")
+    if args.schedule not in ("cosine", "step"):
+        raise ValueError(f"--schedule {args.schedule!r} is unknown: use cosine or step")
+    positive = {"epochs": args.epochs, "batch_size": args.batch_size, "crop_height": args.crop_height}
+    positive |= {"crop_width": args.crop_width, "mlp_hidden": args.mlp_hidden}
+    for k, v in positive.items():
+        if v < 1:
+            raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
+    if min(args.crop_height, args.crop_width) < 8:
+        raise ValueError(
+            f"--crop-height/--crop-width must be at least 8 pixels, got {args.crop_height}x{args.crop_width}"
+        )
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    if args.weight_decay < 0 or args.clip_grad_norm < 0 or args.warmup_epochs < 0:
+        raise ValueError("--weight-decay, --clip-grad-norm and --warmup-epochs must be >= 0")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        raise ValueError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise ValueError(
+            f"--val-fraction must be in (0, 1) (a validation split is needed for best.pth), got {args.val_fraction}"
+        )
+    for k in ("max_train_spreads", "max_val_spreads", "steps_per_epoch"):
+        v = getattr(args, k)
+        if v is not None and v < 1:
+            raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.amp and args.device == "cpu":
+        raise ValueError("--amp needs CUDA; drop --amp or use --device cuda/auto")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _record_dataset(name: str, root: str, split: str, args: argparse.Namespace, limit: int | None):
+    from datasets import build_dataset
+
+    kw: dict[str, Any] = {"val_fraction": args.val_fraction, "seed": args.split_seed}
+    if name == "synthetic":
+        ds = build_dataset(name, None, split, n=args.synthetic_spreads, **kw)
+    else:
+        ds = build_dataset(name, root, split, **kw)
+    if limit is not None and limit < len(ds):
+        # a seeded random subset, so a bounded run still sees every kind of cell
+        idx = np.sort(np.random.default_rng(args.split_seed).permutation(len(ds))[:limit])
+        ds = torch.utils.data.Subset(ds, idx.tolist())
+    return ds
+
+
+def _cache_file(args: argparse.Namespace, name: str, root: str, split: str, limit: int | None) -> Path | None:
+    if str(args.cache_dir).lower() == "none":
+        return None
+    import hashlib
+
+    tag = hashlib.sha256(str(Path(root).resolve() if root != "none" else root).encode()).hexdigest()[:8]
+    n = "all" if limit is None else str(limit)
+    extra = f"-n{args.synthetic_spreads}" if name == "synthetic" else ""
+    fname = f"{name}-{tag}-{split}-vf{args.val_fraction:g}-s{args.split_seed}-max{n}{extra}-{args.crop_height}x{args.crop_width}.npz"
+    return Path(args.cache_dir) / fname
+
+
+def build_instances(args: argparse.Namespace, split: str, *, transforms: Any = None, is_main: bool = True):
+    """The :class:`~datasets.instances.InstanceDataset` of ``split`` over every --dataset."""
+    from datasets.instances import InstanceDataset, concat_instances
+
+    limit = args.max_train_spreads if split == "train" else args.max_val_spreads
+    parts = []
+    for name, root in zip(args.dataset, args.data_root):
+        rd = _record_dataset(name, root, split, args, limit)
+        parts.append(
+            InstanceDataset(
+                rd,
+                feature_groups=args.features,
+                crop_height=args.crop_height,
+                crop_width=args.crop_width,
+                cache_path=_cache_file(args, name, root, split, limit),
+                workers=args.workers,
+                progress=is_main and not args.no_progress,
+                desc=f"{name}/{split}",
+            )
+        )
+    return concat_instances(parts, transforms=transforms)
+
+
+def feature_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-column mean and std of float32 [M, F] ignoring NaN (std 1 where a column is constant or all NaN)."""
+    if x.shape[1] == 0:
+        return [], []
+    finite = np.where(np.isfinite(x), x, np.nan).astype(np.float64)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(finite, axis=0)
+            std = np.nanstd(finite, axis=0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
+    return mean.tolist(), std.tolist()
+
+
+# ---------------------------------------------------------------------------------------------- loops
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    criterion: nn.Module,
+    device: torch.device,
+    *,
+    amp: bool,
+    epoch: int,
+    use_features: bool,
+    max_steps: int | None = None,
+    clip_grad_norm: float = 0.0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """One epoch; returns mean loss and accuracy over this rank's samples and the last learning rate."""
+    from tqdm.auto import tqdm
+
+    from engine import autocast_context, check_finite, reduce_dict
+
+    model.train()
+    total = max_steps if max_steps is not None else len(loader)
+    total = min(total, len(loader))
+    sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    bar = tqdm(loader, total=total, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    for step, (crops, feats, labels) in enumerate(bar):
+        if step >= total:
+            break
+        crops = crops.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        f = feats.to(device, non_blocking=True) if use_features else None
+        with autocast_context(device, amp):
+            logits = model(crops, f)
+            loss = criterion(logits.float(), labels)
+        check_finite({"loss": loss})
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip_grad_norm > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        n = labels.numel()
+        sums += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    r = reduce_dict({"s": sums.to(device)}, average=False)["s"].cpu()
+    cnt = max(float(r[2]), 1.0)
+    return {"train_loss": float(r[0]) / cnt, "train_acc": float(r[1]) / cnt, "lr": optimizer.param_groups[0]["lr"]}
+
+
+@torch.no_grad()
+def predict_dataset(
+    model: nn.Module, ds: Any, device: torch.device, *, batch_size: int, amp: bool, use_features: bool, workers: int = 0
+) -> np.ndarray:
+    """Softmax probabilities float32 [M, 24] of every sample of ``ds`` (in order)."""
+    from engine import autocast_context
+
+    model.eval()
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    out = []
+    for crops, feats, _ in loader:
+        with autocast_context(device, amp):
+            logits = model(crops.to(device), feats.to(device) if use_features else None)
+        out.append(torch.softmax(logits.float(), 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 24), np.float32)
+
+
+def val_summary(probs: np.ndarray, labels: np.ndarray, smoothing: float) -> dict[str, float]:
+    """Val accuracy and cross-entropy (with the training label smoothing) of probabilities [M, 24]."""
+    if len(labels) == 0:
+        return {"val_accuracy": float("nan"), "val_loss": float("nan")}
+    logp = torch.log(torch.from_numpy(probs).clamp_min(1e-12))
+    loss = nn.functional.nll_loss(logp, torch.from_numpy(labels)) * (1 - smoothing) - smoothing * logp.mean(1).mean()
+    return {"val_accuracy": float((probs.argmax(1) == labels).mean()), "val_loss": float(loss)}
+
+
+def write_val_outputs(out_dir: Path, ds: Any, probs: np.ndarray) -> dict[str, Any]:
+    """val_probs.npz, per_class.json, confusion.png and per_class.png for ``probs`` [M, 24] on ``ds``."""
+    from datasets.io import atomic_write, atomic_write_json
+    from metrics.identification import identification_metrics, plot_confusion, plot_per_class
+
+    pred_ids = probs.argmax(1).astype(np.int64) + 1
+    true_ids = ds.labels + 1
+    with atomic_write(out_dir / "val_probs.npz", "wb") as f:
+        np.savez(
+            f,
+            probs=probs.astype(np.float32),
+            labels=ds.labels,
+            class_ids=true_ids,
+            cell=ds.cell,
+            lengths=ds.lengths,
+            centromere_index=ds.centromere,
+            image_ids=ds.image_ids,
+        )
+    cells = np.unique(ds.cell)
+    true_pc = [true_ids[ds.cell == c] for c in cells]
+    pred_pc = [pred_ids[ds.cell == c] for c in cells]
+    m = identification_metrics(true_pc, pred_pc)
+    atomic_write_json(out_dir / "per_class.json", _plain(m))
+    plot_confusion(m["confusion"], out_dir / "confusion.png")
+    plot_per_class(m["per_class"], out_dir / "per_class.png")
+    return m
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train; returns a summary dict (best val accuracy, epochs run, output paths)."""
+    import engine
+    from datasets.instances import CropAugment, DistributedWeightedSampler
+    from datasets.io import atomic_write_json
+    from models.classifier import ClsConfig, build_classifier
+
+    args = check_args(args)
+    dist_info = engine.init_distributed(device=args.device)
+    device = engine.resolve_device(args.device, dist_info.local_rank)
+    is_main = engine.is_main_process()
+    progress = is_main and not args.no_progress
+    out_dir = Path(args.output_dir)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    seed = engine.seed_everything(args.seed, dist_info.rank)
+
+    resume_path = None
+    if args.resume is not None:
+        resume_path = out_dir / "last.pth" if args.resume == "auto" else Path(args.resume)
+        if args.resume == "auto" and not resume_path.exists():
+            print(f"--resume auto: no {resume_path} yet, starting from scratch")
+            resume_path = None
+        elif not resume_path.is_file():
+            raise FileNotFoundError(f"--resume {args.resume}: checkpoint {resume_path} does not exist")
+
+    # -- data: rank 0 fills the caches first, the other ranks then read them
+    if is_main:
+        train_ds = build_instances(args, "train", transforms=CropAugment() if args.augment else None, is_main=True)
+        val_ds = build_instances(args, "val", is_main=True)
+    engine.barrier()
+    if not is_main:
+        train_ds = build_instances(args, "train", transforms=CropAugment() if args.augment else None, is_main=False)
+        val_ds = build_instances(args, "val", is_main=False)
+    print(f"train: {len(train_ds)} chromosomes in {train_ds.n_cells} spreads; val: {len(val_ds)} in {val_ds.n_cells}")
+    if args.prepare_only:
+        engine.cleanup_distributed()
+        return {"train_instances": len(train_ds), "val_instances": len(val_ds)}
+    if len(train_ds) == 0:
+        raise ValueError("no training chromosomes (every instance was skipped): check the dataset and its masks")
+    if len(val_ds) == 0:
+        raise ValueError("no validation chromosomes: raise --val-fraction or --max-val-spreads")
+
+    # -- model: the config (with the feature standardisation) comes from the checkpoint when resuming
+    ckpt = engine.load_checkpoint(resume_path, "cpu") if resume_path is not None else None
+    from features.triad import feature_names
+
+    if ckpt is not None:
+        config = ClsConfig.from_dict(ckpt["config"])
+        for flag, mine, theirs in (
+            ("--features", args.features, config.feature_groups),
+            ("--arch", args.arch, config.arch),
+            ("--crop-height", args.crop_height, config.crop_height),
+            ("--crop-width", args.crop_width, config.crop_width),
+        ):
+            if mine != theirs:
+                raise ValueError(f"{flag} {mine} differs from the checkpoint's {theirs} ({resume_path})")
+    else:
+        mean, std = feature_stats(train_ds.selected)
+        config = ClsConfig(
+            arch=args.arch,
+            crop_height=args.crop_height,
+            crop_width=args.crop_width,
+            stem=args.stem,
+            n_features=train_ds.n_features,
+            feature_groups=args.features,
+            feature_names=list(feature_names(args.features)),
+            feature_mean=mean,
+            feature_std=std,
+            mlp_hidden=args.mlp_hidden,
+            dropout=args.dropout,
+        )
+    use_features = config.n_features > 0
+    model = build_classifier(config).to(device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    model_without_ddp = model
+    if dist_info.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model_without_ddp = model.module
+    n_params = sum(p.numel() for p in model_without_ddp.parameters())
+    print(
+        f"model: {config.arch} ({config.stem} stem) + {config.n_features} features ({config.feature_groups}); {n_params:,} parameters; trained from scratch"
+    )
+
+    # -- sampling
+    ws, rank = dist_info.world_size, dist_info.rank
+    if args.balanced:
+        sampler = DistributedWeightedSampler(train_ds.sample_weights(), rank=rank, world_size=ws, seed=args.seed)
+    else:
+        sampler = torch.utils.data.DistributedSampler(
+            train_ds, num_replicas=ws, rank=rank, shuffle=True, seed=args.seed
+        )
+    loader = torch.utils.data.DataLoader(
+        train_ds,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        worker_init_fn=engine.seed_worker,
+        pin_memory=device.type == "cuda",
+        drop_last=len(sampler) > args.batch_size,  # a batch of one would break BatchNorm
+        generator=torch.Generator().manual_seed(seed),
+    )
+    steps = min(len(loader), args.steps_per_epoch or len(loader))
+
+    # -- optimisation
+    decay, no_decay = [], []
+    for p_ in model_without_ddp.parameters():
+        (no_decay if p_.ndim <= 1 else decay).append(p_)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
+    scheduler = engine.build_lr_scheduler(
+        optimizer,
+        schedule=args.schedule,
+        total_steps=args.epochs * steps,
+        warmup_steps=round(args.warmup_epochs * steps),
+    )
+    scaler = engine.make_scaler(device, args.amp)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    start_epoch, best = 0, -1.0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = int(ckpt["epoch"]) + 1
+        best = float(ckpt["best_metric"]) if ckpt.get("best_metric") is not None else -1.0
+        print(f"resumed from {resume_path}: continuing at epoch {start_epoch} (best val accuracy {best:.4f})")
+        del ckpt
+
+    logger = engine.MetricLogger(out_dir, enabled=is_main)
+    if is_main:
+        env = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()}
+        atomic_write_json(
+            out_dir / "args.json",
+            {"args": vars(args), "config": config.to_dict(), "seed": seed, "world_size": ws, "device": str(device)}
+            | env,
+        )
+
+    # -- epochs
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        t0 = time.time()
+        stats = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            scheduler,
+            scaler,
+            criterion,
+            device,
+            amp=args.amp,
+            epoch=epoch,
+            use_features=use_features,
+            max_steps=steps,
+            clip_grad_norm=args.clip_grad_norm,
+            progress=progress,
+        )
+        if is_main:
+            probs = predict_dataset(
+                model_without_ddp,
+                val_ds,
+                device,
+                batch_size=args.batch_size * 2,
+                amp=args.amp,
+                use_features=use_features,
+            )
+            stats |= val_summary(probs, val_ds.labels, args.label_smoothing)
+            improved = stats["val_accuracy"] > best
+            best = max(best, stats["val_accuracy"])
+            ck = {"model": model_without_ddp, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+            ck |= {"epoch": epoch, "args": args, "config": config, "best_metric": best}
+            engine.save_checkpoint(out_dir / "last.pth", **ck, extra={"val_accuracy": stats["val_accuracy"]})
+            if improved:
+                engine.save_checkpoint(out_dir / "best.pth", **ck, extra={"val_accuracy": stats["val_accuracy"]})
+            row = {"epoch": epoch, **stats, "best_val_accuracy": best, "time_s": time.time() - t0}
+            logger.log(row, step=epoch)
+            print(
+                f"epoch {epoch}: loss {stats['train_loss']:.4f} train acc {stats['train_acc']:.4f} "
+                f"val acc {stats['val_accuracy']:.4f} (best {best:.4f}) lr {stats['lr']:.2e} {row['time_s']:.0f}s"
+            )
+        engine.barrier()
+
+    # -- the best model on val: metrics and per-instance probabilities for karyotype assignment
+    summary: dict[str, Any] = {"best_val_accuracy": best, "epochs": args.epochs, "output_dir": str(out_dir)}
+    if is_main and (out_dir / "best.pth").exists():
+        best_ckpt = engine.load_checkpoint(out_dir / "best.pth", "cpu")
+        model_without_ddp.load_state_dict(best_ckpt["model"])
+        probs = predict_dataset(
+            model_without_ddp, val_ds, device, batch_size=args.batch_size * 2, amp=args.amp, use_features=use_features
+        )
+        m = write_val_outputs(out_dir, val_ds, probs)
+        summary |= {"best_epoch": int(best_ckpt["epoch"]), "val_cell_exact_rate": m.get("cell_exact_rate")}
+        print(
+            f"best epoch {best_ckpt['epoch']}: val accuracy {m.get('accuracy', float('nan')):.4f}; wrote {out_dir}/val_probs.npz"
+        )
+        atomic_write_json(out_dir / "summary.json", _plain(summary))
+    logger.close()
+    engine.cleanup_distributed()
+    return summary
+
+
+if __name__ == "__main__":
+    summary = main(get_args_parser().parse_args())
+    print(json.dumps(summary, default=str))
