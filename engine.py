@@ -1,0 +1,733 @@
+"""Training and evaluation loops shared by both trainers (segmentation and classification).
+
+Modelled on torchvision's ``references/detection/engine.py`` + ``utils.py``: the scripts
+(``train_segmentation.py``, ``train_classification.py``) only wire things together; everything about
+devices, distributed training (torchrun / DDP), seeding, mixed precision, learning-rate schedules,
+checkpoints and logging lives here so both trainers behave the same way.
+
+Conventions:
+
+* Distributed runs are started with ``torchrun --nproc_per_node=N script.py ...``; :func:`init_distributed`
+  reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``. Only rank 0 saves, logs and evaluates.
+* Learning-rate schedules are stepped once per *optimizer step* (not per epoch), so a resumed run
+  continues at exactly the same position of the schedule.
+* Every file is written atomically (:mod:`datasets.io`): a killed run never leaves a half-written
+  checkpoint or log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from datasets.io import atomic_torch_save, atomic_write
+
+__all__ = [
+    "DistInfo",
+    "MetricLogger",
+    "amp_dtype",
+    "autocast_context",
+    "barrier",
+    "build_lr_scheduler",
+    "check_finite",
+    "cleanup_distributed",
+    "detection_collate",
+    "evaluate_detection",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_main_process",
+    "load_checkpoint",
+    "make_scaler",
+    "reduce_dict",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+    "seed_worker",
+    "train_one_epoch_detection",
+    "unwrap_model",
+]
+
+# ---------------------------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in a (possibly) distributed run.
+
+    Attributes:
+        rank: global rank (0 in a single-process run).
+        world_size: number of processes (1 in a single-process run).
+        local_rank: rank on this machine; selects the GPU ``cuda:<local_rank>``.
+        distributed: True when a process group was initialised (``world_size > 1``).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False
+
+
+def init_distributed(*, device: str = "auto") -> DistInfo:
+    """Initialise ``torch.distributed`` from torchrun's environment variables, if present.
+
+    ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` are set by ``torchrun``. Without them (or with
+    ``WORLD_SIZE=1``) this is a single-process run and nothing is initialised. The backend is NCCL
+    when CUDA is used (``device`` is "auto"/"cuda*" and CUDA is available), gloo otherwise.
+
+    Args:
+        device: the ``--device`` flag of the trainer ("auto", "cpu", "cuda", "cuda:N").
+
+    Returns:
+        DistInfo for this process.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size <= 1:
+        return DistInfo(rank=rank, world_size=1, local_rank=local_rank, distributed=False)
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not (dist.is_available() and dist.is_initialized()):
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    # torchrun's other ranks would flood the terminal with the same messages
+    if rank != 0:
+        import builtins
+
+        builtin_print = builtins.print
+
+        def quiet_print(*a: Any, force: bool = False, **kw: Any) -> None:
+            if force:
+                builtin_print(*a, **kw)
+
+        builtins.print = quiet_print
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, distributed=True)
+
+
+def cleanup_distributed() -> None:
+    """Destroy the process group if one was initialised (call at the end of ``main``)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _dist_on() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """Global rank of this process (0 when not distributed)."""
+    return dist.get_rank() if _dist_on() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    return dist.get_world_size() if _dist_on() else 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and always in a single-process run): the process that saves, logs and evaluates."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for all processes (no-op when not distributed)."""
+    if _dist_on():
+        dist.barrier()
+
+
+def reduce_dict(values: Mapping[str, torch.Tensor], *, average: bool = True) -> dict[str, torch.Tensor]:
+    """All-reduce a dict of scalar tensors over processes (for logging); identity when not distributed."""
+    if get_world_size() < 2:
+        return dict(values)
+    with torch.no_grad():
+        names = sorted(values)
+        stacked = torch.stack([values[k].detach().float() for k in names])
+        dist.all_reduce(stacked)
+        if average:
+            stacked /= get_world_size()
+        return dict(zip(names, stacked))
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DistributedDataParallel / DataParallel (``model_without_ddp``)."""
+    return (
+        model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
+    )
+
+
+# ---------------------------------------------------------------------------------------------- devices, seeds
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """Turn a ``--device`` flag into a torch device.
+
+    Args:
+        name: "auto" (CUDA if available, else CPU), "cpu", "cuda" (``cuda:<local_rank>``) or "cuda:N".
+        local_rank: the torchrun local rank; picks the GPU for "auto" and "cuda".
+
+    Raises:
+        ValueError: an unknown name, or CUDA asked for on a machine without a usable CUDA device.
+    """
+    name = str(name).strip().lower()
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name} was requested but CUDA is not available on this machine "
+                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu or --device auto"
+            )
+        index = local_rank
+        if name.startswith("cuda:"):
+            try:
+                index = int(name.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"--device {name}: expected cuda:N with an integer N") from None
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return torch.device(f"cuda:{index}")
+    raise ValueError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N")
+
+
+def seed_everything(seed: int, rank: int = 0) -> int:
+    """Seed Python, NumPy and torch (CPU and CUDA) with ``seed + rank``; return the seed used.
+
+    Different ranks get different seeds so that their augmentations differ (detectron2's habit).
+    """
+    s = int(seed) + int(rank)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(s)
+    return s
+
+
+def seed_worker(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=seed_worker)``: seed NumPy and ``random`` in each worker from torch's seed.
+
+    torch already gives each worker ``base_seed + worker_id``; NumPy and ``random`` would otherwise be
+    copies of the parent's state in every worker (identical augmentations across workers).
+    """
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype used on ``device``: bfloat16 where the GPU supports it, else float16; None on CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """Mixed-precision context: ``torch.autocast`` (bf16, or fp16 on older GPUs) on CUDA, ``nullcontext`` on CPU."""
+    dtype = amp_dtype(device)
+    if not enabled or dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def make_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for float16 autocast on CUDA (bf16 and fp32 need none).
+
+    A disabled scaler is returned otherwise, so the training loop can always call
+    ``scaler.scale(loss).backward(); scaler.step(opt); scaler.update()``.
+    """
+    use = bool(enabled) and amp_dtype(device) == torch.float16
+    return torch.amp.GradScaler("cuda", enabled=use)
+
+
+# ---------------------------------------------------------------------------------------------- LR schedule
+
+
+def lr_factor(
+    step: int,
+    *,
+    schedule: str,
+    total_steps: int,
+    warmup_steps: int,
+    step_milestones: Sequence[int] | None = None,
+    gamma: float = 0.1,
+    min_factor: float = 0.0,
+) -> float:
+    """The multiplier of the base learning rate after ``step`` optimizer steps (see :func:`build_lr_scheduler`)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        warm = (step + 1) / warmup_steps
+    else:
+        warm = 1.0
+    if schedule == "cosine":
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+        decay = min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif schedule == "step":
+        milestones = list(step_milestones) if step_milestones is not None else default_milestones(total_steps)
+        decay = gamma ** bisect_right(sorted(milestones), step)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}: use 'cosine' or 'step'")
+    return warm * decay
+
+
+def default_milestones(total_steps: int) -> list[int]:
+    """Step-schedule milestones at 2/3 and 8/9 of training (torchvision's 16 and 22 of 26 epochs, in steps)."""
+    return [int(total_steps * 2 / 3), int(total_steps * 8 / 9)]
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    schedule: str,
+    total_steps: int,
+    warmup_steps: int = 0,
+    step_milestones: Sequence[int] | None = None,
+    gamma: float = 0.1,
+    min_factor: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-optimizer-step LambdaLR: linear warmup, then cosine decay or step decay.
+
+    After ``k`` calls of ``scheduler.step()`` the learning rate is ``base_lr * warm(k) * decay(k)`` with
+
+    * ``warm(k) = (k + 1) / warmup_steps`` for ``k < warmup_steps``, else 1 (so the very first step
+      runs at ``base_lr / warmup_steps`` and step ``warmup_steps - 1`` at the full rate);
+    * cosine: ``decay(k) = min_factor + (1 - min_factor) * (1 + cos(pi * p)) / 2`` with
+      ``p = clip((k - warmup_steps) / (total_steps - warmup_steps), 0, 1)``;
+    * step: ``decay(k) = gamma ** (number of milestones <= k)``; milestones default to 2/3 and 8/9 of
+      ``total_steps``.
+
+    Args:
+        optimizer: the optimizer whose groups' ``lr`` is the base rate.
+        schedule: "cosine" or "step".
+        total_steps: optimizer steps in the whole run (epochs x steps per epoch).
+        warmup_steps: linear warmup length in optimizer steps (0: none).
+        step_milestones: optimizer-step indices where the step schedule multiplies by ``gamma``.
+        gamma: step-decay factor.
+        min_factor: floor of the cosine decay as a fraction of the base rate.
+
+    Raises:
+        ValueError: unknown schedule or negative/zero step counts.
+    """
+    if schedule not in ("cosine", "step"):
+        raise ValueError(f"unknown schedule {schedule!r}: use 'cosine' or 'step'")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    milestones = list(step_milestones) if step_milestones is not None else default_milestones(total_steps)
+
+    def factor(step: int) -> float:
+        return lr_factor(
+            step,
+            schedule=schedule,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps,
+            step_milestones=milestones,
+            gamma=gamma,
+            min_factor=min_factor,
+        )
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain-Python version of args/config (argparse Namespace, dataclass, Path) for a portable checkpoint."""
+    import argparse
+    import dataclasses
+
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    scaler: torch.amp.GradScaler | None,
+    epoch: int,
+    args: Any,
+    config: Any,
+    best_metric: float | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a full training checkpoint atomically (call on rank 0 only).
+
+    The file holds ``model`` (state dict of the unwrapped model), ``optimizer``, ``scheduler``,
+    ``scaler``, ``epoch`` (the last *completed* epoch), ``args`` and ``config`` as plain dicts (so the
+    model can be rebuilt from the file alone), ``best_metric``, ``torch_version`` and ``extra``.
+    """
+    ckpt = {
+        "format": "karyotype-checkpoint/1",
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch),
+        "args": _jsonable(args),
+        "config": _jsonable(config),
+        "best_metric": best_metric,
+        "torch_version": torch.__version__,
+        "extra": dict(extra) if extra else {},
+    }
+    atomic_torch_save(ckpt, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (or any dict with a ``model`` state dict).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names it).
+        ValueError: the file is not a readable torch checkpoint or has no ``model`` entry.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p} (check the path, or train first to create it)")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{p}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        keys = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{p}: not a training checkpoint (no 'model' entry; found {keys})")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+class MetricLogger:
+    """Append one row of metrics per call to ``log.csv`` and ``log.jsonl``, and to TensorBoard (``tb/``).
+
+    Every line is appended and flushed at once, so a killed run keeps everything logged so far; on
+    resume the files are appended to, never wiped. If a row brings new columns, ``log.csv`` is
+    rewritten (atomically) from ``log.jsonl`` with the wider header. TensorBoard is optional: when
+    ``torch.utils.tensorboard`` cannot be imported a warning is given and only CSV/JSONL are written.
+
+    Args:
+        output_dir: folder of the run.
+        enabled: False on non-main ranks (then every call is a no-op).
+        tensorboard: write TensorBoard scalars under ``output_dir/tb``.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.dir = Path(output_dir)
+        self.enabled = enabled
+        self.csv_path = self.dir / "log.csv"
+        self.jsonl_path = self.dir / "log.jsonl"
+        self.writer = None
+        self._columns: list[str] | None = None
+        if not enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.csv_path.exists():
+            with open(self.csv_path, newline="") as f:
+                header = next(csv.reader(f), None)
+            self._columns = list(header) if header else None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(log_dir=str(self.dir / "tb"))
+            except Exception as exc:  # tensorboard is optional
+                warnings.warn(
+                    f"TensorBoard logging disabled ({exc}); CSV and JSONL logs are still written", stacklevel=2
+                )
+
+    def log(self, row: Mapping[str, Any], *, step: int | None = None, prefix: str = "") -> None:
+        """Append ``row`` (e.g. ``{"epoch": 3, "loss": 0.41, "val/bbox_AP50": 0.7}``)."""
+        if not self.enabled:
+            return
+        clean = {k: _scalar(v) for k, v in row.items()}
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+            f.flush()
+        keys = list(clean)
+        if self._columns is None or any(k not in self._columns for k in keys):
+            self._columns = (self._columns or []) + [k for k in keys if k not in (self._columns or [])]
+            self._rewrite_csv()
+        else:
+            with open(self.csv_path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._columns).writerow(clean)
+                f.flush()
+        if self.writer is not None:
+            s = step if step is not None else int(clean.get("epoch", 0) or 0)
+            for k, v in clean.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                    self.writer.add_scalar(prefix + k, v, s)
+            self.writer.flush()
+
+    def _rewrite_csv(self) -> None:
+        rows = []
+        if self.jsonl_path.exists():
+            with open(self.jsonl_path) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self._columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        with atomic_write(self.csv_path, "w") as f:
+            f.write(buf.getvalue())
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+# ---------------------------------------------------------------------------------------------- loops
+
+
+def check_finite(loss_dict: Mapping[str, torch.Tensor | float]) -> None:
+    """Stop training when a loss is NaN or infinite: print the loss dict and raise ``FloatingPointError``."""
+    values = {k: float(v.detach().float().item() if isinstance(v, torch.Tensor) else v) for k, v in loss_dict.items()}
+    total = sum(values.values())
+    if not all(math.isfinite(v) for v in values.values()) or not math.isfinite(total):
+        msg = "non-finite loss, stopping training: " + ", ".join(f"{k}={v}" for k, v in values.items())
+        print(msg, file=sys.stderr)
+        raise FloatingPointError(msg)
+
+
+def detection_collate(batch: list) -> tuple[list, list]:
+    """Collate ``(image, target)`` pairs into ``(list of images, list of targets)`` (torchvision style)."""
+    return tuple(list(x) for x in zip(*batch)) if batch else ([], [])
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def train_one_epoch_detection(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable,
+    device: torch.device,
+    epoch: int,
+    *,
+    scheduler: Any | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    accum_steps: int = 1,
+    max_steps: int | None = None,
+    clip_grad_norm: float | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """One epoch of a torchvision detection model (loss dict in train mode).
+
+    Args:
+        model: Mask R-CNN (possibly DDP-wrapped); ``model(images, targets)`` returns a loss dict.
+        optimizer / scheduler: the scheduler is stepped once per optimizer step.
+        loader: yields ``(images, targets)`` (see :func:`detection_collate`) or lists of
+            ``(image, target)`` pairs; images FloatTensor[1, H, W], targets as ``KaryoRecord.to_target``.
+        device: where to run.
+        epoch: for the progress bar.
+        scaler: a GradScaler (see :func:`make_scaler`); None means no scaling.
+        amp: run the forward pass under :func:`autocast_context`.
+        accum_steps: gradient accumulation: one optimizer step every ``accum_steps`` batches (and
+            at the end of the epoch).
+        max_steps: stop after this many batches (smoke runs, debugging).
+        clip_grad_norm: clip the global gradient norm to this value if given.
+        progress: tqdm bar (on the main process only).
+
+    Returns:
+        mean of each loss over the batches seen (``loss`` is the total), ``lr`` (after the last step),
+        ``steps`` (batches), ``optimizer_steps``, ``time_s``.
+
+    Raises:
+        FloatingPointError: a loss became NaN/inf (the loss dict is printed first).
+    """
+    if accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+    model.train()
+    total = len(loader) if hasattr(loader, "__len__") else None
+    if max_steps is not None and total is not None:
+        total = min(total, max_steps)
+    bar = None
+    if progress and is_main_process():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False)
+    sums: dict[str, float] = {}
+    n_batches = 0
+    n_opt = 0
+    t0 = time.time()
+    optimizer.zero_grad(set_to_none=True)
+    pending = 0
+    for i, batch in enumerate(loader):
+        if max_steps is not None and i >= max_steps:
+            break
+        if isinstance(batch, list) and batch and isinstance(batch[0], (tuple, list)) and len(batch[0]) == 2:
+            images, targets = detection_collate(batch)
+        else:
+            images, targets = batch
+        images = [_to_device(im, device) for im in images]
+        targets = [_to_device(t, device) for t in targets]
+        last_in_epoch = (total is not None and i + 1 == total) or (max_steps is not None and i + 1 == max_steps)
+        do_step = (i + 1) % accum_steps == 0 or last_in_epoch
+        # skip the gradient all-reduce on accumulation-only batches of a DDP model
+        sync = contextlib.nullcontext() if do_step or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast_context(device, amp):
+                loss_dict = model(images, targets)
+            losses = sum(loss_dict.values())
+            logged = reduce_dict({k: v.detach() for k, v in loss_dict.items()})
+            check_finite(logged)
+            loss = losses / accum_steps
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        pending += 1
+        if do_step:
+            _optimizer_step(model, optimizer, scaler, clip_grad_norm)
+            if scheduler is not None:
+                scheduler.step()
+            pending = 0
+            n_opt += 1
+        n_batches += 1
+        for k, v in logged.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        sums["loss"] = sums.get("loss", 0.0) + float(sum(float(v) for v in logged.values()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    if pending:  # an iterable without len ended between optimizer steps
+        _optimizer_step(model, optimizer, scaler, clip_grad_norm)
+        if scheduler is not None:
+            scheduler.step()
+        n_opt += 1
+    if bar is not None:
+        bar.close()
+    out = {k: v / max(1, n_batches) for k, v in sums.items()}
+    out.update(
+        lr=float(optimizer.param_groups[0]["lr"]),
+        steps=n_batches,
+        optimizer_steps=n_opt,
+        time_s=time.time() - t0,
+    )
+    return out
+
+
+def _optimizer_step(model, optimizer, scaler, clip_grad_norm) -> None:
+    if scaler is not None:
+        if clip_grad_norm:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        if clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def evaluate_detection(
+    model: torch.nn.Module,
+    dataset: Sequence,
+    device: torch.device,
+    *,
+    agnostic: bool,
+    score_thresh: float = 0.05,
+    mask_thresh: float = 0.5,
+    amp: bool = False,
+    progress: bool = False,
+) -> dict[str, float]:
+    """COCO box and mask AP of a detection model on a dataset of :class:`KaryoRecord`.
+
+    Each record's image is run through :func:`models.segmentation.predict`; predicted soft masks
+    [M, 1, H, W] are binarised at ``mask_thresh`` into a prediction record (boxes, labels, scores,
+    masks uint8 [M, H, W]) and scored with :func:`metrics.detection.coco_evaluate` against the
+    ground-truth records.
+
+    Args:
+        model: the (possibly DDP-wrapped) Mask R-CNN; it is put in eval mode and left there.
+        dataset: indexable of KaryoRecord (e.g. the validation split, no augmentation).
+        agnostic: score class-agnostic (one "chromosome" class) instead of per class 1..24.
+        score_thresh: detections below this score are dropped (low, so AP sees the whole PR curve).
+
+    Returns:
+        flat dict from ``coco_evaluate`` (``bbox_AP``, ``bbox_AP50``, ..., ``segm_AP50``, ...),
+        values in [0, 1], or -1 where COCO has nothing to score.
+    """
+    from datasets.record import KaryoRecord
+    from metrics.detection import coco_evaluate
+    from models.segmentation import predict
+
+    net = unwrap_model(model)
+    net.eval()
+    gts: list = []
+    preds: list = []
+    it: Iterable = range(len(dataset))
+    if progress and is_main_process():
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="eval", dynamic_ncols=True, leave=False)
+    for i in it:
+        rec = dataset[i]
+        with autocast_context(device, amp):
+            out = predict(net, [rec.image], score_thresh=score_thresh, device=device)[0]
+        masks = (out["masks"][:, 0] >= mask_thresh).to(torch.uint8).numpy()
+        preds.append(
+            KaryoRecord(
+                image=rec.image,
+                boxes=out["boxes"].numpy(),
+                labels=out["labels"].numpy(),
+                masks=masks,
+                scores=out["scores"].numpy(),
+                meta={"image_id": rec.image_id or str(i)},
+            )
+        )
+        gts.append(rec)
+    return coco_evaluate(gts, preds, agnostic=agnostic)

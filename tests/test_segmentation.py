@@ -1,0 +1,277 @@
+"""models/segmentation.py and train_segmentation.py: builders, checkpoint files, smoke training, resume, flags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import engine
+from models.segmentation import (
+    BACKBONES,
+    SegConfig,
+    build_segmentation_model,
+    load_segmentation_checkpoint,
+    predict,
+    save_weights,
+)
+from train_segmentation import get_args_parser, main
+
+# few proposals so an untrained model's forward stays cheap on a shared CPU
+FAST = dict(min_size=64, max_size=64, rpn_pre_nms_top_n_test=20, rpn_post_nms_top_n_test=2, box_detections_per_img=100)
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    """A 64x64 grey 'spread': light background, three dark bars."""
+    img = np.full((64, 64), 0.9, np.float32)
+    img[5:30, 8:16] = 0.3
+    img[40:60, 30:38] = 0.35
+    img[10:22, 40:60] = 0.25
+    return img + np.random.default_rng(seed).normal(0, 0.01, img.shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- config and builder
+def test_config_defaults_and_validation():
+    assert SegConfig().num_classes == 25 and SegConfig(agnostic=True).num_classes == 2
+    with pytest.raises(ValueError, match="num_classes=25"):
+        SegConfig(agnostic=True, num_classes=25)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        SegConfig(backbone="vgg16")
+    c = SegConfig(backbone="resnet34_fpn", anchor_sizes=[[8], [16], [32], [64], [128]])
+    assert SegConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_backbone_builds_and_runs_in_both_modes(backbone):
+    img = torch.from_numpy(_image())[None]
+    for agnostic in (False, True):
+        torch.manual_seed(0)
+        model = build_segmentation_model(SegConfig(backbone=backbone, agnostic=agnostic, **FAST)).eval()
+        n_cls = 2 if agnostic else 25
+        assert model.roi_heads.box_predictor.cls_score.out_features == n_cls
+        assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == n_cls
+        stem = model.backbone.body.conv1 if backbone.startswith("resnet") else model.backbone.body["0"][0]
+        assert stem.in_channels == 1  # a true grey stem
+        assert model.rpn.head.cls_logits.out_channels == 5  # 1 size x 5 aspect ratios per level
+        with torch.no_grad():
+            (out,) = model([img])
+        m = out["boxes"].shape[0]
+        assert set(out) == {"boxes", "labels", "scores", "masks"}
+        assert out["boxes"].shape == (m, 4) and out["boxes"].dtype == torch.float32
+        assert out["labels"].shape == (m,) and out["labels"].dtype == torch.int64
+        assert out["scores"].shape == (m,) and out["masks"].shape == (m, 1, 64, 64)
+        assert m <= 100 and (m <= 2 if agnostic else m <= 2 * 24)  # <= proposals x foreground classes
+        if m:
+            assert out["labels"].min() >= 1 and out["labels"].max() <= n_cls - 1
+            assert 0 <= out["masks"].min() and out["masks"].max() <= 1
+
+
+def test_predict_contract():
+    torch.manual_seed(0)
+    model = build_segmentation_model(SegConfig(backbone="resnet18_fpn", agnostic=True, box_score_thresh=0.0, **FAST))
+    img = _image()
+    res = predict(model, [img, torch.from_numpy(img)], score_thresh=0.0, device="cpu")
+    assert len(res) == 2
+    r = res[0]
+    m = len(r["scores"])
+    assert m >= 1 and r["masks"].shape == (m, 1, 64, 64) and r["masks"].dtype == torch.float32
+    assert r["boxes"].dtype == torch.float32 and r["labels"].dtype == torch.int64 and (r["labels"] == 1).all()
+    assert torch.all(r["scores"][:-1] >= r["scores"][1:])  # sorted by score
+    torch.testing.assert_close(res[1]["boxes"], r["boxes"])  # numpy and torch input agree
+    thr = float(r["scores"].max()) + 1e-6
+    assert len(predict(model, [img], score_thresh=thr)[0]["scores"]) == 0
+    u8 = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+    assert len(predict(model, [u8], score_thresh=0.0)[0]["scores"]) >= 1  # uint8 is accepted (/255)
+    with pytest.raises(ValueError, match="grey image"):
+        predict(model, [np.zeros((3, 8, 8), np.float32)])
+
+
+# ---------------------------------------------------------------------------------------------- files
+def test_save_weights_half_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    cfg = SegConfig(backbone="resnet18_fpn", agnostic=True, **FAST)
+    model = build_segmentation_model(cfg).eval()
+    save_weights(model, cfg, tmp_path / "w16.pth", half=True)
+    save_weights(model, cfg, tmp_path / "w32.pth")
+    assert (tmp_path / "w16.pth").stat().st_size < 0.6 * (tmp_path / "w32.pth").stat().st_size
+    m16, c16 = load_segmentation_checkpoint(tmp_path / "w16.pth")
+    m32, c32 = load_segmentation_checkpoint(tmp_path / "w32.pth")
+    assert c16 == cfg and c32 == cfg and not m16.training
+    assert all(p.dtype == torch.float32 for p in m16.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(m32.state_dict()[k], v), k
+    w, w16 = model.backbone.body.layer1[0].conv1.weight, m16.backbone.body.layer1[0].conv1.weight
+    torch.testing.assert_close(w16, w.half().float())
+
+
+def test_bare_state_dict_needs_sibling_config(tmp_path):
+    cfg = SegConfig(backbone="resnet18_fpn", **FAST)
+    model = build_segmentation_model(cfg)
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(FileNotFoundError, match="bare.json"):
+        load_segmentation_checkpoint(tmp_path / "bare.pth")
+    (tmp_path / "bare.json").write_text(json.dumps(cfg.to_dict()))
+    loaded, c = load_segmentation_checkpoint(tmp_path / "bare.pth")
+    assert c == cfg and torch.equal(loaded.backbone.body.conv1.weight, model.backbone.body.conv1.weight)
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        load_segmentation_checkpoint(tmp_path / "nothere.pth")
+
+
+def test_pretrained_path_rgb_stem_is_summed_and_missing_file(tmp_path, capsys):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    clf = resnet18(weights=None)
+    torch.save(clf.state_dict(), tmp_path / "r18.pth")
+    model = build_segmentation_model(
+        SegConfig(backbone="resnet18_fpn", pretrained_path=str(tmp_path / "r18.pth"), **FAST)
+    )
+    torch.testing.assert_close(model.backbone.body.conv1.weight, clf.conv1.weight.sum(1, keepdim=True))
+    torch.testing.assert_close(model.backbone.body.layer2[0].conv1.weight, clf.layer2[0].conv1.weight)
+    assert "missing" in capsys.readouterr().out  # the heads are reported as missing
+    # with a pretrained file the default is FrozenBatchNorm and 3 trainable stages
+    assert type(model.backbone.body.bn1).__name__ == "FrozenBatchNorm2d"
+    assert not model.backbone.body.layer1[0].conv1.weight.requires_grad
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        build_segmentation_model(SegConfig(backbone="resnet18_fpn", pretrained_path=str(tmp_path / "nope.pth")))
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _args(tmp_path, *extra: str):
+    return get_args_parser().parse_args(
+        [
+            "--smoke",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--output-dir",
+            str(tmp_path),
+            "--min-size",
+            "64",
+            "--max-size",
+            "64",
+        ]
+        + list(extra)
+    )
+
+
+def test_smoke_training_resume_and_rebuild(tmp_path):
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    flags = ["--epochs", "2", "--max-steps-per-epoch", "1", "--eval-every", "2", "--warmup-steps", "0"]
+    res_a = main(_args(run_a, *flags, "--keep-checkpoints"))
+    for name in (
+        "last.pth",
+        "best.pth",
+        "epoch_000.pth",
+        "log.csv",
+        "log.jsonl",
+        "args.json",
+        "env.json",
+        "config.json",
+    ):
+        assert (run_a / name).is_file(), name
+    assert (run_a / "tb").is_dir()
+    ck = engine.load_checkpoint(run_a / "last.pth")
+    assert ck["epoch"] == 1 and ck["scheduler"]["last_epoch"] == 2 and ck["config"]["backbone"] == "resnet18_fpn"
+    rows = [json.loads(x) for x in (run_a / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    # cosine over 2 steps, no warmup: lr 0.01 -> 0.005 -> 0
+    assert [r["lr_start"] for r in rows] == pytest.approx([0.01, 0.005]) and rows[1]["lr"] == pytest.approx(0.0)
+    assert "val_bbox_AP50" in rows[1] and "val_bbox_AP50" not in rows[0]
+    v = rows[1]["val_bbox_AP50"]
+    assert v is None or v == -1 or 0.0 <= v <= 1.0
+    assert res_a["start_epoch"] == 0 and res_a["last_epoch"] == 1
+
+    # resume from the epoch-0 checkpoint: epoch 1 again, at the same LR, to the same weights
+    res_b = main(_args(run_b, *flags, "--resume", str(run_a / "epoch_000.pth")))
+    assert res_b["start_epoch"] == 1 and [h["epoch"] for h in res_b["history"]] == [1]
+    assert res_b["history"][0]["lr_start"] == pytest.approx(rows[1]["lr_start"])
+    ck_b = engine.load_checkpoint(run_b / "last.pth")
+    assert ck_b["epoch"] == 1 and ck_b["scheduler"]["last_epoch"] == 2
+    for k, v in ck["model"].items():
+        torch.testing.assert_close(ck_b["model"][k], v, msg=lambda m, k=k: f"{k}: {m}")
+
+    # --resume auto on a finished run has nothing left to do
+    res_c = main(_args(run_a, *flags, "--resume", "auto"))
+    assert res_c["start_epoch"] == 2 and res_c["history"] == []
+
+    # the checkpoint alone rebuilds the model, with no flags
+    model, cfg = load_segmentation_checkpoint(run_a / "last.pth")
+    assert cfg.backbone == "resnet18_fpn" and cfg.min_size == 64 and not cfg.agnostic
+    for k, v in ck["model"].items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize(
+    "extra,exc,msg",
+    [
+        (["--dataset", "pascal"], ValueError, "unknown --dataset 'pascal'"),
+        (["--dataset", "voc", "--data-root", "/no/such/folder"], ValueError, "/no/such/folder"),
+        (["--dataset", "voc", "mfish", "--data-root", "/tmp"], ValueError, "one root per dataset"),
+        (["--resume", "/no/such/ckpt.pth"], FileNotFoundError, "/no/such/ckpt.pth"),
+        (["--epochs", "0"], ValueError, "--epochs"),
+        (["--detections-per-img", "50"], ValueError, "detections-per-img"),
+    ],
+)
+def test_bad_flags_fail_clearly(tmp_path, extra, exc, msg):
+    with pytest.raises(exc, match=msg):
+        main(_args(tmp_path / "run", *extra))
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_fails(tmp_path):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        main(_args(tmp_path / "run", "--device", "cuda"))
+
+
+def test_empty_dataset_fails(tmp_path):
+    empty = tmp_path / "empty_voc"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty_voc"):
+        main(_args(tmp_path / "run", "--dataset", "voc", "--data-root", str(empty)))
+
+
+# ---------------------------------------------------------------------------------------------- run_training.sh
+def test_run_training_recipe_order_skip_resume_and_failure(tmp_path):
+    """The recipe's control flow, with a stand-in interpreter that records its arguments (no training)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "run_training.sh"
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "py.sh"
+    stub.write_text(
+        '#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n'
+        'if [[ "$1" == train_classification.py && -n "${FAIL_CLS:-}" ]]; then echo boom; exit 3; fi\n'
+    )
+    stub.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(stub), CALLS=str(calls), OUT=str(tmp_path / "out"), DATA_ROOT=str(tmp_path))
+    env.update(BACKBONE="resnet18_fpn", EPOCHS_SEG="3", EXTRA_SEG_ARGS="--amp --batch-size 4")
+
+    def run(**extra):
+        return subprocess.run(["bash", str(script)], env=dict(env, **extra), capture_output=True, text=True)
+
+    r = run()
+    assert r.returncode == 0, r.stderr
+    seg, cls = calls.read_text().splitlines()
+    assert seg.startswith("train_segmentation.py") and cls.startswith("train_classification.py")
+    for flag in ("--backbone resnet18_fpn", "--epochs 3", "--resume auto", "--device cpu", "--amp --batch-size 4"):
+        assert flag in seg
+    assert "--features all" in cls and "--resume auto" in cls
+    out = tmp_path / "out"
+    assert (out / "segmentation" / "DONE").is_file() and (out / "classification.log").is_file()
+
+    r = run()  # everything done: nothing runs again
+    assert r.returncode == 0 and "skipping" in r.stdout and len(calls.read_text().splitlines()) == 2
+
+    (out / "classification" / "DONE").unlink()
+    r = run(FAIL_CLS="1")
+    assert r.returncode == 3 and "classification] FAILED" in r.stderr
+    assert len(calls.read_text().splitlines()) == 3  # only the unfinished stage ran
+    assert not (out / "classification" / "DONE").exists()
+
+    assert run(NGPU="two").returncode == 2

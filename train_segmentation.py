@@ -1,0 +1,464 @@
+"""Train the chromosome instance-segmentation model (Mask R-CNN, :mod:`models.segmentation`).
+
+Wiring only (torchvision ``references/detection`` style): datasets from :mod:`datasets`, the model from
+:mod:`models.segmentation`, loops, devices, DDP, AMP, checkpoints and logs from :mod:`engine`, metrics
+from :mod:`metrics.detection`.
+
+Examples::
+
+    # seconds on a CPU: tiny synthetic spreads, resnet18_fpn at 128 px, 2 steps
+    python train_segmentation.py --smoke --output-dir runs/seg_smoke
+
+    # CIL:54816 (boxes -> derived masks), 24 classes
+    python train_segmentation.py --dataset voc --data-root ../shared/data/cil54816 \\
+        --epochs 26 --amp --output-dir runs/seg_cil
+
+    # CIL + M-FISH, class-agnostic, 4 GPUs
+    torchrun --nproc_per_node=4 train_segmentation.py --dataset voc mfish \\
+        --data-root ../shared/data/cil54816 ../shared/data/mfish --agnostic --output-dir runs/seg_mix
+
+Outputs in ``--output-dir``: ``last.pth`` (every epoch: model, optimizer, scheduler, scaler, epoch, args,
+config), ``best.pth`` (best validation bbox AP50, segm AP50 breaking ties), ``log.csv``, ``log.jsonl``,
+``tb/``, ``args.json``, ``env.json``, ``config.json`` (the model config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_VOC_ROOT = Path(__file__).resolve().parent.parent / "shared" / "data" / "cil54816"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    from models.segmentation import BACKBONES
+
+    p = argparse.ArgumentParser(description="Train the Mask R-CNN chromosome segmentation model", add_help=add_help)
+
+    g = p.add_argument_group("Data")
+    g.add_argument(
+        "--dataset", nargs="+", default=None, help="loader name(s): voc, mfish, coco, labelme, yolo, synthetic"
+    )
+    g.add_argument(
+        "--data-root",
+        nargs="+",
+        default=None,
+        help="one root per --dataset ('none' for synthetic); default ../shared/data/cil54816 for a single voc",
+    )
+    g.add_argument(
+        "--val-fraction", type=float, default=0.1, help="fraction of groups (images/slides) held out for val"
+    )
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
+    g.add_argument("--synthetic-spreads", type=int, default=100, help="spreads generated for --dataset synthetic")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="training augmentation")
+    g.add_argument(
+        "--resize-longest", type=int, default=None, help="downscale images (and masks) to this longer side when loading"
+    )
+
+    g = p.add_argument_group("Model")
+    g.add_argument("--backbone", default="resnet50_fpn", choices=BACKBONES)
+    g.add_argument("--agnostic", action="store_true", help="one 'chromosome' class instead of 24")
+    g.add_argument("--min-size", type=int, default=800, help="model input: shorter side in pixels (reduce on CPU)")
+    g.add_argument("--max-size", type=int, default=1333, help="model input: longest side limit in pixels")
+    g.add_argument(
+        "--trainable-layers", type=int, default=None, help="backbone stages to train (default: all from scratch)"
+    )
+    g.add_argument("--pretrained", default=None, help="local pretrained weights file (never downloaded)")
+    g.add_argument("--detections-per-img", type=int, default=150, help="maximum detections per image (>= 100)")
+    g.add_argument("--roi-batch-size", type=int, default=512, help="RoIs sampled per image for the box/mask heads")
+
+    g = p.add_argument_group("Training")
+    g.add_argument("--epochs", type=int, default=None, help="epochs (default 26; 1 with --smoke)")
+    g.add_argument("--batch-size", type=int, default=2, help="images per process per step")
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    g.add_argument("--lr", type=float, default=0.01, help="base learning rate (SGD momentum 0.9 or AdamW)")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--schedule", default="cosine", help="cosine or step (stepped per optimizer step)")
+    g.add_argument(
+        "--warmup-steps", type=int, default=500, help="linear warmup in optimizer steps (capped at the total)"
+    )
+    g.add_argument("--lr-milestones", type=int, nargs="*", default=None, help="step schedule: epochs where LR x gamma")
+    g.add_argument("--lr-gamma", type=float, default=0.1)
+    g.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation: batches per optimizer step")
+    g.add_argument("--clip-grad-norm", type=float, default=0.0, help="clip gradients to this norm (0: off)")
+    g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap batches per epoch (quick runs)")
+    g.add_argument("--eval-every", type=int, default=1, help="validate every N epochs and at the end (0: never)")
+    g.add_argument("--eval-score-thresh", type=float, default=0.05, help="score threshold of validation detections")
+    g.add_argument("--seed", type=int, default=0, help="training seed (rank added per process)")
+    g.add_argument("--smoke", action="store_true", help="tiny synthetic data, resnet18_fpn at 128 px, 2 steps")
+
+    g = p.add_argument_group("Hardware")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or fp16 with a GradScaler)")
+    g.add_argument("--workers", type=int, default=4, help="DataLoader workers per process")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs (DDP)")
+
+    g = p.add_argument_group("Output")
+    g.add_argument("--output-dir", default="runs/seg", help="run folder: checkpoints and logs")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' for <output-dir>/last.pth")
+    g.add_argument("--keep-checkpoints", action="store_true", help="also keep epoch_NNN.pth of every epoch")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _apply_smoke(args: argparse.Namespace) -> None:
+    if args.smoke:
+        args.dataset = args.dataset or ["synthetic"]
+        args.backbone = "resnet18_fpn"
+        args.min_size = min(args.min_size, 128)
+        args.max_size = min(args.max_size, 128)
+        args.epochs = 1 if args.epochs is None else args.epochs
+        args.max_steps_per_epoch = 2 if args.max_steps_per_epoch is None else args.max_steps_per_epoch
+        args.batch_size = 1
+        args.workers = 0
+        args.synthetic_spreads = min(args.synthetic_spreads, 6)
+        args.warmup_steps = min(args.warmup_steps, 1)
+        args.detections_per_img = min(args.detections_per_img, 100)
+        args.roi_batch_size = min(args.roi_batch_size, 64)
+    args.epochs = 26 if args.epochs is None else args.epochs
+    args.dataset = args.dataset or ["voc"]
+
+
+def _resolve_roots(args: argparse.Namespace) -> list[str | None]:
+    from datasets import DATASETS
+
+    for name in args.dataset:
+        if name not in DATASETS:
+            raise ValueError(f"unknown --dataset {name!r}: choose from {', '.join(DATASETS)}")
+        if name == "crops":
+            raise ValueError("--dataset crops holds single-chromosome crops, not spreads: it cannot train segmentation")
+    roots = args.data_root
+    if roots is None:
+        if args.dataset == ["voc"]:
+            roots = [str(DEFAULT_VOC_ROOT)]
+        elif all(n == "synthetic" for n in args.dataset):
+            roots = ["none"] * len(args.dataset)
+        else:
+            raise ValueError(f"--data-root is required for --dataset {' '.join(args.dataset)} (one root per dataset)")
+    if len(roots) != len(args.dataset):
+        raise ValueError(
+            f"{len(args.dataset)} --dataset value(s) ({' '.join(args.dataset)}) but {len(roots)} --data-root value(s): "
+            "give one root per dataset ('none' for synthetic)"
+        )
+    out: list[str | None] = []
+    for name, root in zip(args.dataset, roots):
+        if name == "synthetic":
+            out.append(None)
+            continue
+        if root.lower() == "none" or not Path(root).exists():
+            raise ValueError(f"--data-root {root} for --dataset {name} does not exist")
+        out.append(root)
+    return out
+
+
+def check_args(args: argparse.Namespace) -> list[str | None]:
+    """Validate flags before anything heavy happens; returns the dataset roots. Raises ValueError."""
+    _apply_smoke(args)
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    for flag in ("batch_size", "accum_steps"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
+        raise ValueError(f"--max-steps-per-epoch must be >= 1, got {args.max_steps_per_epoch}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.schedule not in ("cosine", "step"):
+        raise ValueError(f"--schedule must be cosine or step, got {args.schedule!r}")
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.detections_per_img < 100:
+        raise ValueError(
+            f"--detections-per-img must be >= 100 (a spread has ~46 chromosomes), got {args.detections_per_img}"
+        )
+    if args.pretrained and not Path(args.pretrained).is_file():
+        raise FileNotFoundError(f"--pretrained {args.pretrained}: file not found (weights are never downloaded)")
+    if args.resume and args.resume != "auto" and not Path(args.resume).is_file():
+        raise FileNotFoundError(
+            f"--resume {args.resume}: checkpoint not found (use --resume auto to start fresh if absent)"
+        )
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    import engine
+
+    engine.resolve_device(args.device)  # --device cuda without CUDA fails here
+    return _resolve_roots(args)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def build_datasets(args: argparse.Namespace, roots: list[str | None]):
+    """(train, val) datasets of KaryoRecord; several --dataset values are concatenated."""
+    from torch.utils.data import ConcatDataset
+
+    from datasets import build_dataset
+
+    train_tf = val_tf = None
+    resize = None
+    if args.resize_longest:
+        from datasets.transforms import ResizeLongest
+
+        resize = ResizeLongest(args.resize_longest)
+        val_tf = resize
+    if args.augment:
+        from datasets.transforms import Compose, default_train_transforms
+
+        train_tf = default_train_transforms()
+        if resize is not None:
+            train_tf = Compose([resize, train_tf])
+    else:
+        train_tf = resize
+
+    trains, vals = [], []
+    for name, root in zip(args.dataset, roots):
+        kw: dict[str, Any] = {"val_fraction": args.val_fraction, "seed": args.split_seed}
+        if name == "synthetic":
+            kw = {"val_fraction": args.val_fraction, "seed": args.split_seed, "n": args.synthetic_spreads}
+            if args.smoke:
+                from datasets.synthetic import SyntheticConfig
+
+                kw["config"] = SyntheticConfig(image_size=(112, 128), scale=(150.0, 200.0), debris=(0, 5))
+        trains.append(build_dataset(name, root, "train", transforms=train_tf, **kw))
+        if args.val_fraction > 0:
+            try:
+                vals.append(build_dataset(name, root, "val", transforms=val_tf, **kw))
+            except ValueError as exc:  # a tiny dataset can have an empty val split
+                print(f"warning: no validation split for {name}: {exc}")
+    train = trains[0] if len(trains) == 1 else ConcatDataset(trains)
+    val = None
+    if vals:
+        val = vals[0] if len(vals) == 1 else ConcatDataset(vals)
+    if len(train) == 0:
+        raise ValueError(f"the training split of {' '.join(args.dataset)} is empty")
+    return train, val
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def _better(metrics: dict[str, Any], best: tuple[float, float] | None) -> tuple[bool, tuple[float, float]]:
+    def val(k: str) -> float:
+        v = metrics.get(k, float("nan"))
+        return -1.0 if v is None or not math.isfinite(float(v)) else float(v)
+
+    key = (val("bbox_AP50"), val("segm_AP50"))
+    return best is None or key > tuple(best), key
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train; returns ``{"output_dir", "start_epoch", "last_epoch", "best_metric", "history"}``."""
+    import engine
+    from datasets.base import DetectionView
+    from datasets.io import atomic_write_json
+    from models.segmentation import SegConfig, build_segmentation_model
+
+    roots = check_args(args)  # bad flags fail here, before anything is built
+    dist_info = engine.init_distributed(device=args.device)
+    device = engine.resolve_device(args.device, dist_info.local_rank)
+    main_proc = engine.is_main_process()
+    out_dir = Path(args.output_dir)
+    if main_proc:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    seed = engine.seed_everything(args.seed, dist_info.rank)
+
+    train_ds, val_ds = build_datasets(args, roots)
+    train_view = DetectionView(train_ds, agnostic=args.agnostic)
+    if dist_info.distributed:
+        sampler = torch.utils.data.DistributedSampler(train_view, shuffle=True, seed=args.seed)
+    else:  # the same per-epoch permutation logic, so a resumed run sees the same order
+        sampler = torch.utils.data.DistributedSampler(train_view, num_replicas=1, rank=0, shuffle=True, seed=args.seed)
+    loader = torch.utils.data.DataLoader(
+        train_view,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        collate_fn=engine.detection_collate,
+        worker_init_fn=engine.seed_worker,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+    )
+
+    config = SegConfig(
+        backbone=args.backbone,
+        agnostic=args.agnostic,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        trainable_layers=args.trainable_layers,
+        pretrained_path=args.pretrained,
+        box_detections_per_img=args.detections_per_img,
+        box_batch_size_per_image=args.roi_batch_size,
+    )
+    if args.smoke:  # fewer proposals: seconds, not minutes, on a CPU
+        config.rpn_pre_nms_top_n_train, config.rpn_post_nms_top_n_train = 400, 200
+        config.rpn_pre_nms_top_n_test, config.rpn_post_nms_top_n_test = 200, 100
+    if not args.pretrained and main_proc:
+        print("training from scratch (no --pretrained file given; nothing is downloaded)")
+    model = build_segmentation_model(config).to(device)
+    if dist_info.distributed and args.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model_without_ddp = model
+    if dist_info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        model_without_ddp = model.module
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    batches = len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch)
+    steps_per_epoch = max(1, math.ceil(batches / args.accum_steps))
+    total_steps = args.epochs * steps_per_epoch
+    milestones = [m * steps_per_epoch for m in args.lr_milestones] if args.lr_milestones else None
+    scheduler = engine.build_lr_scheduler(
+        optimizer,
+        schedule=args.schedule,
+        total_steps=total_steps,
+        warmup_steps=min(args.warmup_steps, total_steps),
+        step_milestones=milestones,
+        gamma=args.lr_gamma,
+    )
+    scaler = engine.make_scaler(device, args.amp)
+
+    start_epoch, best_key, best_metric = 0, None, None
+    resume = args.resume
+    if resume == "auto":
+        resume = str(out_dir / "last.pth") if (out_dir / "last.pth").is_file() else None
+        if resume is None and main_proc:
+            print(f"--resume auto: no {out_dir / 'last.pth'} yet, starting from epoch 0")
+    if resume:
+        ckpt = engine.load_checkpoint(resume, map_location="cpu")
+        old = ckpt.get("config") or {}
+        for key in ("backbone", "agnostic", "num_classes"):
+            if key in old and old[key] != getattr(config, key):
+                raise ValueError(
+                    f"--resume {resume}: checkpoint has {key}={old[key]!r} but the flags give {getattr(config, key)!r}"
+                )
+        model_without_ddp.load_state_dict(ckpt["model"])
+        if ckpt.get("optimizer"):
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scheduler"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = int(ckpt["epoch"]) + 1
+        best_metric = ckpt.get("best_metric")
+        best_key = tuple(ckpt.get("extra", {}).get("best_key") or ()) or None
+        if main_proc:
+            print(f"resumed from {resume}: continuing at epoch {start_epoch}, optimizer step {scheduler.last_epoch}")
+
+    if main_proc:
+        atomic_write_json(out_dir / "args.json", vars(args))
+        atomic_write_json(out_dir / "config.json", config.to_dict())
+        atomic_write_json(
+            out_dir / "env.json",
+            {
+                "torch": torch.__version__,
+                "torchvision": __import__("torchvision").__version__,
+                "cuda": torch.version.cuda,
+                "device": str(device),
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+                "world_size": dist_info.world_size,
+                "seed": args.seed,
+                "seed_rank0": seed - dist_info.rank,
+                "python": sys.version.split()[0],
+                "platform": platform.platform(),
+                "command": " ".join(sys.argv),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+        )
+    logger = engine.MetricLogger(out_dir, enabled=main_proc)
+    history: list[dict[str, Any]] = []
+    epoch = start_epoch - 1
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            sampler.set_epoch(epoch)
+            # augmentation RNG depends on (seed, rank, epoch) only, so a resumed epoch is the same epoch
+            torch.manual_seed(args.seed + dist_info.rank + 1_000_003 * epoch)
+            lr_start = optimizer.param_groups[0]["lr"]
+            stats = engine.train_one_epoch_detection(
+                model,
+                optimizer,
+                loader,
+                device,
+                epoch,
+                scheduler=scheduler,
+                scaler=scaler,
+                amp=args.amp,
+                accum_steps=args.accum_steps,
+                max_steps=args.max_steps_per_epoch,
+                clip_grad_norm=args.clip_grad_norm or None,
+                progress=not args.no_progress,
+            )
+            row: dict[str, Any] = {"epoch": epoch, "lr_start": lr_start, **stats, "step": scheduler.last_epoch}
+            last_epoch = epoch == args.epochs - 1
+            do_eval = val_ds is not None and args.eval_every > 0 and ((epoch + 1) % args.eval_every == 0 or last_epoch)
+            is_best = False
+            if do_eval and main_proc:
+                metrics = engine.evaluate_detection(
+                    model_without_ddp,
+                    val_ds,
+                    device,
+                    agnostic=args.agnostic,
+                    score_thresh=args.eval_score_thresh,
+                    amp=args.amp,
+                    progress=not args.no_progress,
+                )
+                row.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+                is_best, key = _better(metrics, best_key)
+                if is_best:
+                    best_key, best_metric = key, key[0]
+            if main_proc:
+                common = dict(
+                    model=model_without_ddp,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    epoch=epoch,
+                    args=args,
+                    config=config,
+                    best_metric=best_metric,
+                    extra={"best_key": list(best_key) if best_key else None, "stats": row},
+                )
+                engine.save_checkpoint(out_dir / "last.pth", **common)
+                if args.keep_checkpoints:
+                    engine.save_checkpoint(out_dir / f"epoch_{epoch:03d}.pth", **common)
+                if is_best:
+                    engine.save_checkpoint(out_dir / "best.pth", **common)
+                logger.log(row, step=epoch)
+                print(
+                    f"epoch {epoch}: loss {stats['loss']:.4f} lr {stats['lr']:.2e}"
+                    + (f" val bbox_AP50 {row['val_bbox_AP50']:.4f}" if "val_bbox_AP50" in row else "")
+                )
+            history.append(row)
+            engine.barrier()
+    finally:
+        logger.close()
+    engine.cleanup_distributed()
+    return {
+        "output_dir": str(out_dir),
+        "start_epoch": start_epoch,
+        "last_epoch": epoch,
+        "best_metric": best_metric,
+        "history": history,
+    }
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError) as exc:
+        sys.exit(f"error: {exc}")
