@@ -404,7 +404,7 @@ def save_checkpoint(
         "args": _jsonable(args),
         "config": _jsonable(config),
         "best_metric": best_metric,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "extra": dict(extra) if extra else {},
     }
     atomic_torch_save(ckpt, path)

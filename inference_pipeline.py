@@ -127,7 +127,7 @@ class KaryotypePipeline:
             if len(out["scores"])
             else np.zeros((0, *image.shape), np.uint8)
         )
-        keep = masks.reshape(len(masks), -1).sum(1) > 0
+        keep = masks.any(axis=(1, 2)) if len(masks) else np.zeros(0, bool)
         rec = KaryoRecord(
             image=image,
             boxes=out["boxes"].cpu().numpy()[keep],
