@@ -561,6 +561,7 @@ def train_one_epoch_detection(
     max_steps: int | None = None,
     clip_grad_norm: float | None = None,
     progress: bool = True,
+    log_every: int = 20,
 ) -> dict[str, float]:
     """One epoch of a torchvision detection model (loss dict in train mode).
 
@@ -578,6 +579,7 @@ def train_one_epoch_detection(
         max_steps: stop after this many batches (smoke runs, debugging).
         clip_grad_norm: clip the global gradient norm to this value if given.
         progress: tqdm bar (on the main process only).
+        log_every: without a bar, print a one-line heartbeat every this many batches (0 = never).
 
     Returns:
         mean of each loss over the batches seen (``loss`` is the total), ``lr`` (after the last step),
@@ -641,6 +643,14 @@ def train_one_epoch_detection(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        elif log_every and is_main_process() and (i + 1) % log_every == 0:
+            # background runs (nohup, --no-progress) still get a heartbeat in their log
+            dt = (time.time() - t0) / n_batches
+            print(
+                f"epoch {epoch} step {i + 1}/{total if total is not None else '?'} "
+                f"loss {sums['loss'] / n_batches:.4f} lr {optimizer.param_groups[0]['lr']:.2e} {dt:.2f} s/step",
+                flush=True,
+            )
     if pending:  # an iterable without len ended between optimizer steps
         _optimizer_step(model, optimizer, scaler, clip_grad_norm)
         if scheduler is not None:
