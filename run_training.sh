@@ -17,6 +17,8 @@
 #   EPOCHS_SEG      segmentation epochs            (default 26)
 #   EPOCHS_CLS      classification epochs          (default 30)
 #   BACKBONE        segmentation backbone          (default resnet50_fpn)
+#   AGNOSTIC        1 = class-agnostic detector (the pipeline's design: identity comes from the
+#                   classifier and the karyotype assignment); 0 = 24-class Mask R-CNN (default 1)
 #   EXTRA_SEG_ARGS  extra flags for train_segmentation.py   (e.g. "--amp --batch-size 4")
 #   EXTRA_CLS_ARGS  extra flags for train_classification.py (e.g. "--amp")
 #   PYTHON          python interpreter             (default python)
@@ -30,6 +32,7 @@ NGPU=${NGPU:-0}
 EPOCHS_SEG=${EPOCHS_SEG:-26}
 EPOCHS_CLS=${EPOCHS_CLS:-30}
 BACKBONE=${BACKBONE:-resnet50_fpn}
+AGNOSTIC=${AGNOSTIC:-1}
 EXTRA_SEG_ARGS=${EXTRA_SEG_ARGS:-}
 EXTRA_CLS_ARGS=${EXTRA_CLS_ARGS:-}
 PYTHON=${PYTHON:-python}
@@ -40,6 +43,7 @@ die() { echo "run_training.sh: $*" >&2; exit 2; }
 [[ -e "$DATA_ROOT" ]] || die "DATA_ROOT '$DATA_ROOT' does not exist (set DATA_ROOT=/path/to/data)"
 
 read -r -a seg_extra <<<"$EXTRA_SEG_ARGS"
+[[ "$AGNOSTIC" == 1 ]] && seg_extra=(--agnostic ${seg_extra[@]+"${seg_extra[@]}"})
 read -r -a cls_extra <<<"$EXTRA_CLS_ARGS"
 
 if [[ "$NGPU" -eq 0 ]]; then
