@@ -6,12 +6,15 @@
     # identification on ground-truth instances: per-crop argmax vs karyotype assignment vs rule-based
     python evaluate.py --stage cls --dataset voc --data-root ../shared/data/cil54816 --split val \
         --cls-weights weights/classifier.pt --out runs/eval_cls
-    # the whole pipeline against ground truth (predicted instances matched to true ones at IoU 0.5)
+    # the whole pipeline against ground truth (predicted instances matched to true ones at IoU 0.5), with the
+    # system-level 24-class AP of its final labels (score = detection score x assignment confidence)
     python evaluate.py --stage full --dataset voc --data-root ../shared/data/cil54816 --split val --out runs/eval_full
 
 It prints a readable table and, as its LAST stdout line, one JSON object with every figure; it also writes
 ``metrics.json``, ``confusion_*.png`` and ``per_class_*.png`` into ``--out``. Splits are the data layer's
-deterministic ones (``--val-fraction``, ``--split-seed``), the same the trainers use.
+deterministic ones (``--val-fraction``, ``--split-seed``), the same the trainers use. ``--dataset synthetic``
+draws ``--synthetic-n`` fresh spreads with ``--synthetic-seed`` (a seed no trainer uses, so all are unseen
+and ``--split`` is ignored); ``--synthetic-size 384`` keeps them small.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import numpy as np
 
 from inference_pipeline import DEFAULT_CLS_WEIGHTS, DEFAULT_SEG_WEIGHTS, PipelineError
 
+#: generation seed of the synthetic evaluation spreads; the trainers generate theirs with --split-seed (0)
+SYNTHETIC_EVAL_SEED = 20_240
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,6 +43,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--split-seed", type=int, default=0)
     d.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images of the split (0 = all)")
     d.add_argument("--synthetic-n", type=int, default=50, help="images of the synthetic dataset")
+    d.add_argument(
+        "--synthetic-seed",
+        type=int,
+        default=SYNTHETIC_EVAL_SEED,
+        help=f"generation seed of the synthetic spreads (default {SYNTHETIC_EVAL_SEED}, which no trainer uses: all "
+        "--synthetic-n spreads are unseen and --split is ignored; give the trainers' --split-seed to evaluate "
+        "their --split instead)",
+    )
+    d.add_argument(
+        "--synthetic-size", type=int, default=0, help="synthetic image side in pixels (0 = generator default)"
+    )
     d.add_argument("--karyotypes", nargs="*", default=None, help="synthetic karyotypes to draw (ISCN strings)")
     m = p.add_argument_group("Models")
     m.add_argument("--stage", required=True, choices=("seg", "cls", "full"))
@@ -47,7 +64,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     h = p.add_argument_group("Output / hardware")
     h.add_argument("--out", type=Path, required=True)
     h.add_argument("--device", default="auto")
-    h.add_argument("--quiet", action="store_true")
+    h.add_argument("--quiet", action="store_true", help="no progress bars")
+    h.add_argument("--no-plots", action="store_true", help="skip confusion_*.png / per_class_*.png (faster)")
     return p
 
 
@@ -55,13 +73,22 @@ def _dataset(args: argparse.Namespace):
     from datasets import build_dataset
 
     kw: dict[str, Any] = {"val_fraction": args.val_fraction, "seed": args.split_seed}
+    split = args.split
     if args.dataset == "synthetic":
         kw["n"] = args.synthetic_n
+        kw["seed"] = args.synthetic_seed
+        if args.synthetic_seed != args.split_seed:
+            split = "all"  # spreads of a seed no trainer used: every one is held out
         if args.karyotypes:
             kw["karyotypes"] = args.karyotypes
+        if args.synthetic_size:
+            from datasets.synthetic import SyntheticConfig
+
+            kw["config"] = SyntheticConfig(image_size=(args.synthetic_size, args.synthetic_size))
     elif args.data_root is None:
         raise PipelineError(f"--data-root is required for --dataset {args.dataset}")
-    ds = build_dataset(args.dataset, args.data_root, args.split, **kw)
+    args.resolved_split = split
+    ds = build_dataset(args.dataset, args.data_root, split, **kw)
     n = len(ds) if not args.max_images else min(args.max_images, len(ds))
     return ds, n
 
@@ -76,11 +103,10 @@ def _iter(ds, n: int, quiet: bool, desc: str):
 # ---------------------------------------------------------------------------- stages
 def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     """COCO AP for boxes and masks, 24-class (if the model has classes) and class-agnostic; PQ and AJI."""
+    from engine import resolve_device
     from metrics.detection import coco_evaluate
     from metrics.matching import aggregated_jaccard_index, matching_dataset, panoptic_quality_all
     from models.segmentation import load_segmentation_checkpoint, predict
-
-    from engine import resolve_device
 
     device = resolve_device(args.device)
     model, cfg = load_segmentation_checkpoint(args.seg_weights, device)
@@ -116,7 +142,7 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     t_masks, p_masks = [], []
     for g, p in zip(gts, preds):
         keep = p.scores >= args.pipeline_score_thresh
-        t_masks.append(g.masks if g.masks is not None else np.zeros((0, g.height, g.width), np.uint8))
+        t_masks.append(_gt_masks(g)[0])
         p_masks.append(p.masks[keep])
     m = matching_dataset(t_masks, p_masks, thresh=0.5)
     res.update(
@@ -128,6 +154,7 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
             "AJI": float(np.mean([aggregated_jaccard_index(t, p) for t, p in zip(t_masks, p_masks)])),
             "count_error_mean_abs": float(np.mean([abs(len(p) - len(t)) for t, p in zip(t_masks, p_masks)])),
             "gt_masks_derived": bool(any(g.masks_derived for g in gts)),
+            "gt_masks_from_boxes": bool(any(_gt_masks(g)[1] for g in gts)),
         }
     )
     return res
@@ -150,11 +177,10 @@ def _gt_instances(ds, n: int, quiet: bool):
 
 def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     """Identification on ground-truth instances: (a) per-crop argmax, (b) karyotype assignment, (c) rule-based."""
+    from engine import resolve_device
     from karyogram.assign import argmax_labels, assign_karyotype, rule_based_labels
     from metrics.identification import identification_metrics, plot_confusion, plot_per_class
     from metrics.karyotype import sanity_score
-
-    from engine import resolve_device
     from models.classifier import load_classifier_checkpoint, predict_proba
 
     device = resolve_device(args.device)
@@ -179,8 +205,9 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
         res[f"{name}_cell_exact_rate"] = m["cell_exact_rate"]
         res[f"{name}_macro_F1"] = m.get("macro_F1")
         res[f"{name}_sanity_score"] = float(np.mean([sanity_score(p) for p in pred])) if pred else 0.0
-        plot_confusion(np.asarray(m["confusion"]), args.out / f"confusion_{name}.png")
-        plot_per_class(m["per_class"], args.out / f"per_class_{name}.png")
+        if not args.no_plots:
+            plot_confusion(np.asarray(m["confusion"]), args.out / f"confusion_{name}.png")
+            plot_per_class(m["per_class"], args.out / f"per_class_{name}.png")
         if name == "assignment":
             res["per_class"] = m["per_class"]
     res["accuracy"] = res["assignment_accuracy"]
@@ -189,10 +216,62 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def _true_count(rec) -> int | None:
+    """Number of chromosomes in a ground-truth record: its instances, else the count of meta["karyotype"]."""
+    if len(rec):
+        return len(rec)
+    kt = rec.meta.get("karyotype")
+    if kt:
+        from karyogram.iscn import parse_iscn
+
+        try:
+            return int(parse_iscn(str(kt))["count"])
+        except ValueError:
+            return None
+    return None
+
+
+def _gt_masks(rec) -> tuple[np.ndarray, bool]:
+    """Stacked ground-truth masks uint8 [N, H, W]; filled boxes where the source has none (flag True)."""
+    from datasets.record import boxes_to_masks
+
+    if rec.masks is not None:
+        return rec.masks, False
+    return boxes_to_masks(rec.boxes, rec.height, rec.width), len(rec) > 0
+
+
+def _decode_rle(rle: dict[str, Any]) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(np.uint8)
+
+
 def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole pipeline vs ground truth: predicted instances matched to true ones at IoU 0.5."""
+    """The whole pipeline vs ground truth, in the original image's pixels.
+
+    * instance segmentation (every image with ground-truth instances): predicted instances matched
+      one-to-one to true ones at IoU >= 0.5 -> precision / recall / F1, PQ (class-agnostic), AJI+;
+    * system-level detection AP: COCO box and mask AP of the pipeline's *final* output. The detector is
+      class-agnostic; a chromosome's class comes from the classifier + karyotype assignment, so the
+      24-class ``system_{bbox,segm}_AP*`` score each assigned chromosome (label 1..24) with
+      ``detection score x assignment confidence`` (the min-marginal posterior of its label; unassigned
+      chromosomes are left out). ``agnostic_{bbox,segm}_AP*`` score every kept detection with its
+      detection score. Both only see detections above ``--pipeline-score-thresh`` (the pipeline's
+      operating point), so they are lower bounds of the detector's own AP (``--stage seg``);
+    * identification (images whose true instances all carry classes 1..24): each true chromosome gets
+      the label of its matched prediction (0 if missed) -> accuracy, cell exact rate; mPQ;
+    * every image: count error |assigned count - true count| and the sanity score of the predicted labels.
+      An image whose ground truth has instances without classes (labels 0), or only a karyotype in its
+      metadata, contributes to these (and to the segmentation metrics when it has instances) only.
+    """
     import tempfile
 
+    from scipy.optimize import linear_sum_assignment
+
+    from datasets.io import atomic_write_image
+    from datasets.record import KaryoRecord
+    from inference_pipeline import KaryotypePipeline
+    from metrics.detection import coco_evaluate
     from metrics.identification import identification_metrics, plot_confusion, plot_per_class
     from metrics.karyotype import sanity_score
     from metrics.matching import (
@@ -202,60 +281,113 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
         multiclass_panoptic_quality,
         panoptic_quality_all,
     )
-    from scipy.optimize import linear_sum_assignment
-
-    from datasets.io import atomic_write_image
-    from inference_pipeline import KaryotypePipeline
 
     pipe = KaryotypePipeline(
         args.seg_weights, args.cls_weights, device=args.device, score_thresh=args.pipeline_score_thresh
     )
     ds, n = _dataset(args)
-    true_l, pred_l, t_masks, p_masks, t_lab, p_lab, sanity, count_err = [], [], [], [], [], [], [], []
-    has_classes = True
+    # instance-level lists (images with ground-truth instances)
+    t_masks, p_masks, t_lab, p_lab = [], [], [], []
+    # class-level lists (images whose instances all carry classes)
+    true_l, pred_l, sys_gt, sys_pred, agn_gt, agn_pred = [], [], [], [], [], []
+    sanity, count_err, n_with_classes, boxes_only = [], [], 0, False
     with tempfile.TemporaryDirectory() as tmp:
         for i, rec in enumerate(_iter(ds, n, args.quiet, "pipeline")):
             path = Path(tmp) / f"img{i}.png"
-            atomic_write_image(path, np.round(rec.image * 255).astype(np.uint8))
+            atomic_write_image(path, np.round(np.clip(rec.image, 0, 1) * 255).astype(np.uint8))
             r = pipe.process(path)
-            pr = r.record
-            gm = rec.masks if rec.masks is not None else np.zeros((0, rec.height, rec.width), np.uint8)
+            chroms = r.json["chromosomes"]
+            labels = np.array([c["label"] for c in chroms], np.int64)
+            # final instances at the original resolution (the pipeline may process a downscaled copy)
+            if r.json.get("processing_scale", 1.0) == 1.0:
+                pm = r.record.masks
+            else:
+                pm = np.stack([_decode_rle(c["mask"]) for c in chroms]) if chroms else None
+            if pm is None or len(pm) == 0:
+                pm = np.zeros((0, rec.height, rec.width), np.uint8)
+            det = np.array([c["score"] for c in chroms], np.float32)
+            conf = np.array([c.get("confidence", 1.0) for c in chroms], np.float32)
+            sanity.append(sanity_score(labels))
+            tc = _true_count(rec)
+            if tc is not None:
+                count_err.append(abs(int((labels > 0).sum()) - tc))
+            if not len(rec):
+                continue
+            gm, from_boxes = _gt_masks(rec)
+            boxes_only |= from_boxes
             t_masks.append(gm)
-            p_masks.append(pr.masks)
+            p_masks.append(pm)
             t_lab.append(rec.labels)
-            p_lab.append(pr.labels)
-            has_classes &= bool((rec.labels > 0).all())
-            sanity.append(sanity_score(pr.labels))
-            count_err.append(abs(int((pr.labels > 0).sum()) - len(rec)))
+            p_lab.append(labels)
+            pboxes = np.array([c["box"] for c in chroms], np.float32).reshape(-1, 4)
+            agn_gt.append(rec)
+            agn_pred.append(KaryoRecord(image=rec.image, boxes=pboxes, labels=np.ones(len(pm), np.int64), masks=pm,
+                                        scores=det))  # fmt: skip
+            if not (rec.labels > 0).all():
+                continue  # instances without classes: segmentation metrics only
+            n_with_classes += 1
+            keep = labels > 0
+            sys_gt.append(rec)
+            sys_pred.append(KaryoRecord(image=rec.image, boxes=pboxes[keep], labels=labels[keep], masks=pm[keep],
+                                        scores=det[keep] * conf[keep]))  # fmt: skip
             # identification: each true chromosome gets the label of its matched prediction (0 if missed)
             lab = np.zeros(len(rec), np.int64)
-            if len(rec) and len(pr):
-                iou = iou_matrix(gm, pr.masks)
+            if len(pm):
+                iou = iou_matrix(gm, pm)
                 rows, cols = linear_sum_assignment(-iou)
                 for a, b in zip(rows, cols):
                     if iou[a, b] >= 0.5:
-                        lab[a] = pr.labels[b]
+                        lab[a] = labels[b]
             true_l.append(rec.labels)
             pred_l.append(lab)
-    m = matching_dataset(t_masks, p_masks, thresh=0.5)
     res: dict[str, Any] = {
         "images": n,
         "stage": "full",
-        "precision@0.5": m.precision,
-        "recall@0.5": m.recall,
-        "f1@0.5": m.f1,
-        "PQ_all": float(panoptic_quality_all(t_masks, p_masks)),
-        "AJI": float(np.mean([aggregated_jaccard_index(t, p) for t, p in zip(t_masks, p_masks)])) if n else 0.0,
-        "sanity_score": float(np.mean(sanity)) if n else 0.0,
-        "count_error_mean_abs": float(np.mean(count_err)) if n else 0.0,
+        "images_with_instances": len(t_masks),
+        "images_with_classes": n_with_classes,
+        "sanity_score": float(np.mean(sanity)) if sanity else float("nan"),
+        "count_error_mean_abs": float(np.mean(count_err)) if count_err else float("nan"),
+        "count_exact_rate": float(np.mean([e == 0 for e in count_err])) if count_err else float("nan"),
+        "pipeline_score_thresh": args.pipeline_score_thresh,
+        "ap_score": "detection score x assignment confidence (system_*); detection score (agnostic_*)",
     }
-    if has_classes:
-        mpq, _ = multiclass_panoptic_quality(t_masks, t_lab, p_masks, p_lab)
+    if t_masks:
+        m = matching_dataset(t_masks, p_masks, thresh=0.5)
+        res.update(
+            {
+                "precision@0.5": m.precision,
+                "recall@0.5": m.recall,
+                "f1@0.5": m.f1,
+                "PQ_all": float(panoptic_quality_all(t_masks, p_masks)),
+                "AJI": float(np.mean([aggregated_jaccard_index(t, p) for t, p in zip(t_masks, p_masks)])),
+                "gt_masks_from_boxes": boxes_only,
+            }
+        )
+        agn = coco_evaluate(agn_gt, agn_pred, agnostic=True)
+        res.update({f"agnostic_{k}": v for k, v in agn.items() if not isinstance(v, dict)})
+    if n_with_classes:
+        sys_ap = coco_evaluate(sys_gt, sys_pred, agnostic=False)
+        res.update({f"system_{k}": v for k, v in sys_ap.items()})
+        tm = [t for t, lab in zip(t_masks, t_lab) if (lab > 0).all()]
+        pm_ = [p for p, lab in zip(p_masks, t_lab) if (lab > 0).all()]
+        pl = [p for p, lab in zip(p_lab, t_lab) if (lab > 0).all()]
+        tl = [lab for lab in t_lab if (lab > 0).all()]
+        mpq, mpq_per_class = multiclass_panoptic_quality(tm, tl, pm_, pl)
         ident = identification_metrics(true_l, pred_l)
         args.out.mkdir(parents=True, exist_ok=True)
-        plot_confusion(np.asarray(ident["confusion"]), args.out / "confusion_full.png")
-        plot_per_class(ident["per_class"], args.out / "per_class_full.png")
-        res.update({"mPQ": float(mpq), "accuracy": ident["accuracy"], "cell_exact_rate": ident["cell_exact_rate"]})
+        if not args.no_plots:
+            plot_confusion(np.asarray(ident["confusion"]), args.out / "confusion_full.png")
+            plot_per_class(ident["per_class"], args.out / "per_class_full.png")
+        res.update(
+            {
+                "mPQ": float(mpq),
+                "per_class_PQ": mpq_per_class,
+                "accuracy": ident["accuracy"],
+                "cell_exact_rate": ident["cell_exact_rate"],
+                "macro_F1": ident["macro_F1"],
+                "per_class": ident["per_class"],
+            }
+        )
     return res
 
 
@@ -277,7 +409,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         res = evaluate_cls(args)
     else:
         res = evaluate_full(args)
-    res.update({"dataset": args.dataset, "split": args.split, "command": " ".join(sys.argv)})
+    res.update(
+        {
+            "dataset": args.dataset,
+            "split": getattr(args, "resolved_split", args.split),
+            "command": " ".join(sys.argv),
+        }
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "metrics.json", res)
     _print_table(res)
@@ -288,6 +426,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
-    except (PipelineError, ValueError, FileNotFoundError) as exc:
+    except (PipelineError, ValueError, FileNotFoundError) as exc:  # DataError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

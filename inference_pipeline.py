@@ -86,10 +86,10 @@ class KaryotypePipeline:
         max_side: int = DEFAULT_MAX_SIDE,
     ) -> None:
         import torch
-        from models.segmentation import load_segmentation_checkpoint
 
         from engine import resolve_device
         from models.classifier import load_classifier_checkpoint
+        from models.segmentation import load_segmentation_checkpoint
 
         for what, p in (("segmentation", seg_weights), ("classifier", cls_weights)):
             if not Path(p).is_file():
@@ -104,8 +104,11 @@ class KaryotypePipeline:
             self.device = resolve_device(device)
         except ValueError as exc:
             raise PipelineError(str(exc)) from None
-        self.seg_model, self.seg_config = load_segmentation_checkpoint(seg_weights, self.device)
-        self.cls_model, self.cls_config = load_classifier_checkpoint(cls_weights, self.device)
+        try:  # a truncated, empty or foreign weights file: a message, not a traceback
+            self.seg_model, self.seg_config = load_segmentation_checkpoint(seg_weights, self.device)
+            self.cls_model, self.cls_config = load_classifier_checkpoint(cls_weights, self.device)
+        except (ValueError, FileNotFoundError) as exc:
+            raise PipelineError(f"{exc}. Pass a checkpoint written by the training scripts.") from None
         self.seg_model.eval()
         self.cls_model.eval()
         self.score_thresh = score_thresh
@@ -117,9 +120,8 @@ class KaryotypePipeline:
     # ------------------------------------------------------------------ stages
     def segment(self, image: np.ndarray):
         """Image float32 [H, W] -> KaryoRecord of detections (masks uint8 [M, H, W], scores, labels)."""
-        from models.segmentation import predict
-
         from datasets.record import KaryoRecord
+        from models.segmentation import predict
 
         out = predict(self.seg_model, [image], score_thresh=self.score_thresh, device=self.device)[0]
         masks = (
@@ -140,12 +142,11 @@ class KaryotypePipeline:
     # ------------------------------------------------------------------ one image
     def process(self, image_path: str | os.PathLike) -> ImageResult:
         """Run the whole pipeline on one image file."""
+        from datasets.io import read_image
         from features.triad import FEATURE_NAMES
         from karyogram.assign import assign_karyotype
-        from metrics.karyotype import sanity_score
-
-        from datasets.io import read_image
         from karyogram.labels import name_of
+        from metrics.karyotype import sanity_score
 
         timings: dict[str, float] = {}
         path = Path(image_path)
@@ -176,7 +177,6 @@ class KaryotypePipeline:
             x, feats = spread_features(image, rec.masks) if n else (np.zeros((0, len(FEATURE_NAMES)), np.float32), [])
         with _timer(timings, "classification"):
             from features.triad import oriented_crop
-
             from models.classifier import predict_proba
 
             crops = [oriented_crop(f) for f in feats]
@@ -207,7 +207,7 @@ class KaryotypePipeline:
                 {
                     "id": i,
                     "label": lab,
-                    "name": name_of(lab) if lab else None,
+                    "name": name_of(lab),  # "?" when unassigned
                     "score": round(float(rec.scores[i]), 4),
                     "probs": [round(float(p), 5) for p in probs[i]],
                     "confidence": round(float(res.confidence[i]), 4),
@@ -241,9 +241,8 @@ class KaryotypePipeline:
 
     def write_outputs(self, result: ImageResult, out_dir: Path, *, fmt: str = "png") -> dict[str, Path]:
         """Write ``<stem>.json``, ``<stem>_karyogram.<fmt>`` and ``<stem>_overlay.<fmt>`` (atomically)."""
-        from karyogram.render import render_karyogram, render_overlay
-
         from datasets.io import atomic_write_json
+        from karyogram.render import render_karyogram
 
         stem = Path(result.json["image"]).stem
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -262,9 +261,7 @@ class KaryotypePipeline:
                 title=f"{title}   ({stem})",
                 path=out_dir / f"{stem}_karyogram.{fmt}",
             ),
-            "overlay": render_overlay(
-                rec.image, rec.masks, rec.labels, flags=flags, path=out_dir / f"{stem}_overlay.{fmt}"
-            ),
+            "overlay": _write_overlay(rec.image, rec.masks, rec.labels, flags, out_dir / f"{stem}_overlay.{fmt}"),
         }
         result.json["timings_s"]["rendering"] = round(time.perf_counter() - t0, 4)
         paths["json"] = out_dir / f"{stem}.json"
@@ -272,8 +269,39 @@ class KaryotypePipeline:
         return paths
 
 
+def _write_overlay(image: np.ndarray, masks: np.ndarray, labels: np.ndarray, flags: list, path: Path) -> Path:
+    """The annotated spread at ``path``: PNG directly; SVG/PDF embed the same raster at its pixel size
+    (OpenCV cannot encode vector formats, and a vector overlay of thousands of mask contours is no use)."""
+    from karyogram.render import render_overlay
+
+    if path.suffix.lower() == ".png":
+        return render_overlay(image, masks, labels, flags=flags, path=path)
+    import tempfile
+
+    import cv2
+    from matplotlib.figure import Figure
+
+    from datasets.io import atomic_save_figure
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = render_overlay(image, masks, labels, flags=flags, path=Path(tmp) / "overlay.png")
+        rgb = cv2.imread(str(png), cv2.IMREAD_COLOR)[..., ::-1]
+    h, w = rgb.shape[:2]
+    dpi = 100
+    fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
+    fig.figimage(rgb, 0, 0, origin="upper")
+    atomic_save_figure(fig, path, dpi=dpi)
+    return path
+
+
 def coco_results_of(result: ImageResult, image_id: int) -> list[dict[str, Any]]:
-    """COCO results-format entries (bbox xywh, category 1..24, score, RLE) of one image's chromosomes."""
+    """COCO results-format entries (bbox xywh, category 1..24, score, RLE) of one image's chromosomes.
+
+    Unassigned chromosomes (label 0) are left out. ``score`` is the detection score times the
+    assignment confidence of the chromosome's label (the detector is class-agnostic, so the class
+    evidence comes from the classifier + karyotype assignment); ``evaluate.py --stage full`` scores
+    its system-level 24-class AP with the same product.
+    """
     out = []
     for c in result.json["chromosomes"]:
         if not c["label"]:
@@ -285,7 +313,7 @@ def coco_results_of(result: ImageResult, image_id: int) -> list[dict[str, Any]]:
                 "file_name": Path(result.json["image"]).name,
                 "category_id": c["label"],
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": c["score"],
+                "score": round(float(c["score"]) * float(c.get("confidence", 1.0)), 6),
                 "segmentation": c["mask"],
             }
         )
@@ -362,9 +390,10 @@ def main(args: argparse.Namespace) -> int:
                 traceback.print_exc()
             continue
         done.append({"image": str(path), "json": str(paths["json"]), "karyotype": result.json["karyotype"]})
-        coco += coco_results_of(result, image_id=rank + k * world)
+        coco += coco_results_of(result, image_id=1 + rank + k * world)  # 1-based, as datasets.coco
         if len(files) == 1:
-            print(f"karyotype: {result.json['karyotype']}  ({result.json['count']} chromosomes)")
+            kt = result.json["karyotype"] or "none (no chromosome found)"
+            print(f"karyotype: {kt}  ({result.json['count']} chromosomes, {result.json['detections']} detections)")
             for kind in ("json", "karyogram", "overlay"):
                 print(f"  {kind:9s} {paths[kind]}")
     suffix = f".rank{rank}" if world > 1 else ""

@@ -22,9 +22,8 @@ from .errors import ImageReadError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
-#: images larger than this many pixels on their longer side are refused by :func:`read_image`
-#: unless ``max_side`` is given (in which case they are downscaled with a warning)
-MAX_PIXELS = 30_000 * 30_000
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def to_grey_float(arr: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
@@ -103,7 +102,10 @@ def read_image(path: str | os.PathLike, *, max_side: int | None = None) -> np.nd
         data = np.fromfile(str(p), dtype=np.uint8)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            try:
+                arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            except cv2.error:  # e.g. a header claiming more than CV_IO_MAX_IMAGE_PIXELS; PIL decides below
+                arr = None
         if arr is not None and arr.ndim == 3 and arr.shape[2] >= 3:
             arr = arr[..., [2, 1, 0]] if arr.shape[2] == 3 else arr[..., [2, 1, 0, 3]]
     if arr is None:
@@ -153,6 +155,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -155,6 +155,7 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path):
             raise RuntimeError("killed")
     assert p.read_text().replace(" ", "").replace("\n", "") == '{"a":1}'
     assert [q.name for q in tmp_path.iterdir()] == ["out.json"]
+    assert p.stat().st_mode & 0o044, "outputs must be readable by others, like any file a user writes"
 
 
 # ----------------------------------------------------------------------------- splits

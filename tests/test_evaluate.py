@@ -1,0 +1,155 @@
+"""evaluate.py: every --stage on a tiny synthetic set with the trainers' smoke weights.
+
+The untrained detector finds nothing, so each stage is also run with ``KaryotypePipeline.segment``
+replaced by the ground truth (labels hidden): segmentation metrics are then perfect by construction
+and the identification figures are those of the smoke classifier + assignment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import evaluate
+import inference_pipeline as ip
+from tests.test_pipeline import weights  # noqa: F401  (module-scoped smoke checkpoints)
+
+SYN = ["--dataset", "synthetic", "--synthetic-n", "2", "--synthetic-size", "256"]
+
+SEG_KEYS = {"images", "bbox_AP50", "agnostic_bbox_AP50", "segm_AP50", "PQ_all", "AJI"}
+CLS_KEYS = {
+    "images",
+    "accuracy",
+    "cell_exact_rate",
+    "argmax_accuracy",
+    "assignment_accuracy",
+    "rule_based_accuracy",
+    "sanity_score",
+}
+FULL_KEYS = {
+    "images",
+    "PQ_all",
+    "AJI",
+    "accuracy",
+    "mPQ",
+    "sanity_score",
+    "system_bbox_AP50",
+    "system_segm_AP50",
+    "agnostic_bbox_AP50",
+    "count_error_mean_abs",
+}
+
+
+@pytest.fixture(autouse=True)
+def _restore_grad():
+    import torch
+
+    grad = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(grad)
+
+
+def _run(weights, tmp_path, capsys, stage: str, *extra: str) -> tuple[dict, dict]:  # noqa: F811
+    out = tmp_path / f"eval_{stage}"
+    argv = [*SYN, "--stage", stage, "--seg-weights", str(weights[0]), "--cls-weights", str(weights[1])]
+    plots = "--plots" in extra
+    extra = tuple(e for e in extra if e != "--plots") + (() if plots else ("--no-plots",))
+    args = evaluate.get_args_parser().parse_args([*argv, "--out", str(out), "--device", "cpu", "--quiet", *extra])
+    res = evaluate.main(args)
+    assert isinstance(res, dict)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    line = json.loads(last)  # the last stdout line is one JSON object
+    assert isinstance(line, dict)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["stage"] == stage and saved["images"] == res["images"]
+    return res, line
+
+
+def _gt_dataset(size: int = 256):
+    """The records evaluate.py builds for SYN (same generator, seed and size)."""
+    from datasets.synthetic import SyntheticConfig, SyntheticDataset
+
+    ds = SyntheticDataset(
+        None, "all", n=2, seed=evaluate.SYNTHETIC_EVAL_SEED, config=SyntheticConfig(image_size=(size, size))
+    )
+    return [ds[i] for i in range(len(ds))]
+
+
+@pytest.fixture
+def gt_segment(monkeypatch):
+    """Detector replaced by the ground truth of whichever evaluation image it is given."""
+    recs = _gt_dataset()
+
+    def segment(self, image):
+        for rec in recs:
+            if rec.image.shape == image.shape and np.abs(rec.image - image).max() < 1.5 / 255:
+                r = rec.copy()
+                r.labels[:] = 0
+                r.scores = np.ones(len(r), np.float32)
+                r.image = image
+                return r
+        raise AssertionError("segment() given an image that is not one of the evaluation spreads")
+
+    monkeypatch.setattr(ip.KaryotypePipeline, "segment", segment)
+
+
+def test_seg_stage(weights, tmp_path, capsys):  # noqa: F811
+    res, line = _run(weights, tmp_path, capsys, "seg", "--score-thresh", "0.5")  # few boxes: fast mask head
+    assert SEG_KEYS <= set(line), SEG_KEYS - set(line)
+    assert line["images"] == 2
+    assert line["PQ_all"] == 0.0 and line["count_error_mean_abs"] > 40  # untrained: nothing found
+
+
+def test_cls_stage(weights, tmp_path, capsys):  # noqa: F811
+    res, line = _run(weights, tmp_path, capsys, "cls", "--plots")
+    assert CLS_KEYS <= set(line), CLS_KEYS - set(line)
+    assert line["images"] == 2 and line["chromosomes"] >= 90
+    for k in ("accuracy", "argmax_accuracy", "assignment_accuracy", "rule_based_accuracy", "sanity_score"):
+        assert 0.0 <= line[k] <= 1.0
+    assert (tmp_path / "eval_cls" / "confusion_assignment.png").is_file()
+
+
+def test_full_stage_untrained(weights, tmp_path, capsys):  # noqa: F811
+    res, line = _run(weights, tmp_path, capsys, "full")
+    assert FULL_KEYS <= set(line), FULL_KEYS - set(line)
+    assert line["system_bbox_AP50"] == 0.0 and line["agnostic_bbox_AP50"] == 0.0
+
+
+def test_full_stage_ground_truth_instances(weights, tmp_path, capsys, gt_segment):  # noqa: F811
+    res, line = _run(weights, tmp_path, capsys, "full")
+    assert FULL_KEYS <= set(line), FULL_KEYS - set(line)
+    # perfect instances: agnostic detection and segmentation are exact
+    assert line["PQ_all"] == pytest.approx(1.0)
+    assert line["AJI"] == pytest.approx(1.0)
+    assert line["agnostic_bbox_AP50"] == pytest.approx(1.0)
+    assert line["agnostic_segm_AP50"] == pytest.approx(1.0)
+    # the 24-class system AP is bounded by identification; with perfect masks a chromosome is a true
+    # positive exactly when its label is right
+    assert 0.0 <= line["system_bbox_AP50"] <= 1.0 and 0.0 <= line["system_segm_AP50"] <= 1.0
+    if line["accuracy"] == 0.0:
+        assert line["system_bbox_AP50"] == 0.0
+    assert 0.0 <= line["mPQ"] <= 1.0
+    assert line["count_error_mean_abs"] <= 1.0  # 46 instances, assignment may leave one unassigned
+    assert 0.0 <= line["sanity_score"] <= 1.0
+    assert isinstance(res["per_class_PQ"], dict)
+
+
+def test_full_stage_counts_without_classes(weights, tmp_path, capsys, gt_segment, monkeypatch):  # noqa: F811
+    """Ground truth with instances but no classes (labels 0), and one with only a karyotype: no crash,
+    count error and sanity score reported, no identification figures."""
+    recs = _gt_dataset()
+    a = recs[0].copy()
+    a.labels[:] = 0
+    b = recs[1].select(np.zeros(len(recs[1]), bool))  # no instances ...
+    b.meta["karyotype"] = "46,XX"  # ... but a known count
+    monkeypatch.setattr(evaluate, "_dataset", lambda args: ([a, b], 2))
+    res, line = _run(weights, tmp_path, capsys, "full")
+    assert line["images"] == 2 and line["images_with_classes"] == 0
+    assert line["count_error_mean_abs"] == pytest.approx(np.mean([abs(46 - 46), abs(46 - 46)]), abs=1.0)
+    assert 0.0 <= line["sanity_score"] <= 1.0
+    assert "accuracy" not in line and "system_bbox_AP50" not in line and "mPQ" not in line
+    assert line["agnostic_bbox_AP50"] == pytest.approx(1.0)  # the image with instances is still scored
+    assert not any(isinstance(v, float) and math.isnan(v) for k, v in line.items() if k != "ap_score")

@@ -1,0 +1,309 @@
+"""inference_pipeline.py end to end: CLI, output files, the JSON schema, input kinds and user errors.
+
+Weights are untrained smoke-size checkpoints (:func:`make_smoke_weights`, once per session). An untrained detector finds
+nothing, so the non-empty path replaces ``KaryotypePipeline.segment`` by the ground truth of a synthetic
+spread (labels hidden, scores 1): everything after segmentation then runs for real.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import inference_pipeline as ip
+
+SIZE = (320, 352)  # (H, W) of the synthetic test spread
+
+TOP_KEYS = {
+    "image",
+    "width",
+    "height",
+    "karyotype",
+    "sex",
+    "count",
+    "sanity_score",
+    "chromosomes",
+    "timings_s",
+}
+CHROM_KEYS = {
+    "id",
+    "label",
+    "name",
+    "score",
+    "probs",
+    "box",
+    "mask",
+    "length_px",
+    "centromere_index",
+    "centromere_xy",
+    "polarity_ok",
+    "pair",
+    "flags",
+}
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+def make_smoke_weights(root: Path) -> tuple[Path, Path]:
+    """Untrained smoke-size checkpoints in the shipped-weights format (``save_weights``), as
+    ``train_segmentation.py --smoke`` / ``train_classification.py --smoke`` configure them (resnet18
+    backbones, 128 px detector input, 32x16 crops, all features). Built directly, not trained: two
+    training steps change nothing a test can see (the detector finds nothing either way) and the
+    trainers cost 20-60 s on a loaded 2-core machine. Cached per pytest session under ``root``."""
+    from features.triad import feature_names
+    from models import classifier, segmentation
+
+    seg, cls = root / "segmentation.pt", root / "classifier.pt"
+    if seg.is_file() and cls.is_file():
+        return seg, cls
+    import torch
+
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    scfg = segmentation.SegConfig(
+        backbone="resnet18_fpn", min_size=128, max_size=128, box_detections_per_img=100, box_batch_size_per_image=64
+    )
+    scfg.rpn_pre_nms_top_n_test, scfg.rpn_post_nms_top_n_test = 200, 100
+    segmentation.save_weights(segmentation.build_segmentation_model(scfg), scfg, seg)
+    names = list(feature_names("all"))
+    ccfg = classifier.ClsConfig(
+        arch="resnet18",
+        crop_height=32,
+        crop_width=16,
+        n_features=len(names),
+        feature_groups="all",
+        feature_names=names,
+        feature_mean=[0.0] * len(names),
+        feature_std=[1.0] * len(names),
+    )
+    classifier.save_weights(classifier.build_classifier(ccfg), ccfg, cls)
+    return seg, cls
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> tuple[Path, Path]:
+    """(segmentation, classifier) untrained smoke checkpoints, shared by the session's test files."""
+    return make_smoke_weights(tmp_path_factory.getbasetemp() / "smoke_weights")
+
+
+@pytest.fixture(scope="module")
+def spread():
+    from datasets.synthetic import generate_spread
+
+    return generate_spread(np.random.default_rng(11), None, "46,XY", size=SIZE, image_id="pipe")
+
+
+@pytest.fixture(scope="module")
+def spread_png(spread, tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("img") / "cell.png"
+    assert cv2.imwrite(str(p), np.round(spread.image * 255).astype(np.uint8))
+    return p
+
+
+@pytest.fixture
+def gt_segment(monkeypatch, spread):
+    """Replace the detector by the spread's ground truth (labels hidden)."""
+
+    def segment(self, image):
+        assert image.shape == spread.image.shape
+        r = spread.copy()
+        r.labels[:] = 0
+        r.scores = np.ones(len(r), np.float32)
+        return r
+
+    monkeypatch.setattr(ip.KaryotypePipeline, "segment", segment)
+
+
+@pytest.fixture(autouse=True)
+def _restore_grad():
+    import torch
+
+    grad = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(grad)  # the pipeline switches autograd off for the process
+
+
+def _args(weights, *extra: str) -> list[str]:
+    return ["--seg-weights", str(weights[0]), "--cls-weights", str(weights[1]), "--device", "cpu", "--quiet", *extra]
+
+
+# ---------------------------------------------------------------------------------------------- schema
+def _check_schema(d: dict, width: int, height: int) -> None:
+    from pycocotools import mask as mask_utils
+
+    assert TOP_KEYS <= set(d), TOP_KEYS - set(d)
+    assert (d["width"], d["height"]) == (width, height)
+    assert isinstance(d["count"], int) and d["count"] == sum(c["label"] > 0 for c in d["chromosomes"])
+    assert 0.0 <= d["sanity_score"] <= 1.0
+    assert d["karyotype"] is None or isinstance(d["karyotype"], str)
+    assert all(isinstance(v, float) and v >= 0 for v in d["timings_s"].values())
+    for stage in ("load", "segmentation", "features", "classification", "assignment", "rendering"):
+        assert stage in d["timings_s"], stage
+    ids = [c["id"] for c in d["chromosomes"]]
+    assert ids == list(range(len(ids)))
+    for c in d["chromosomes"]:
+        assert CHROM_KEYS <= set(c), CHROM_KEYS - set(c)
+        assert isinstance(c["label"], int) and 0 <= c["label"] <= 24
+        assert isinstance(c["name"], str) and c["name"]
+        assert 0.0 <= c["score"] <= 1.0
+        assert len(c["probs"]) == 24 and abs(sum(c["probs"]) - 1.0) < 1e-3
+        assert all(p >= 0 for p in c["probs"])
+        x1, y1, x2, y2 = c["box"]
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+        m = mask_utils.decode({"size": c["mask"]["size"], "counts": c["mask"]["counts"].encode("ascii")})
+        assert m.shape == (height, width) and m.any()
+        assert c["length_px"] > 0
+        assert 0.0 <= c["centromere_index"] <= 0.5
+        assert len(c["centromere_xy"]) == 2
+        assert isinstance(c["polarity_ok"], bool)
+        assert c["pair"] is None or (isinstance(c["pair"], int) and c["pair"] in ids and c["pair"] != c["id"])
+        assert isinstance(c["flags"], list) and all(isinstance(f, str) for f in c["flags"])
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_cli_whole_pipeline_untrained(weights, spread_png, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert ip.cli(_args(weights, "--image", str(spread_png), "--out", str(out))) == 0
+    stdout = capsys.readouterr().out
+    files = [out / "cell.json", out / "cell_karyogram.png", out / "cell_overlay.png"]
+    for f in files:
+        assert f.is_file() and f.stat().st_size > 0
+        assert str(f) in stdout  # the user is told where the outputs are
+    assert "karyotype:" in stdout
+    kg = cv2.imread(str(files[1]), cv2.IMREAD_UNCHANGED)
+    assert kg is not None and kg.size > 0
+    d = json.loads(files[0].read_text())
+    _check_schema(d, SIZE[1], SIZE[0])
+
+
+def test_non_empty_path(weights, spread_png, gt_segment, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert ip.cli(_args(weights, "--image", str(spread_png), "--out", str(out))) == 0
+    stdout = capsys.readouterr().out
+    d = json.loads((out / "cell.json").read_text())
+    _check_schema(d, SIZE[1], SIZE[0])
+    assert len(d["chromosomes"]) == 46
+    assert d["count"] in (46, 47)
+    assert isinstance(d["karyotype"], str) and d["karyotype"].startswith(str(d["count"]))
+    assert d["karyotype"] in stdout
+    assert 0.0 <= d["sanity_score"] <= 1.0
+    by_id = {c["id"]: c for c in d["chromosomes"]}
+    n_paired = 0
+    for c in d["chromosomes"]:
+        if c["pair"] is not None:
+            n_paired += 1
+            assert by_id[c["pair"]]["pair"] == c["id"]  # pairs are symmetric
+            assert by_id[c["pair"]]["label"] == c["label"]
+    assert n_paired > 0
+    # masks come back at the image size and match the ground truth they were given
+    from pycocotools import mask as mask_utils
+
+    c0 = d["chromosomes"][0]
+    m0 = mask_utils.decode({"size": c0["mask"]["size"], "counts": c0["mask"]["counts"].encode("ascii")})
+    assert m0.sum() > 0
+    png = cv2.imread(str(out / "cell_overlay.png"), cv2.IMREAD_COLOR)
+    assert png.shape[:2] == SIZE
+
+
+@pytest.mark.parametrize("kind", ["grey8", "grey16", "rgb"])
+def test_input_kinds(weights, spread, gt_segment, tmp_path, kind):
+    img = spread.image
+    if kind == "grey8":
+        arr, name = np.round(img * 255).astype(np.uint8), "a.png"
+    elif kind == "grey16":
+        arr, name = np.round(img * 65535).astype(np.uint16), "b.tif"
+    else:
+        g = np.round(img * 255).astype(np.uint8)
+        arr, name = np.stack([g, g, g], axis=-1), "c.jpg"
+    path = tmp_path / name
+    assert cv2.imwrite(str(path), arr)
+    pipe = ip.KaryotypePipeline(weights[0], weights[1], device="cpu")
+    res = pipe.process(path)
+    assert (res.json["width"], res.json["height"]) == (SIZE[1], SIZE[0])
+    assert len(res.json["chromosomes"]) == 46
+
+
+def test_input_dir_coco_and_summary(weights, spread_png, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "one.png").write_bytes(spread_png.read_bytes())
+    g = cv2.imread(str(spread_png), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(src / "two.tif"), (g.astype(np.uint16) * 257))
+    (src / "broken.png").write_bytes(b"not a png")
+    (src / "notes.txt").write_text("ignored")
+    out = tmp_path / "out"
+    assert ip.cli(_args(weights, "--input-dir", str(src), "--out", str(out))) == 0
+    coco = json.loads((out / "coco_results.json").read_text())
+    assert isinstance(coco, list)
+    for r in coco:
+        assert {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(r)
+        assert 1 <= r["category_id"] <= 24 and len(r["bbox"]) == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(Path(p["image"]).name for p in summary["processed"]) == ["one.png", "two.tif"]
+    assert [Path(p["image"]).name for p in summary["failed"]] == ["broken.png"]
+    assert summary["ignored_non_images"] == ["notes.txt"]
+    assert (out / "one.json").is_file() and (out / "two.json").is_file()
+
+
+def test_input_dir_coco_results_non_empty(weights, spread_png, gt_segment, tmp_path):
+    from pycocotools.coco import COCO
+
+    from datasets.coco import records_to_coco
+    from datasets.record import KaryoRecord
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "cell.png").write_bytes(spread_png.read_bytes())
+    out = tmp_path / "out"
+    assert ip.cli(_args(weights, "--input-dir", str(src), "--out", str(out))) == 0
+    coco = json.loads((out / "coco_results.json").read_text())
+    d = json.loads((out / "cell.json").read_text())
+    assert len(coco) == d["count"] > 0
+    for r in coco:
+        assert 0.0 <= r["score"] <= 1.0
+    # loadable by pycocotools as results against a ground truth with the same image id
+    gt = KaryoRecord(image=np.zeros(SIZE, np.float32), boxes=np.zeros((0, 4)), labels=np.zeros(0, np.int64))
+    gt_json = records_to_coco([gt], ["cell.png"])
+    for im in gt_json["images"]:
+        im["id"] = coco[0]["image_id"]
+    c = COCO()
+    c.dataset = gt_json
+    c.createIndex()
+    dt = c.loadRes([{k: v for k, v in r.items() if k != "file_name"} for r in coco])
+    assert len(dt.getAnnIds()) == len(coco)
+
+
+def test_missing_weights_exit_2(weights, spread_png, tmp_path, capsys):
+    missing = tmp_path / "nope" / "segmentation.pt"
+    argv = ["--seg-weights", str(missing), "--cls-weights", str(weights[1]), "--image", str(spread_png)]
+    assert ip.cli([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "not found" in err
+
+
+def test_cuda_without_cuda_exit_2(weights, spread_png, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    argv = ["--seg-weights", str(weights[0]), "--cls-weights", str(weights[1]), "--device", "cuda"]
+    assert ip.cli([*argv, "--image", str(spread_png), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA" in err and "--device cpu" in err
+
+
+def test_missing_image_exit_2(weights, tmp_path, capsys):
+    assert ip.cli(_args(weights, "--image", str(tmp_path / "none.png"), "--out", str(tmp_path / "o"))) == 2
+    assert "none.png" in capsys.readouterr().err
+
+
+def test_format_svg(weights, spread_png, gt_segment, tmp_path):
+    out = tmp_path / "out"
+    assert ip.cli(_args(weights, "--image", str(spread_png), "--out", str(out), "--format", "svg")) == 0
+    for name in ("cell_karyogram.svg", "cell_overlay.svg"):
+        text = (out / name).read_text()
+        assert "<svg" in text[:2000]
+    assert (out / "cell.json").is_file()
