@@ -527,6 +527,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # -- epochs
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
+        # the RNGs depend on (seed, rank, epoch) only, so a resumed epoch is the same epoch (as in train_segmentation)
+        torch.manual_seed(args.seed + rank + 1_000_003 * epoch)
+        loader.generator.manual_seed(seed + 1_000_003 * epoch)
         t0 = time.time()
         stats = train_one_epoch(
             model,

@@ -32,6 +32,7 @@ file (compressed RLE masks), :func:`records_to_coco_results` the COCO *results* 
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections import Counter, defaultdict
@@ -101,7 +102,12 @@ def find_coco_json(root: str | os.PathLike, ann_file: str | os.PathLike | None =
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float range (JSON allows 1e400 written as an integer)
+        return False
 
 
 def _xy_pair(v: Any) -> np.ndarray | None:
@@ -122,6 +128,12 @@ def _decode_segmentation(seg: Any, h: int, w: int, where: str, path: Path) -> np
         polys = [[float(t) for t in p] for p in polys if len(p) >= 6 and len(p) % 2 == 0]
         if not polys:
             return np.zeros((h, w), np.uint8)
+        # pycocotools allocates memory in proportion to the perimeter and crashes (SIGSEGV) near 4e8 px
+        lim = 4 * max(h, w) + 64
+        if any(abs(t) > lim for p in polys for t in p):
+            raise AnnotationError(
+                path, f"{where}: polygon coordinates lie far outside the {w}x{h} image (|x| or |y| > {lim})"
+            )
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
         return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
     if isinstance(seg, dict):
@@ -262,6 +274,10 @@ class COCODataset(RecordDataset):
             for k in ("width", "height"):
                 if k in im and (not isinstance(im[k], int) or isinstance(im[k], bool) or im[k] <= 0):
                     raise AnnotationError(path, f"images[{i}] {k!r} must be a positive integer, got {im[k]!r}")
+            if isinstance(im["id"], (list, dict)):
+                raise AnnotationError(
+                    path, f"images[{i}] 'id' must be a number or string, got a {type(im['id']).__name__}"
+                )
             if im["id"] in img_by_id:
                 raise AnnotationError(path, f"images[{i}]: duplicate image id {im['id']!r}")
             img_by_id[im["id"]] = im
@@ -274,6 +290,10 @@ class COCODataset(RecordDataset):
             where = f"annotations[{j}] (id {a.get('id')!r})" if isinstance(a, dict) else f"annotations[{j}]"
             if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
                 raise AnnotationError(path, f"{where} must be an object with 'image_id' and 'category_id'")
+            if isinstance(a["image_id"], (list, dict)):
+                raise AnnotationError(
+                    path, f"{where}: image_id must be a number or string, got a {type(a['image_id']).__name__}"
+                )
             if a["image_id"] not in img_by_id:
                 counts[f"annotation of an image id not in 'images' ({a['image_id']!r})"] += 1
                 continue

@@ -51,7 +51,10 @@ def _points(v: Any, path: Path, where: str) -> np.ndarray:
         for p in v
     ):
         raise AnnotationError(path, f"{where}: 'points' must be a list of [x, y] number pairs")
-    pts = np.asarray(v, np.float64).reshape(-1, 2)
+    try:
+        pts = np.asarray(v, np.float64).reshape(-1, 2)
+    except OverflowError:  # an integer beyond float range
+        pts = np.full((1, 2), np.inf)
     if not np.isfinite(pts).all():
         raise AnnotationError(path, f"{where}: 'points' contain NaN or infinite values")
     return pts
@@ -189,7 +192,10 @@ class LabelMeDataset(RecordDataset):
             raw = base64.b64decode(data["imageData"], validate=False)
         except (binascii.Error, ValueError) as exc:
             raise ImageReadError(path, f"imageData is not valid base64: {exc}") from None
-        arr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+        try:
+            arr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) if raw else None
+        except cv2.error:  # e.g. a header claiming more pixels than OpenCV accepts
+            arr = None
         if arr is None:
             raise ImageReadError(path, "imageData does not decode to an image")
         if arr.ndim == 3 and arr.shape[2] >= 3:
@@ -207,7 +213,10 @@ class LabelMeDataset(RecordDataset):
         masks, labels = [], []
         derived = False
         local: Counter[str] = Counter()
+        lim = 4 * max(h, w) + 64  # cv2.fillPoly near INT32_MIN takes tens of seconds
         for cid, kind, pts in item["shapes"]:
+            if np.abs(pts).max() > lim:
+                raise AnnotationError(path, f"{kind} points lie far outside the {w}x{h} image (|x| or |y| > {lim})")
             m = np.zeros((h, w), np.uint8)
             if kind == "rectangle":
                 (x1, y1), (x2, y2) = pts.min(0), pts.max(0)

@@ -49,7 +49,10 @@ def read_label_map(path: str | Path) -> np.ndarray:
         raise ImageReadError(p, "label map file is missing or empty")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        arr = cv2.imdecode(np.fromfile(str(p), np.uint8), cv2.IMREAD_UNCHANGED)
+        try:
+            arr = cv2.imdecode(np.fromfile(str(p), np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:  # e.g. a header claiming more pixels than OpenCV accepts; tifffile decides below
+            arr = None
     if arr is None:
         try:
             import tifffile
@@ -160,7 +163,10 @@ class MFISHDataset(RecordDataset):
                         break
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        ok = cv2.imdecode(np.fromfile(str(f), np.uint8), cv2.IMREAD_UNCHANGED) is not None
+                        try:
+                            ok = cv2.imdecode(np.fromfile(str(f), np.uint8), cv2.IMREAD_UNCHANGED) is not None
+                        except cv2.error:  # e.g. a header claiming more pixels than OpenCV accepts
+                            ok = False
                     if not ok:
                         bad = (f, "unreadable image (truncated or corrupt)")
                         break

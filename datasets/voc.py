@@ -64,7 +64,7 @@ def parse_voc_xml(path: str | os.PathLike) -> dict[str, Any]:
     try:
         if sw is not None and sh is not None:
             size = (int(float(sw)), int(float(sh)))
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc", "nan", "inf", "1e400"
         size = None
     objects = []
     for obj in root.findall("object"):
@@ -91,7 +91,7 @@ def _read_karyotype_tables(root: Path) -> dict[str, dict[str, str]]:
         try:
             with open(p, newline="", encoding="utf-8-sig") as f:
                 rows = list(csv.reader(f))
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
             warnings.warn(f"{p}: cannot read ({exc}); karyotype metadata from it is ignored", stacklevel=2)
             continue
         for row in rows[1:]:

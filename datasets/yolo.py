@@ -29,6 +29,7 @@ those of that entry of ``data.yaml`` (a folder, a list of folders or a ``.txt`` 
 from __future__ import annotations
 
 import os
+import reprlib  # YAML aliases can make a small file print as gigabytes
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -103,7 +104,7 @@ def parse_names(data: dict[str, Any], path: Path) -> list[str]:
         raise AnnotationError(path, "'names' entries must be strings")
     nc = data.get("nc")
     if nc is not None and nc != len(names):
-        raise AnnotationError(path, f"nc={nc} but 'names' has {len(names)} entries")
+        raise AnnotationError(path, f"nc={reprlib.repr(nc)[:200]} but 'names' has {len(names)} entries")
     return [str(n) for n in names]
 
 
@@ -211,14 +212,22 @@ class YOLODataset(RecordDataset):
         entries = self.yaml[split]
         entries = [entries] if isinstance(entries, str) else entries
         if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-            raise AnnotationError(self.yaml_path, f"{split!r} must be a path or a list of paths, got {entries!r}")
+            raise AnnotationError(
+                self.yaml_path, f"{split!r} must be a path or a list of paths, got {reprlib.repr(entries)[:200]}"
+            )
         out: list[Path] = []
         for e in entries:
             p = self._resolve_entry(e)
             if p.is_dir():
                 out += _images_under(p)
             else:  # a .txt list of image paths
-                for line in p.read_text(encoding="utf-8").splitlines():
+                try:
+                    lines = p.read_text(encoding="utf-8").splitlines()
+                except (UnicodeDecodeError, OSError) as exc:
+                    raise AnnotationError(
+                        p, f"{split!r} entry {e!r} is neither a folder nor a text list of images: {exc}"
+                    ) from None
+                for line in lines:
                     if line.strip():
                         q = Path(line.strip())
                         out.append(q if q.is_absolute() else (p.parent / q))
