@@ -73,6 +73,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--pretrained", default=None, help="local pretrained weights file (never downloaded)")
     g.add_argument("--detections-per-img", type=int, default=150, help="maximum detections per image (>= 100)")
     g.add_argument("--roi-batch-size", type=int, default=512, help="RoIs sampled per image for the box/mask heads")
+    g.add_argument(
+        "--box-head-dim", type=int, default=1024, help="width of the box head's two FC layers (256: small, fast model)"
+    )
 
     g = p.add_argument_group("Training")
     g.add_argument("--epochs", type=int, default=None, help="epochs (default 26; 1 with --smoke)")
@@ -298,6 +301,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         pretrained_path=args.pretrained,
         box_detections_per_img=args.detections_per_img,
         box_batch_size_per_image=args.roi_batch_size,
+        box_head_dim=args.box_head_dim,
     )
     if args.smoke:  # fewer proposals: seconds, not minutes, on a CPU
         config.rpn_pre_nms_top_n_train, config.rpn_post_nms_top_n_train = 400, 200

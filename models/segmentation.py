@@ -65,6 +65,8 @@ class SegConfig:
         box_score_thresh / box_nms_thresh: post-processing inside the model (``predict`` filters again).
         rpn_*: region-proposal settings (torchvision names and defaults).
         box_batch_size_per_image: sampled RoIs per image for the box head.
+        box_head_dim: width of the two fully connected layers of the box head (torchvision: 1024,
+            12.8 M parameters; 256 makes a CPU-friendly model whose fp16 weights fit in ~23 MB).
         trainable_layers: backbone stages that train (ResNet 0..5, MobileNet 0..6); None -> all when
             training from scratch, 3 when ``pretrained_path`` is given.
         norm: backbone normalisation: "batch" (BatchNorm2d, trains; torchvision's choice from scratch),
@@ -87,6 +89,7 @@ class SegConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_batch_size_per_image: int = 512
+    box_head_dim: int = 1024
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
@@ -249,9 +252,17 @@ def build_segmentation_model(config: SegConfig) -> nn.Module:
         )
     else:
         kwargs.update(rpn_head=RPNHead(backbone.out_channels, num_anchors))
+        if config.box_head_dim != 1024:
+            from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+            from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+            kwargs.update(
+                box_head=TwoMLPHead(backbone.out_channels * 7 * 7, config.box_head_dim),
+                box_predictor=FastRCNNPredictor(config.box_head_dim, config.num_classes),
+                mask_predictor=MaskRCNNPredictor(256, 256, config.num_classes),
+            )
     model = MaskRCNN(
         backbone,
-        num_classes=config.num_classes,
         min_size=config.min_size,
         max_size=config.max_size,
         image_mean=[float(config.image_mean)],
@@ -269,6 +280,7 @@ def build_segmentation_model(config: SegConfig) -> nn.Module:
         box_nms_thresh=config.box_nms_thresh,
         box_detections_per_img=config.box_detections_per_img,
         box_batch_size_per_image=config.box_batch_size_per_image,
+        num_classes=None if "box_predictor" in kwargs else config.num_classes,
         **kwargs,
     )
     if config.pretrained_path:

@@ -275,3 +275,24 @@ def test_run_training_recipe_order_skip_resume_and_failure(tmp_path):
     assert not (out / "classification" / "DONE").exists()
 
     assert run(NGPU="two").returncode == 2
+
+
+def test_small_box_head_shrinks_model_and_keeps_outputs():
+    """--box-head-dim 256: the CPU-friendly head (the shipped model) has far fewer parameters, same outputs."""
+    import torch
+
+    from models.segmentation import SegConfig, build_segmentation_model
+
+    small = build_segmentation_model(
+        SegConfig(backbone="mobilenet_v3_fpn", agnostic=True, box_head_dim=256, min_size=64, max_size=64)
+    )
+    big = build_segmentation_model(SegConfig(backbone="mobilenet_v3_fpn", agnostic=True, min_size=64, max_size=64))
+    n_small = sum(p.numel() for p in small.parameters())
+    n_big = sum(p.numel() for p in big.parameters())
+    assert n_big - n_small == (256 * 49 * 1024 + 1024 * 1024 + 2048 + 1024 * 10) - (
+        256 * 49 * 256 + 256 * 256 + 512 + 256 * 10
+    )
+    small.eval()
+    with torch.no_grad():
+        out = small([torch.rand(1, 64, 64)])[0]
+    assert set(out) == {"boxes", "labels", "scores", "masks"}
