@@ -1,0 +1,52 @@
+"""Export trained checkpoints to small inference-only weight files (fp16), as shipped in ``weights/``.
+
+    python -m models.export --seg runs/seg/best.pth --cls runs/cls/best.pth --out weights/
+
+Writes ``segmentation.pt`` and ``classifier.pt`` (``{"model": fp16 state dict, "config": dict}``),
+which :func:`models.segmentation.load_segmentation_checkpoint` and
+:func:`models.classifier.load_classifier_checkpoint` read back as float32 models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seg", type=Path, help="segmentation checkpoint (train_segmentation.py last/best.pth)")
+    p.add_argument("--cls", type=Path, help="classifier checkpoint (train_classification.py last/best.pth)")
+    p.add_argument("--out", type=Path, default=Path("weights"))
+    p.add_argument("--fp32", action="store_true", help="keep float32 (default: float16, half the size)")
+    return p
+
+
+def main(args: argparse.Namespace) -> list[Path]:
+    from models import classifier, segmentation
+
+    if args.seg is None and args.cls is None:
+        raise ValueError("give --seg and/or --cls")
+    written = []
+    if args.seg is not None:
+        model, cfg = segmentation.load_segmentation_checkpoint(args.seg, "cpu")
+        path = args.out / "segmentation.pt"
+        segmentation.save_weights(model, cfg, path, half=not args.fp32)
+        written.append(path)
+    if args.cls is not None:
+        model, cfg = classifier.load_classifier_checkpoint(args.cls, "cpu")
+        path = args.out / "classifier.pt"
+        classifier.save_weights(model, cfg, path, half=not args.fp32)
+        written.append(path)
+    for p in written:
+        print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
+    return written
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
