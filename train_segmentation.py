@@ -74,6 +74,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--detections-per-img", type=int, default=150, help="maximum detections per image (>= 100)")
     g.add_argument("--roi-batch-size", type=int, default=512, help="RoIs sampled per image for the box/mask heads")
     g.add_argument(
+        "--mask-head-layers",
+        type=int,
+        nargs="+",
+        default=[256, 256, 256, 256],
+        help="channels of the mask head's conv layers (e.g. 128 128: a much cheaper head on CPU)",
+    )
+    g.add_argument(
         "--box-head-dim", type=int, default=1024, help="width of the box head's two FC layers (256: small, fast model)"
     )
 
@@ -302,6 +309,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         box_detections_per_img=args.detections_per_img,
         box_batch_size_per_image=args.roi_batch_size,
         box_head_dim=args.box_head_dim,
+        mask_head_layers=tuple(args.mask_head_layers),
     )
     if args.smoke:  # fewer proposals: seconds, not minutes, on a CPU
         config.rpn_pre_nms_top_n_train, config.rpn_post_nms_top_n_train = 400, 200

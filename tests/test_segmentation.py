@@ -296,3 +296,26 @@ def test_small_box_head_shrinks_model_and_keeps_outputs():
     with torch.no_grad():
         out = small([torch.rand(1, 64, 64)])[0]
     assert set(out) == {"boxes", "labels", "scores", "masks"}
+
+
+def test_light_mask_head_roundtrips_through_config(tmp_path):
+    import torch
+
+    from models.segmentation import SegConfig, build_segmentation_model, load_segmentation_checkpoint, save_weights
+
+    cfg = SegConfig(
+        backbone="mobilenet_v3_fpn",
+        agnostic=True,
+        box_head_dim=256,
+        mask_head_layers=(128, 128),
+        min_size=64,
+        max_size=64,
+    )
+    model = build_segmentation_model(cfg)
+    assert [m.out_channels for m in model.roi_heads.mask_head if hasattr(m, "out_channels")][:2] == [128, 128]
+    save_weights(model, cfg, tmp_path / "w.pt")
+    model2, cfg2 = load_segmentation_checkpoint(tmp_path / "w.pt")
+    assert tuple(cfg2.mask_head_layers) == (128, 128)
+    model2.eval()
+    with torch.no_grad():
+        assert model2([torch.rand(1, 64, 64)])[0]["masks"].shape[1:] in ((1, 64, 64),)
