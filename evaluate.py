@@ -205,6 +205,10 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
         res[f"{name}_cell_exact_rate"] = m["cell_exact_rate"]
         res[f"{name}_macro_F1"] = m.get("macro_F1")
         res[f"{name}_sanity_score"] = float(np.mean([sanity_score(p) for p in pred])) if pred else 0.0
+        # the numerical karyotype (ISCN) written from the predicted labels, exactly equal to the true one
+        res[f"{name}_iscn_exact_rate"] = (
+            float(np.mean([_iscn(p) == _iscn(t) for p, t in zip(pred, true)])) if pred else 0.0
+        )
         if not args.no_plots:
             plot_confusion(np.asarray(m["confusion"]), args.out / f"confusion_{name}.png")
             plot_per_class(m["per_class"], args.out / f"per_class_{name}.png")
@@ -213,7 +217,16 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     res["accuracy"] = res["assignment_accuracy"]
     res["cell_exact_rate"] = res["assignment_cell_exact_rate"]
     res["sanity_score"] = res["assignment_sanity_score"]
+    res["iscn_exact_rate"] = res["assignment_iscn_exact_rate"]
     return res
+
+
+def _iscn(labels: np.ndarray) -> str:
+    """ISCN numerical karyotype of a cell's labels (unassigned 0 ignored)."""
+    from karyogram.iscn import iscn_string
+
+    a = np.asarray(labels)
+    return iscn_string(a[a > 0])
 
 
 def _true_count(rec) -> int | None:

@@ -109,6 +109,8 @@ def test_cls_stage(weights, tmp_path, capsys):  # noqa: F811
     assert line["images"] == 2 and line["chromosomes"] >= 90
     for k in ("accuracy", "argmax_accuracy", "assignment_accuracy", "rule_based_accuracy", "sanity_score"):
         assert 0.0 <= line[k] <= 1.0
+    for k in ("argmax_iscn_exact_rate", "assignment_iscn_exact_rate", "rule_based_iscn_exact_rate"):
+        assert line[k] in (0.0, 0.5, 1.0)  # two cells: each ISCN string is right or wrong
     assert (tmp_path / "eval_cls" / "confusion_assignment.png").is_file()
 
 
