@@ -105,7 +105,6 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     """COCO AP for boxes and masks, 24-class (if the model has classes) and class-agnostic; PQ and AJI."""
     from engine import resolve_device
     from metrics.detection import coco_evaluate
-    from metrics.matching import aggregated_jaccard_index, matching_dataset, panoptic_quality_all
     from models.segmentation import load_segmentation_checkpoint, predict
 
     device = resolve_device(args.device)
@@ -144,14 +143,9 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
         keep = p.scores >= args.pipeline_score_thresh
         t_masks.append(_gt_masks(g)[0])
         p_masks.append(p.masks[keep])
-    m = matching_dataset(t_masks, p_masks, thresh=0.5)
+    res.update(_instance_metrics(t_masks, p_masks))
     res.update(
         {
-            "precision@0.5": m.precision,
-            "recall@0.5": m.recall,
-            "f1@0.5": m.f1,
-            "PQ_all": float(panoptic_quality_all(t_masks, p_masks)),
-            "AJI": float(np.mean([aggregated_jaccard_index(t, p) for t, p in zip(t_masks, p_masks)])),
             "count_error_mean_abs": float(np.mean([abs(len(p) - len(t)) for t, p in zip(t_masks, p_masks)])),
             "gt_masks_derived": bool(any(g.masks_derived for g in gts)),
             "gt_masks_from_boxes": bool(any(_gt_masks(g)[1] for g in gts)),
@@ -221,6 +215,20 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def _instance_metrics(t_masks: list[np.ndarray], p_masks: list[np.ndarray]) -> dict[str, float]:
+    """Instance matching at IoU 0.5 summed over images (precision, recall, F1), PQ_all and mean AJI+."""
+    from metrics.matching import aggregated_jaccard_index, matching_dataset, panoptic_quality_all
+
+    m = matching_dataset(t_masks, p_masks, thresh=0.5)
+    return {
+        "precision@0.5": m.precision,
+        "recall@0.5": m.recall,
+        "f1@0.5": m.f1,
+        "PQ_all": float(panoptic_quality_all(t_masks, p_masks)),
+        "AJI": float(np.mean([aggregated_jaccard_index(t, p) for t, p in zip(t_masks, p_masks)])),
+    }
+
+
 def _iscn(labels: np.ndarray) -> str:
     """ISCN numerical karyotype of a cell's labels (unassigned 0 ignored)."""
     from karyogram.iscn import iscn_string
@@ -288,11 +296,8 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
     from metrics.identification import identification_metrics, plot_confusion, plot_per_class
     from metrics.karyotype import sanity_score
     from metrics.matching import (
-        aggregated_jaccard_index,
         iou_matrix,
-        matching_dataset,
         multiclass_panoptic_quality,
-        panoptic_quality_all,
     )
 
     pipe = KaryotypePipeline(
@@ -365,17 +370,8 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
         "ap_score": "detection score x assignment confidence (system_*); detection score (agnostic_*)",
     }
     if t_masks:
-        m = matching_dataset(t_masks, p_masks, thresh=0.5)
-        res.update(
-            {
-                "precision@0.5": m.precision,
-                "recall@0.5": m.recall,
-                "f1@0.5": m.f1,
-                "PQ_all": float(panoptic_quality_all(t_masks, p_masks)),
-                "AJI": float(np.mean([aggregated_jaccard_index(t, p) for t, p in zip(t_masks, p_masks)])),
-                "gt_masks_from_boxes": boxes_only,
-            }
-        )
+        res.update(_instance_metrics(t_masks, p_masks))
+        res["gt_masks_from_boxes"] = boxes_only
         agn = coco_evaluate(agn_gt, agn_pred, agnostic=True)
         res.update({f"agnostic_{k}": v for k, v in agn.items() if not isinstance(v, dict)})
     if n_with_classes:
