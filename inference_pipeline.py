@@ -85,7 +85,6 @@ class KaryotypePipeline:
         score_thresh: float = 0.5,
         max_side: int = DEFAULT_MAX_SIDE,
     ) -> None:
-        import torch
 
         from engine import resolve_device
         from models.classifier import load_classifier_checkpoint
@@ -115,7 +114,6 @@ class KaryotypePipeline:
         self.max_side = max_side
         self.seg_weights = str(seg_weights)
         self.cls_weights = str(cls_weights)
-        torch.set_grad_enabled(False)
 
     # ------------------------------------------------------------------ stages
     def segment(self, image: np.ndarray):

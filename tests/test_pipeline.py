@@ -307,3 +307,13 @@ def test_format_svg(weights, spread_png, gt_segment, tmp_path):
         text = (out / name).read_text()
         assert "<svg" in text[:2000]
     assert (out / "cell.json").is_file()
+
+
+def test_pipeline_leaves_autograd_alone(weights):
+    """Loading the pipeline must not switch off gradients for the rest of the process (training after it)."""
+    import torch
+
+    from inference_pipeline import KaryotypePipeline
+
+    KaryotypePipeline(*weights, device="cpu")
+    assert torch.is_grad_enabled()
