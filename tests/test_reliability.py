@@ -41,7 +41,7 @@ def _report_kills():
     print(f"\n[reliability] {len(KILLS)} SIGKILLs survived: {json.dumps(KILLS)}")
 
 
-def _train(kind: str, out: Path, *extra: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def _train(kind: str, out: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
     script, args, _ = SCRIPTS[kind]
     cmd = [sys.executable, script, *args, "--output-dir", str(out), *extra]
     p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
@@ -49,7 +49,7 @@ def _train(kind: str, out: Path, *extra: str, timeout: float = 180) -> subproces
     return p
 
 
-def _kill_after_first_checkpoint(cmd: list[str], ckpt: Path, what: str, *, cwd=ROOT, env=ENV, timeout=180) -> dict:
+def _kill_after_first_checkpoint(cmd: list[str], ckpt: Path, what: str, *, cwd=ROOT, env=ENV, timeout=600) -> dict:
     """Start ``cmd`` in its own process group; SIGKILL the group at a random moment after ``ckpt`` appears."""
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -142,14 +142,14 @@ def test_run_training_sh_restarted_after_kill(tmp_path):
     cmd = ["bash", str(ROOT / "run_training.sh")]
     _kill_after_first_checkpoint(cmd, out / "segmentation" / "last.pth", "run_training.sh", env=env)
     assert not (out / "segmentation" / "DONE").exists()
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert (out / "segmentation" / "DONE").is_file() and (out / "classification" / "DONE").is_file()
     assert "resumed from" in (out / "segmentation.log").read_text()
     assert int(engine.load_checkpoint(out / "segmentation" / "last.pth")["epoch"]) == 1
     assert int(engine.load_checkpoint(out / "classification" / "last.pth")["epoch"]) == 0
     # a third start skips both finished stages
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and p.stdout.count("already done") == 2, p.stdout
 
 
