@@ -259,7 +259,9 @@ def prepare_crops(crops: np.ndarray | Sequence[np.ndarray], config: ClsConfig) -
     Args:
         crops: float32 [N, h, w] or a list of float [h_i, w_i] straightened crops (white background 1.0,
             p arm up); uint8 crops (0..255) are scaled to [0, 1]. Crops already of the model's size are
-            taken as they are; others are resized keeping their aspect ratio and padded with white.
+            taken as they are; others are resized keeping their aspect ratio and padded with white. An
+            empty crop (a degenerate mask: a pixel, a line) stays all white, so it gets the model's
+            "nothing there" probabilities and the karyotype assignment can leave it unassigned.
     """
     from datasets.instances import fit_crop
 
@@ -269,6 +271,8 @@ def prepare_crops(crops: np.ndarray | Sequence[np.ndarray], config: ClsConfig) -
         a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
         if a.ndim != 2:
             raise ValueError(f"crop {i} must be 2-D [h, w], got shape {a.shape}")
+        if a.size == 0:
+            continue
         out[i] = (
             a
             if a.shape == (config.crop_height, config.crop_width)

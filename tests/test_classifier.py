@@ -273,3 +273,13 @@ def test_bad_flags_fail_clearly(tmp_path, argv, match):
 
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         main(get_args_parser().parse_args(argv + ["--output-dir", str(tmp_path / "r"), "--cache-dir", "none"]))
+
+
+def test_empty_crop_is_white_not_an_error():
+    """A degenerate instance (empty straightened crop) must not stop a whole spread from being classified."""
+    from models.classifier import ClsConfig, prepare_crops
+
+    cfg = ClsConfig(arch="resnet18", n_features=0, feature_groups="none", crop_height=32, crop_width=16)
+    out = prepare_crops([np.zeros((0, 32), np.float32), np.zeros((10, 5), np.float32)], cfg)
+    assert out.shape == (2, 32, 16)
+    assert (out[0] == 1.0).all() and out[1].min() == 0.0
