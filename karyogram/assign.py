@@ -218,8 +218,11 @@ def _check_inputs(
         a = np.asarray(v, dtype=np.float64).reshape(-1)
         if a.shape != (n,):
             raise ValueError(f"{name} must have shape ({n},) like probs, got {a.shape}")
-        if name == "lengths" and (a[np.isfinite(a)] <= 0).any():
-            raise ValueError(f"lengths must be positive (pixels), got min {np.nanmin(a)}")
+        if name == "lengths":
+            if (a[np.isfinite(a)] < 0).any():
+                raise ValueError(f"lengths must be positive (pixels), got min {np.nanmin(a)}")
+            # a zero length is a degenerate measurement (a one-pixel mask): no length evidence, like NaN
+            a = np.where(a == 0, np.nan, a)
         out.append(a)
     return p, out[0], out[1]
 

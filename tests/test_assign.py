@@ -272,3 +272,19 @@ def test_iscn_string_rejects_bad_labels():
         iscn_string([25])
     with pytest.raises(ValueError):
         iscn_string([1], sex="XZ")
+
+
+def test_zero_length_instance_has_no_length_evidence():
+    """A degenerate instance (length 0) is assigned from its probabilities alone; negative lengths are refused."""
+    rng = np.random.default_rng(0)
+    labels = np.array([k for k in range(1, 23) for _ in range(2)] + [23, 24])
+    probs = np.full((46, 24), 0.2 / 23)
+    probs[np.arange(46), labels - 1] = 0.8
+    ref = np.array([relative_lengths()[k - 1] for k in labels]) * 1000 * rng.uniform(0.95, 1.05, 46)
+    lengths = ref.copy()
+    lengths[5] = 0.0
+    res = assign_karyotype(probs, lengths=lengths)
+    assert res.iscn == "46,XY" and (res.labels == labels).all()
+    lengths[5] = -1.0
+    with pytest.raises(ValueError, match="positive"):
+        assign_karyotype(probs, lengths=lengths)
