@@ -539,15 +539,29 @@ def rule_based_labels(
         sigma_log_length, sigma_ci: spreads of the two terms.
 
     Returns:
-        int64 [N] class ids (0 for instances beyond the slot count).
+        int64 [N] class ids (0 for instances beyond the slot count and for instances whose length is 0
+        or NaN).
     """
     ln = np.asarray(lengths, dtype=np.float64).reshape(-1)
     n = ln.size
     ci = None if centromere_index is None else np.asarray(centromere_index, dtype=np.float64).reshape(-1)
     if ci is not None and ci.shape != (n,):
         raise ValueError(f"centromere_index must have shape ({n},), got {ci.shape}")
-    if not np.all(np.isfinite(ln)) or (ln <= 0).any():
-        raise ValueError("rule_based_labels needs a finite positive length for every instance")
+    if (ln[np.isfinite(ln)] < 0).any():
+        raise ValueError("rule_based_labels needs non-negative lengths (pixels)")
+    measured = np.isfinite(ln) & (ln > 0)
+    if not measured.all():
+        # instances without a usable length (degenerate masks) cannot be placed by length: left 0
+        out = np.zeros(n, dtype=np.int64)
+        if measured.any():
+            out[measured] = rule_based_labels(
+                ln[measured],
+                None if ci is None else ci[measured],
+                sex=sex,
+                sigma_log_length=sigma_log_length,
+                sigma_ci=sigma_ci,
+            )
+        return out
     hyps = [sex] if sex is not None else ["XX", "XY"]
     best: tuple[float, np.ndarray] | None = None
     r, cref = relative_lengths(), centromere_indices()

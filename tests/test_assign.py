@@ -288,3 +288,10 @@ def test_zero_length_instance_has_no_length_evidence():
     lengths[5] = -1.0
     with pytest.raises(ValueError, match="positive"):
         assign_karyotype(probs, lengths=lengths)
+
+
+def test_rule_based_leaves_unmeasured_instances_unlabelled():
+    out = rule_based_labels(np.array([0.0, 10.0, 20.0, np.nan, 30.0]), np.array([0.3, 0.4, 0.2, 0.3, 0.1]))
+    assert out[0] == 0 and out[3] == 0 and (out[[1, 2, 4]] > 0).all()
+    with pytest.raises(ValueError, match="non-negative"):
+        rule_based_labels(np.array([-1.0, 10.0]))
