@@ -172,7 +172,7 @@ def _gt_instances(ds, n: int, quiet: bool):
 def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     """Identification on ground-truth instances: (a) per-crop argmax, (b) karyotype assignment, (c) rule-based."""
     from engine import resolve_device
-    from karyogram.assign import argmax_labels, assign_karyotype, rule_based_labels
+    from karyogram.assign import argmax_labels, assign_karyotype, config_for_classifier, rule_based_labels
     from metrics.identification import identification_metrics, plot_confusion, plot_per_class
     from metrics.karyotype import sanity_score
     from models.classifier import load_classifier_checkpoint, predict_proba
@@ -180,6 +180,7 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     model, cfg = load_classifier_checkpoint(args.cls_weights, device)
     model.eval()
+    assign_cfg = config_for_classifier(cfg.feature_groups)
     ds, n = _dataset(args)
     cells = _gt_instances(ds, n, args.quiet)
     true, methods = [], {"argmax": [], "assignment": [], "rule_based": []}
@@ -189,7 +190,8 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
         ci = np.array([f.centromere_index for f in feats])
         true.append(labels)
         methods["argmax"].append(np.asarray(argmax_labels(probs)))
-        methods["assignment"].append(np.asarray(assign_karyotype(probs, lengths=lengths, centromere_index=ci).labels))
+        res_a = assign_karyotype(probs, lengths=lengths, centromere_index=ci, config=assign_cfg)
+        methods["assignment"].append(np.asarray(res_a.labels))
         methods["rule_based"].append(np.asarray(rule_based_labels(lengths, ci)))
     res: dict[str, Any] = {"images": len(cells), "stage": "cls", "chromosomes": int(sum(len(t) for t in true))}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,10 @@ class KaryotypePipeline:
         self.max_side = max_side
         self.seg_weights = str(seg_weights)
         self.cls_weights = str(cls_weights)
+        from karyogram.assign import config_for_classifier
+
+        # priors only for the evidence the classifier has not seen already (see config_for_classifier)
+        self.assign_config = config_for_classifier(self.cls_config.feature_groups)
 
     # ------------------------------------------------------------------ stages
     def segment(self, image: np.ndarray):
@@ -186,7 +190,12 @@ class KaryotypePipeline:
         with _timer(timings, "assignment"):
             lengths = np.array([f.length_px for f in feats], np.float64)
             ci = np.array([f.centromere_index for f in feats], np.float64)
-            res = assign_karyotype(probs, lengths=lengths if n else None, centromere_index=ci if n else None)
+            res = assign_karyotype(
+                probs,
+                lengths=lengths if n else None,
+                centromere_index=ci if n else None,
+                config=self.assign_config,
+            )
         rec.labels = np.asarray(res.labels, np.int64)
         rows = [float(getattr(f, "centromere_row", 0.0)) for f in feats]
 

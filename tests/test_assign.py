@@ -295,3 +295,14 @@ def test_rule_based_leaves_unmeasured_instances_unlabelled():
     assert out[0] == 0 and out[3] == 0 and (out[[1, 2, 4]] > 0).all()
     with pytest.raises(ValueError, match="non-negative"):
         rule_based_labels(np.array([-1.0, 10.0]))
+
+
+def test_config_for_classifier_drops_priors_the_classifier_already_used():
+    from karyogram.assign import config_for_classifier
+
+    full = config_for_classifier("all")
+    assert full.w_length == 0.0 and full.w_ci == 0.0
+    crops_only = config_for_classifier("none")
+    assert crops_only.w_length == AssignConfig().w_length and crops_only.w_ci == AssignConfig().w_ci
+    texture_scale = config_for_classifier("scale+texture")
+    assert texture_scale.w_length == 0.0 and texture_scale.w_ci == AssignConfig().w_ci
