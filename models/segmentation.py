@@ -105,6 +105,7 @@ class SegConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.mask_head_layers = tuple(int(c) for c in self.mask_head_layers)  # JSON gives a list back
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}")
         if self.norm not in NORMS:
