@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -489,17 +490,27 @@ def predict(
     net.eval()
     out: list[dict[str, torch.Tensor]] = []
     tensors = [_as_image_tensor(im, i) for i, im in enumerate(images)]
-    for start in range(0, len(tensors), batch_size):
-        chunk = [t.to(device) for t in tensors[start : start + batch_size]]
-        for det in net(chunk):
-            keep = det["scores"] >= score_thresh
-            order = torch.argsort(det["scores"][keep], descending=True)
-            out.append(
-                {
-                    "boxes": det["boxes"][keep][order].float().cpu(),
-                    "labels": det["labels"][keep][order].long().cpu(),
-                    "scores": det["scores"][keep][order].float().cpu(),
-                    "masks": det["masks"][keep][order].float().cpu(),
-                }
-            )
+    # Let the model drop low scores itself: otherwise it pastes a full-size mask for every detection above
+    # its own (low) threshold before we filter, which dominates memory on large images. torchvision keeps
+    # scores strictly above its threshold; nextafter keeps our ">= score_thresh" exactly.
+    heads = net.roi_heads
+    saved = heads.score_thresh
+    heads.score_thresh = max(saved, math.nextafter(float(score_thresh), -math.inf))
+    dets: list[dict[str, torch.Tensor]] = []
+    try:
+        for start in range(0, len(tensors), batch_size):
+            dets += net([t.to(device) for t in tensors[start : start + batch_size]])
+    finally:
+        heads.score_thresh = saved
+    for det in dets:
+        keep = det["scores"] >= score_thresh
+        order = torch.argsort(det["scores"][keep], descending=True)
+        out.append(
+            {
+                "boxes": det["boxes"][keep][order].float().cpu(),
+                "labels": det["labels"][keep][order].long().cpu(),
+                "scores": det["scores"][keep][order].float().cpu(),
+                "masks": det["masks"][keep][order].float().cpu(),
+            }
+        )
     return out
