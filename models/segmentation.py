@@ -493,15 +493,18 @@ def predict(
     # Let the model drop low scores itself: otherwise it pastes a full-size mask for every detection above
     # its own (low) threshold before we filter, which dominates memory on large images. torchvision keeps
     # scores strictly above its threshold; nextafter keeps our ">= score_thresh" exactly.
-    heads = net.roi_heads
-    saved = heads.score_thresh
-    heads.score_thresh = max(saved, math.nextafter(float(score_thresh), -math.inf))
+    # Any module with torchvision's detection output format works; only a Mask R-CNN has roi_heads to tune.
+    heads = getattr(net, "roi_heads", None)
+    saved = getattr(heads, "score_thresh", None)
+    if saved is not None:
+        heads.score_thresh = max(saved, math.nextafter(float(score_thresh), -math.inf))
     dets: list[dict[str, torch.Tensor]] = []
     try:
         for start in range(0, len(tensors), batch_size):
             dets += net([t.to(device) for t in tensors[start : start + batch_size]])
     finally:
-        heads.score_thresh = saved
+        if saved is not None:
+            heads.score_thresh = saved
     for det in dets:
         keep = det["scores"] >= score_thresh
         order = torch.argsort(det["scores"][keep], descending=True)
