@@ -38,7 +38,7 @@ DEFAULT_VOC_ROOT = Path(__file__).resolve().parent.parent / "shared" / "data" / 
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from models.segmentation import BACKBONES
+    from models.segmentation import BACKBONES, NORMS
 
     p = argparse.ArgumentParser(description="Train the Mask R-CNN chromosome segmentation model", add_help=add_help)
 
@@ -71,6 +71,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--trainable-layers", type=int, default=None, help="backbone stages to train (default: all from scratch)"
     )
     g.add_argument("--pretrained", default=None, help="local pretrained weights file (never downloaded)")
+    g.add_argument(
+        "--norm",
+        default="auto",
+        choices=NORMS,
+        help="backbone normalisation: batch (trains), frozen, auto (frozen with --pretrained, else batch); "
+        "use batch with all --trainable-layers to go on training one of our own checkpoints",
+    )
     g.add_argument("--detections-per-img", type=int, default=150, help="maximum detections per image (>= 100)")
     g.add_argument("--roi-batch-size", type=int, default=512, help="RoIs sampled per image for the box/mask heads")
     g.add_argument(
@@ -257,6 +264,29 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
 # ---------------------------------------------------------------------------------------------- main
 
 
+def build_model_config(args: argparse.Namespace):
+    """The :class:`SegConfig` that the model flags describe (``--smoke`` uses fewer proposals)."""
+    from models.segmentation import SegConfig
+
+    config = SegConfig(
+        backbone=args.backbone,
+        agnostic=args.agnostic,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        trainable_layers=args.trainable_layers,
+        pretrained_path=args.pretrained,
+        norm=args.norm,
+        box_detections_per_img=args.detections_per_img,
+        box_batch_size_per_image=args.roi_batch_size,
+        box_head_dim=args.box_head_dim,
+        mask_head_layers=tuple(args.mask_head_layers),
+    )
+    if args.smoke:  # fewer proposals: seconds, not minutes, on a CPU
+        config.rpn_pre_nms_top_n_train, config.rpn_post_nms_top_n_train = 400, 200
+        config.rpn_pre_nms_top_n_test, config.rpn_post_nms_top_n_test = 200, 100
+    return config
+
+
 def _better(metrics: dict[str, Any], best: tuple[float, float] | None) -> tuple[bool, tuple[float, float]]:
     def val(k: str) -> float:
         v = metrics.get(k, float("nan"))
@@ -271,7 +301,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     import engine
     from datasets.base import DetectionView
     from datasets.io import atomic_write_json
-    from models.segmentation import SegConfig, build_segmentation_model
+    from models.segmentation import build_segmentation_model
 
     roots = check_args(args)  # bad flags fail here, before anything is built
     dist_info = engine.init_distributed(device=args.device)
@@ -299,21 +329,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         persistent_workers=args.workers > 0,
     )
 
-    config = SegConfig(
-        backbone=args.backbone,
-        agnostic=args.agnostic,
-        min_size=args.min_size,
-        max_size=args.max_size,
-        trainable_layers=args.trainable_layers,
-        pretrained_path=args.pretrained,
-        box_detections_per_img=args.detections_per_img,
-        box_batch_size_per_image=args.roi_batch_size,
-        box_head_dim=args.box_head_dim,
-        mask_head_layers=tuple(args.mask_head_layers),
-    )
-    if args.smoke:  # fewer proposals: seconds, not minutes, on a CPU
-        config.rpn_pre_nms_top_n_train, config.rpn_post_nms_top_n_train = 400, 200
-        config.rpn_pre_nms_top_n_test, config.rpn_post_nms_top_n_test = 200, 100
+    config = build_model_config(args)
     if not args.pretrained and main_proc:
         print("training from scratch (no --pretrained file given; nothing is downloaded)")
     model = build_segmentation_model(config).to(device)
@@ -344,6 +360,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         gamma=args.lr_gamma,
     )
     scaler = engine.make_scaler(device, args.amp)
+    if args.amp and device.type != "cuda" and main_proc:
+        print(f"note: --amp has no effect on {device} (mixed precision is used on CUDA only); training in float32")
 
     start_epoch, best_key, best_metric = 0, None, None
     resume = args.resume
