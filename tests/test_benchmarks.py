@@ -1,0 +1,37 @@
+"""The training-throughput benchmark runs one configuration and refuses CUDA where there is none."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_train_throughput_child_measures_a_step():
+    mod = _load()
+    args = mod.get_args_parser().parse_args(
+        ["--dataset", "synthetic", "--data-root", "none", "--synthetic-spreads", "2", "--min-size", "96",
+         "--max-size", "96", "--steps", "1", "--warmup", "0", "--workers", "0", "--child", "cpu,0"]
+    )  # fmt: skip
+    res = mod.run_child(args)
+    assert res["device"] == "cpu" and res["amp_dtype"] == "float32" and res["steps"] == 1
+    assert res["images_per_s"] > 0 and math.isfinite(res["images_per_s"])
+    assert res["peak_rss_mib"] > 100
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_train_throughput_cuda_without_cuda_is_an_error(capsys):
+    rc = _load().main(["--dataset", "synthetic", "--data-root", "none", "--bench-device", "cuda"])
+    assert rc == 2 and "CUDA is not available" in capsys.readouterr().err
