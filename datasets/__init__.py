@@ -2,17 +2,18 @@
 
 ``build_dataset(name, root, split, **kw)`` builds any of them by name:
 
-========== ============================================ =============================
-name       format                                       class
-========== ============================================ =============================
-voc        Pascal-VOC XML + images (CIL:54816)          :class:`datasets.voc.VOCDataset`
-coco       COCO instance JSON (polygons, RLE)           :class:`datasets.coco.COCODataset`
-labelme    LabelMe JSON polygons                        :class:`datasets.labelme.LabelMeDataset`
-yolo       YOLO txt (boxes or polygons) + data.yaml     :class:`datasets.yolo.YOLODataset`
-mfish      ADIR M-FISH ``…D.tif`` + ``…K.tif`` maps     :class:`datasets.mfish.MFISHDataset`
-crops      single-chromosome crops (BioImLab)           :class:`datasets.crops.CropDataset`
-synthetic  generated metaphases                         :class:`datasets.synthetic.SyntheticDataset`
-========== ============================================ =============================
+=========== ============================================ =============================
+name        format                                       class
+=========== ============================================ =============================
+voc         Pascal-VOC XML + images (CIL:54816)          :class:`datasets.voc.VOCDataset`
+coco        COCO instance JSON (polygons, RLE)           :class:`datasets.coco.COCODataset`
+labelme     LabelMe JSON polygons                        :class:`datasets.labelme.LabelMeDataset`
+yolo        YOLO txt (boxes or polygons) + data.yaml     :class:`datasets.yolo.YOLODataset`
+mfish       ADIR M-FISH ``…D.tif`` + ``…K.tif`` maps     :class:`datasets.mfish.MFISHDataset`
+crops       single-chromosome crops (BioImLab)           :class:`datasets.crops.CropDataset`
+crops_cells BioImLab crops of a cell on one canvas       :class:`datasets.crops.CellCropDataset`
+synthetic   generated metaphases                         :class:`datasets.synthetic.SyntheticDataset`
+=========== ============================================ =============================
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ DATASETS: dict[str, tuple[str, str]] = {
     "yolo": ("datasets.yolo", "YOLODataset"),
     "mfish": ("datasets.mfish", "MFISHDataset"),
     "crops": ("datasets.crops", "CropDataset"),
+    "crops_cells": ("datasets.crops", "CellCropDataset"),
     "synthetic": ("datasets.synthetic", "SyntheticDataset"),
 }
 

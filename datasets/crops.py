@@ -115,6 +115,21 @@ class CropDataset(RecordDataset):
 
     def load(self, item: tuple[Path, int, str]) -> KaryoRecord:
         path, cls, group = item
+        image, mask, bright, inverted, skipped = self._crop(path)
+        masks = mask[None]
+        meta = {
+            "source": self.source,
+            "image_id": f"{group}/{path.stem}",
+            "path": str(path),
+            "group": group,
+            "polarity": "bright" if (bright and not inverted) else "dark",
+            "inverted": inverted,
+            "skipped": skipped,
+        }
+        return KaryoRecord(image=image, boxes=masks_to_boxes(masks), labels=np.array([cls]), masks=masks, meta=meta)
+
+    def _crop(self, path: Path) -> tuple[np.ndarray, np.ndarray, bool, bool, dict[str, Any]]:
+        """(image, mask, bright objects?, inverted?, skipped counts) of one crop file."""
         image = read_image(path)
         border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
         bright = float(np.median(border)) < float(np.mean(image))
@@ -128,14 +143,86 @@ class CropDataset(RecordDataset):
         inverted = self.invert and bright
         if inverted:
             image = 1.0 - image
-        masks = mask[None]
-        meta = {
+        return image, mask, bright, inverted, skipped
+
+
+class CellCropDataset(CropDataset):
+    """The crops of one cell laid out side by side on one canvas: one record per cell, one instance per crop.
+
+    Classification by the whole cell needs what a single crop cannot give: lengths, areas and darkness
+    relative to the cell's other chromosomes (the ``scale`` features) and the karyotype-level assignment.
+    BioImLab crops come from one metaphase per cell at one magnification, so their relative sizes are real.
+    Crops are placed in rows of ``per_row`` in file order with a ``gap`` of background between them (the
+    canvas is the background of the dark-on-light crops, 1.0, or 0.0 with ``invert=False``); boxes and masks
+    are exact. The sex is ``XY`` when the cell has a class-24 crop, ``XX`` when it has 46 crops and two X.
+    Files whose names do not parse as BioImLab (``<cell> <class><a|b>``) are skipped and counted.
+
+    Args:
+        root, split, invert, **kw: as :class:`CropDataset` (split by cell).
+        per_row: crops per row of the canvas.
+        gap: background pixels around every crop.
+    """
+
+    source = "crops_cells"
+
+    def __init__(self, root, split: str = "all", *, per_row: int = 12, gap: int = 8, **kw) -> None:
+        if per_row < 1 or gap < 0:
+            raise ValueError(f"per_row must be >= 1 and gap >= 0, got {per_row}, {gap}")
+        self.per_row, self.gap = int(per_row), int(gap)
+        super().__init__(root, split, **kw)
+
+    def index(self) -> tuple[list[tuple[str, list[tuple[Path, int]]]], list[str]]:
+        """Items are (cell, [(file, class id), ...]) with the cell's files in name order."""
+        cells: dict[str, list[tuple[Path, int]]] = {}
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        for f in files:
+            parsed = parse_bioimlab_name(f.name)
+            if parsed is None:
+                self.skip(f, "file name is not '<cell> <class><a|b>' (BioImLab); crops_cells needs cells")
+                continue
+            cell = f.parent.name if f.parent != self.root else parsed[0]
+            cells.setdefault(cell, []).append((f, parsed[1]))
+        items = sorted(cells.items())
+        return items, [c for c, _ in items]
+
+    def load(self, item: tuple[str, list[tuple[Path, int]]]) -> KaryoRecord:
+        cell, members = item
+        crops = [self._crop(path) for path, _ in members]
+        g = self.gap
+        rows = [crops[i : i + self.per_row] for i in range(0, len(crops), self.per_row)]
+        row_h = [max(c[0].shape[0] for c in row) + g for row in rows]
+        width = max(sum(c[0].shape[1] + g for c in row) for row in rows) + g
+        height = sum(row_h) + g
+        inverted_any = any(c[3] for c in crops)
+        background = 1.0 if (inverted_any or not any(c[2] for c in crops)) else 0.0
+        image = np.full((height, width), background, np.float32)
+        masks = np.zeros((len(crops), height, width), np.uint8)
+        skipped: dict[str, int] = {}
+        k, y = 0, g
+        for row, h in zip(rows, row_h):
+            x = g
+            for crop, mask, _, _, sk in row:
+                ch, cw = crop.shape
+                image[y : y + ch, x : x + cw] = crop
+                masks[k, y : y + ch, x : x + cw] = mask
+                for key, v in sk.items():
+                    skipped[key] = skipped.get(key, 0) + v
+                x += cw + g
+                k += 1
+            y += h
+        labels = np.array([cls for _, cls in members], np.int64)
+        meta: dict[str, Any] = {
             "source": self.source,
-            "image_id": f"{group}/{path.stem}",
-            "path": str(path),
-            "group": group,
-            "polarity": "bright" if (bright and not inverted) else "dark",
-            "inverted": inverted,
+            "image_id": cell,
+            "path": str(members[0][0].parent),
+            "group": cell,
+            "files": [str(p) for p, _ in members],
+            "polarity": "dark" if background == 1.0 else "bright",
+            "inverted": inverted_any,
             "skipped": skipped,
         }
-        return KaryoRecord(image=image, boxes=masks_to_boxes(masks), labels=np.array([cls]), masks=masks, meta=meta)
+        if (labels == 24).any():
+            meta["sex"] = "XY"
+        elif len(labels) == 46 and int((labels == 23).sum()) == 2:
+            meta["sex"] = "XX"
+        return KaryoRecord(image=image, boxes=masks_to_boxes(masks), labels=labels, masks=masks, meta=meta)

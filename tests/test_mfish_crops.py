@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from datasets import build_dataset
-from datasets.crops import CropDataset, crop_mask, parse_bioimlab_name
+from datasets.crops import CellCropDataset, CropDataset, crop_mask, parse_bioimlab_name
 from datasets.errors import DataError, ImageReadError
 from datasets.mfish import MFISHDataset, instances_from_label_map, read_label_map
 from tests.conftest import FIXTURES, shared_path
@@ -143,6 +144,41 @@ def test_bioimlab_fixture_crops():
         assert r.image[m].mean() < r.image[~m].mean()
 
 
+def test_bioimlab_cells_one_record_per_cell_with_exact_crops():
+    single = CropDataset(FIXTURES / "bioimlab")
+    by_file = {Path(single[i].meta["path"]).name: single[i] for i in range(len(single))}
+    ds = build_dataset("crops_cells", FIXTURES / "bioimlab", per_row=4, gap=5)
+    assert len(ds) == 1
+    rec = ds[0]
+    assert len(rec) == 6 and rec.meta["group"] == "10" and rec.meta["sex"] == "XY"
+    assert sorted(rec.labels.tolist()) == [1, 1, 21, 22, 23, 24]
+    assert rec.masks.sum(axis=0).max() == 1  # crops never overlap on the canvas
+    for k, f in enumerate(rec.meta["files"]):
+        one = by_file[Path(f).name]
+        assert int(one.labels[0]) == int(rec.labels[k])
+        x1, y1, x2, y2 = (int(v) for v in rec.boxes[k])
+        ox1, oy1, ox2, oy2 = (int(v) for v in one.boxes[0])
+        assert (x2 - x1, y2 - y1) == (ox2 - ox1, oy2 - oy1)  # same mask size, only moved
+        assert rec.masks[k].sum() == one.masks[0].sum()
+        assert np.allclose(rec.image[y1:y2, x1:x2], one.image[oy1:oy2, ox1:ox2])
+    assert (rec.image[:5] == 1.0).all() and (rec.image[:, :5] == 1.0).all()  # white gap around the crops
+    assert rec.image[rec.masks.sum(axis=0) == 0].mean() > 0.99
+    assert rec.boxes[:, :2].min() >= 5  # the gap is kept at the border
+
+
+def test_bioimlab_cells_bad_names_skipped_and_bad_layout_args(tmp_path):
+    img = np.zeros((30, 20), np.uint8)
+    img[5:25, 8:12] = 200
+    (tmp_path / "3").mkdir()
+    for name in ("3 1a.bmp", "3 1b.bmp", "notes.bmp"):
+        cv2.imwrite(str(tmp_path / "3" / name), img)
+    with pytest.warns(UserWarning, match="notes.bmp"):
+        ds = CellCropDataset(tmp_path)
+    assert len(ds) == 1 and len(ds[0]) == 2 and "sex" not in ds[0].meta
+    with pytest.raises(ValueError, match="per_row"):
+        CellCropDataset(tmp_path, per_row=0)
+
+
 def test_crops_by_folder_and_bad_names(tmp_path):
     img = np.zeros((30, 20), np.uint8)
     img[5:25, 8:12] = 200
@@ -197,3 +233,13 @@ def test_realdata_bioimlab_samples():
     for i in (0, len(ds) - 1):
         rec = ds[i]
         assert len(rec) == 1 and 1 <= rec.labels[0] <= 24 and rec.masks[0].sum() > 20
+
+
+@pytest.mark.realdata
+def test_realdata_bioimlab_cells_split_matches_single_crops():
+    root = shared_path("bioimlab")
+    cells = CellCropDataset(root, "val", val_fraction=0.2)
+    crops = CropDataset(root, "val", val_fraction=0.2)
+    assert {c for c, _ in cells.items} == {it[2] for it in crops.items}
+    rec = cells[0]
+    assert 40 <= len(rec) <= 47 and rec.meta.get("sex") in ("XX", "XY")
