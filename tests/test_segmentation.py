@@ -138,6 +138,26 @@ def test_pretrained_path_rgb_stem_is_summed_and_missing_file(tmp_path, capsys):
         build_segmentation_model(SegConfig(backbone="resnet18_fpn", pretrained_path=str(tmp_path / "nope.pth")))
 
 
+def test_norm_flag_keeps_batchnorm_when_going_on_from_own_weights(tmp_path):
+    from train_segmentation import build_model_config
+
+    torch.manual_seed(2)
+    own = build_segmentation_model(SegConfig(backbone="resnet18_fpn", **FAST))
+    torch.save(own.state_dict(), tmp_path / "own.pth")
+    base = ["--backbone", "resnet18_fpn", "--pretrained", str(tmp_path / "own.pth"), "--min-size", "64"]
+    auto = build_model_config(get_args_parser().parse_args(base))
+    assert auto.resolved_norm == "frozen"
+    cfg = build_model_config(get_args_parser().parse_args([*base, "--norm", "batch", "--trainable-layers", "5"]))
+    assert cfg.resolved_norm == "batch" and cfg.trainable_layers == 5
+    model = build_segmentation_model(cfg)
+    assert type(model.backbone.body.bn1).__name__ == "BatchNorm2d"
+    assert model.backbone.body.conv1.weight.requires_grad
+    torch.testing.assert_close(model.backbone.body.bn1.running_var, own.backbone.body.bn1.running_var)
+    torch.testing.assert_close(model.backbone.body.layer1[0].conv1.weight, own.backbone.body.layer1[0].conv1.weight)
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--norm", "group"])
+
+
 # ---------------------------------------------------------------------------------------------- training
 def _args(tmp_path, *extra: str):
     return get_args_parser().parse_args(
