@@ -154,19 +154,28 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def _gt_instances(ds, n: int, quiet: bool):
-    """Per cell: (features, instance features, crops, labels) of the ground-truth instances."""
-    from features.triad import oriented_crop, spread_features
+def _gt_instances(ds, n: int, quiet: bool, height: int, width: int):
+    """Per cell: (features, crops, labels 1..24, lengths, centromere indices) of the labelled true instances.
 
-    cells = []
+    The very inputs the classifier was trained on (:func:`datasets.instances.spread_instances`: features on
+    the whole spread, the straightened crop trimmed and fitted into the model's box), plus a Counter of the
+    instances left out (degenerate masks, no class).
+    """
+    from collections import Counter
+
+    from datasets.instances import spread_instances
+
+    cells, skipped = [], Counter()
     for rec in _iter(ds, n, quiet, "features"):
-        keep = rec.labels > 0
-        if rec.masks is None or not keep.any():
+        if rec.masks is None or not (rec.labels > 0).any():
             continue
-        rec = rec.select(keep)
-        x, feats = spread_features(rec.image, rec.masks)
-        cells.append((x, feats, [oriented_crop(f) for f in feats], rec.labels.copy()))
-    return cells
+        arrays, sk = spread_instances(rec, height, width)
+        skipped.update(sk)
+        if len(arrays["labels"]):
+            cells.append(
+                (arrays["features"], arrays["crops"], arrays["labels"] + 1, arrays["lengths"], arrays["centromere"])
+            )
+    return cells, skipped
 
 
 def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,18 +191,17 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     model.eval()
     assign_cfg = config_for_classifier(cfg.feature_groups)
     ds, n = _dataset(args)
-    cells = _gt_instances(ds, n, args.quiet)
+    cells, skipped = _gt_instances(ds, n, args.quiet, cfg.crop_height, cfg.crop_width)
     true, methods = [], {"argmax": [], "assignment": [], "rule_based": []}
-    for x, feats, crops, labels in cells:
+    for x, crops, labels, lengths, ci in cells:
         probs = np.asarray(predict_proba(model, cfg, crops, x))
-        lengths = np.array([f.length_px for f in feats])
-        ci = np.array([f.centromere_index for f in feats])
         true.append(labels)
         methods["argmax"].append(np.asarray(argmax_labels(probs)))
         res_a = assign_karyotype(probs, lengths=lengths, centromere_index=ci, config=assign_cfg)
         methods["assignment"].append(np.asarray(res_a.labels))
         methods["rule_based"].append(np.asarray(rule_based_labels(lengths, ci)))
     res: dict[str, Any] = {"images": len(cells), "stage": "cls", "chromosomes": int(sum(len(t) for t in true))}
+    res["instances_left_out"] = dict(skipped)  # degenerate true masks: not scored (the trainer skips them too)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, pred in methods.items():
         m = identification_metrics(true, pred)

@@ -178,10 +178,11 @@ class KaryotypePipeline:
 
             x, feats = spread_features(image, rec.masks) if n else (np.zeros((0, len(FEATURE_NAMES)), np.float32), [])
         with _timer(timings, "classification"):
-            from features.triad import oriented_crop
+            from datasets.instances import tight_crop
             from models.classifier import predict_proba
 
-            crops = [oriented_crop(f) for f in feats]
+            # exactly the crops the classifier was trained on (straightened, p arm up, trimmed to the mask)
+            crops = [tight_crop(f) for f in feats]
             probs = (
                 np.asarray(predict_proba(self.cls_model, self.cls_config, crops, x), np.float32)
                 if n

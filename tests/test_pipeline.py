@@ -317,3 +317,28 @@ def test_pipeline_leaves_autograd_alone(weights):
 
     KaryotypePipeline(*weights, device="cpu")
     assert torch.is_grad_enabled()
+
+
+def test_classifier_sees_exactly_the_training_inputs(weights, spread, spread_png, gt_segment, monkeypatch):
+    """The pipeline's crops and features for the true instances are those the trainer caches for them."""
+    import models.classifier as mc
+    from datasets.instances import spread_instances
+
+    seen = {}
+    real = mc.predict_proba
+
+    def spy(model, config, crops, features=None, **kw):
+        seen["crops"] = mc.prepare_crops(crops, config)
+        seen["features"] = np.asarray(features)
+        return real(model, config, crops, features, **kw)
+
+    monkeypatch.setattr(mc, "predict_proba", spy)
+    pipe = ip.KaryotypePipeline(weights[0], weights[1], device="cpu")
+    pipe.process(spread_png)
+    _, cfg = mc.load_classifier_checkpoint(weights[1], "cpu")
+    rec = spread.copy()
+    rec.image = cv2.imread(str(spread_png), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0  # the 8-bit file
+    train, _ = spread_instances(rec, cfg.crop_height, cfg.crop_width)
+    assert len(train["crops"]) == len(seen["crops"]) == len(spread)
+    np.testing.assert_allclose(seen["crops"], train["crops"] / 255.0, atol=1 / 255 + 1e-6)
+    np.testing.assert_allclose(seen["features"], train["features"], rtol=1e-5, atol=1e-5)
