@@ -33,6 +33,8 @@ DEFAULT_CLS_WEIGHTS = ROOT / "weights" / "classifier.pt"
 DEFAULT_EXAMPLE = ROOT / "examples" / "cil_104023.jpg"
 #: images whose longer side exceeds this are downscaled for processing (outputs are mapped back)
 DEFAULT_MAX_SIDE = 2048
+#: default of --mask-overlap, chosen on the CIL val split (README, "The whole pipeline")
+DEFAULT_MASK_OVERLAP = 0.5
 
 
 class PipelineError(RuntimeError):
@@ -73,6 +75,8 @@ class KaryotypePipeline:
         cls_weights: classifier checkpoint (models.classifier format).
         device: "auto", "cpu", "cuda" or "cuda:N".
         score_thresh: minimum detection score kept.
+        mask_overlap: drop a detection when more than this fraction of its mask is covered by better-scoring
+            ones (duplicates, fragments; see :func:`models.segmentation.suppress_overlapping_masks`); 1 = off.
         max_side: images with a longer side are downscaled to it for processing (warned).
     """
 
@@ -83,6 +87,7 @@ class KaryotypePipeline:
         *,
         device: str = "auto",
         score_thresh: float = 0.5,
+        mask_overlap: float = DEFAULT_MASK_OVERLAP,
         max_side: int = DEFAULT_MAX_SIDE,
     ) -> None:
 
@@ -99,6 +104,8 @@ class KaryotypePipeline:
                 )
         if not 0.0 <= score_thresh <= 1.0:
             raise PipelineError(f"--score-thresh must be in [0, 1], got {score_thresh}")
+        if not 0.0 < mask_overlap <= 1.0:
+            raise PipelineError(f"--mask-overlap must be in (0, 1], got {mask_overlap}")
         try:
             self.device = resolve_device(device)
         except ValueError as exc:
@@ -111,6 +118,7 @@ class KaryotypePipeline:
         self.seg_model.eval()
         self.cls_model.eval()
         self.score_thresh = score_thresh
+        self.mask_overlap = mask_overlap
         self.max_side = max_side
         self.seg_weights = str(seg_weights)
         self.cls_weights = str(cls_weights)
@@ -123,7 +131,7 @@ class KaryotypePipeline:
     def segment(self, image: np.ndarray):
         """Image float32 [H, W] -> KaryoRecord of detections (masks uint8 [M, H, W], scores, labels)."""
         from datasets.record import KaryoRecord
-        from models.segmentation import predict
+        from models.segmentation import predict, suppress_overlapping_masks
 
         out = predict(self.seg_model, [image], score_thresh=self.score_thresh, device=self.device)[0]
         masks = (
@@ -131,11 +139,12 @@ class KaryotypePipeline:
             if len(out["scores"])
             else np.zeros((0, *image.shape), np.uint8)
         )
-        keep = masks.any(axis=(1, 2)) if len(masks) else np.zeros(0, bool)
+        # empty masks go; duplicates and fragments of a better detection go (descending score order kept)
+        keep = suppress_overlapping_masks(masks, out["scores"].cpu().numpy(), self.mask_overlap)
         rec = KaryoRecord(
             image=image,
             boxes=out["boxes"].cpu().numpy()[keep],
-            labels=np.zeros(int(keep.sum()), np.int64),
+            labels=np.zeros(len(keep), np.int64),
             masks=masks[keep],
             scores=out["scores"].cpu().numpy()[keep],
         )
@@ -342,6 +351,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--seg-weights", type=Path, default=DEFAULT_SEG_WEIGHTS)
     m.add_argument("--cls-weights", type=Path, default=DEFAULT_CLS_WEIGHTS)
     m.add_argument("--score-thresh", type=float, default=0.5)
+    m.add_argument(
+        "--mask-overlap",
+        type=float,
+        default=DEFAULT_MASK_OVERLAP,
+        help="drop a detection whose mask is more than this fraction covered by better ones (1 = off)",
+    )
     m.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="downscale larger images to this side")
     h = p.add_argument_group("Hardware")
     h.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -379,7 +394,12 @@ def main(args: argparse.Namespace) -> int:
             raise PipelineError(f"image not found: {files[0]}")
     files, rank, world = _shard(files)
     pipe = KaryotypePipeline(
-        args.seg_weights, args.cls_weights, device=args.device, score_thresh=args.score_thresh, max_side=args.max_side
+        args.seg_weights,
+        args.cls_weights,
+        device=args.device,
+        score_thresh=args.score_thresh,
+        mask_overlap=args.mask_overlap,
+        max_side=args.max_side,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     done, failed, coco = [], [], []

@@ -517,3 +517,38 @@ def predict(
             }
         )
     return out
+
+
+def suppress_overlapping_masks(masks: np.ndarray, scores: np.ndarray, thresh: float = 0.5) -> np.ndarray:
+    """Mask-level non-maximum suppression: drop duplicates and fragments of a better-scoring instance.
+
+    Box NMS misses them for elongated, bent or diagonal chromosomes: a fragment's box can lie inside a
+    long chromosome's box with a low box IoU. Here, in descending score order, an instance is dropped
+    when more than ``thresh`` of its own pixels are already covered by the instances kept so far;
+    chromosomes that merely cross or touch share a small fraction of their pixels and are both kept.
+
+    Args:
+        masks: bool/uint8 [M, H, W].
+        scores: float [M].
+        thresh: fraction of an instance's area; >= 1 keeps every non-empty instance.
+
+    Returns:
+        int64 indices of the kept instances (never an empty mask), in descending score order.
+    """
+    masks = np.asarray(masks)
+    scores = np.asarray(scores, np.float64)
+    if len(masks) != len(scores):
+        raise ValueError(f"{len(masks)} masks but {len(scores)} scores")
+    order = np.argsort(-scores, kind="stable")
+    covered = np.zeros(masks.shape[1:], bool)
+    keep: list[int] = []
+    for i in order:
+        m = masks[i].astype(bool)
+        area = int(m.sum())
+        if area == 0:  # an empty mask is never an instance
+            continue
+        if thresh < 1.0 and np.logical_and(m, covered).sum() > thresh * area:
+            continue
+        keep.append(int(i))
+        covered |= m
+    return np.asarray(keep, np.int64)

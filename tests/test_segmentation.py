@@ -339,3 +339,22 @@ def test_light_mask_head_roundtrips_through_config(tmp_path):
     model2.eval()
     with torch.no_grad():
         assert model2([torch.rand(1, 64, 64)])[0]["masks"].shape[1:] in ((1, 64, 64),)
+
+
+def test_suppress_overlapping_masks_known_answers():
+    from models.segmentation import suppress_overlapping_masks
+
+    m = np.zeros((5, 40, 40), np.uint8)
+    m[0, 5:35, 10:14] = 1  # a long vertical chromosome, best score
+    m[1, 20:30, 10:14] = 1  # a fragment of it (fully covered) -> dropped
+    m[2, 18:22, 2:30] = 1  # a chromosome crossing it (16 of 112 px shared) -> kept
+    m[3, 30:38, 30:34] = 1  # a separate one -> kept
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.95])  # index 4: empty mask, highest score -> never kept
+    keep = suppress_overlapping_masks(m, scores, 0.5)
+    assert keep.tolist() == [0, 2, 3]
+    assert suppress_overlapping_masks(m, scores, 1.0).tolist() == [0, 1, 2, 3]  # off: only empties go
+    # the fragment survives when the bar is above its coverage... never: it is 100 % covered
+    assert 1 not in suppress_overlapping_masks(m, scores, 0.99).tolist()
+    assert suppress_overlapping_masks(m[:0], scores[:0]).tolist() == []
+    with pytest.raises(ValueError, match="scores"):
+        suppress_overlapping_masks(m, scores[:2])
