@@ -316,7 +316,10 @@ def render_karyogram(
         xm = 0.5 * (x0 + x1)
         ax.text(xm, yb + 0.15 * label_h, name_of(k), ha="center", va="top", fontsize=fs_label, color="black")
         ax.plot([xm - 0.25 * label_h, xm + 0.25 * label_h], [yb + 1.15 * label_h] * 2, color=col, lw=2 * lw)
-    ax.text(0.5 * W, 0.55 * title_h, title if title is not None else iscn_string(lab), ha="center", va="center",
+    title_text = title if title is not None else iscn_string(lab)
+    # a long karyotype must fit the width: bold DejaVu glyphs are ~0.62 em wide on average
+    fs_title = max(4.0, min(fs_title, 0.95 * W * pt / (0.62 * max(len(title_text), 1))))
+    ax.text(0.5 * W, 0.55 * title_h, title_text, ha="center", va="center",
             fontsize=fs_title, fontweight="bold", color="black")  # fmt: skip
     if strip_top is not None:
         ax.plot([cell_pad, W - cell_pad], [strip_top, strip_top], color="0.6", lw=lw, ls=(0, (4, 3)))

@@ -134,3 +134,15 @@ def test_upright_crop_puts_p_arm_up():
     # without p_dir, the centromere alone decides: the short arm goes up
     crop2, row2 = upright_crop(img, mask, centromere=cen)
     assert row2 < crop2.shape[0] / 2
+
+
+def test_long_title_stays_inside_the_image(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = np.array(TRUTH_46XY)
+    crops, rows = rod_crops(labels, rng)
+    title = "35,X,-3,-9,-11,-12,-12,-14,-16,-20,-21,-22 (a long karyotype string, cell_0001)"
+    out = render_karyogram(crops, rows, labels, title=title, path=tmp_path / "k.png")
+    img = cv2.imread(str(out), cv2.IMREAD_GRAYSCALE)
+    top = img[: img.shape[0] // 12]
+    assert (top < 100).any()  # the title was drawn
+    assert top[:, :3].min() >= 250 and top[:, -3:].min() >= 250  # and not cut at the left or right edge
