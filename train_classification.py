@@ -109,6 +109,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("Output")
     g.add_argument("--output-dir", default="runs/cls", help="run folder: checkpoints, logs, plots")
     g.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' for <output-dir>/last.pth")
+    g.add_argument(
+        "--pretrained",
+        default=None,
+        help="start from this classifier's weights and config (a trainer checkpoint or a weights/ file, never "
+        "downloaded) with a fresh optimizer and schedule; --features/--arch/--crop-* must match it",
+    )
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p
 
@@ -425,12 +431,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if len(val_ds) == 0:
         raise ValueError("no validation chromosomes: raise --val-fraction or --max-val-spreads")
 
-    # -- model: the config (with the feature standardisation) comes from the checkpoint when resuming
+    # -- model: the config (with the feature standardisation) comes from the checkpoint when resuming, or
+    # from the --pretrained classifier (whose weights are loaded, but not its optimizer or schedule)
     ckpt = engine.load_checkpoint(resume_path, "cpu") if resume_path is not None else None
     from features.triad import feature_names
 
-    if ckpt is not None:
-        config = ClsConfig.from_dict(ckpt["config"])
+    init_model = None
+    if ckpt is None and args.pretrained is not None:
+        from models.classifier import load_classifier_checkpoint
+
+        init_model, init_config = load_classifier_checkpoint(args.pretrained, "cpu")
+    source = resume_path if ckpt is not None else args.pretrained
+    if ckpt is not None or init_model is not None:
+        config = ClsConfig.from_dict(ckpt["config"]) if ckpt is not None else init_config
         for flag, mine, theirs in (
             ("--features", args.features, config.feature_groups),
             ("--arch", args.arch, config.arch),
@@ -438,7 +451,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             ("--crop-width", args.crop_width, config.crop_width),
         ):
             if mine != theirs:
-                raise ValueError(f"{flag} {mine} differs from the checkpoint's {theirs} ({resume_path})")
+                raise ValueError(f"{flag} {mine} differs from the checkpoint's {theirs} ({source})")
     else:
         mean, std = feature_stats(train_ds.selected)
         config = ClsConfig(
@@ -458,6 +471,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = build_classifier(config).to(device)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+    elif init_model is not None:
+        model.load_state_dict(init_model.state_dict())
+        del init_model
     model_without_ddp = model
     if dist_info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model
@@ -465,7 +481,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         model_without_ddp = model.module
     n_params = sum(p.numel() for p in model_without_ddp.parameters())
     print(
-        f"model: {config.arch} ({config.stem} stem) + {config.n_features} features ({config.feature_groups}); {n_params:,} parameters; trained from scratch"
+        f"model: {config.arch} ({config.stem} stem) + {config.n_features} features ({config.feature_groups}); {n_params:,} parameters; "
+        + (f"starting from {args.pretrained}" if args.pretrained and ckpt is None else "trained from scratch")
     )
 
     # -- sampling

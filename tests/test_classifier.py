@@ -257,6 +257,28 @@ def test_smoke_training_resume_and_outputs(tmp_path):
         _train(tmp_path, "--features", "scale", "--epochs", "3", "--resume", "auto")
 
 
+@pytest.mark.slow
+def test_pretrained_starts_from_weights_with_a_fresh_schedule(tmp_path):
+    """--pretrained: weights and config from a classifier file, a new optimizer and schedule."""
+    torch.set_num_threads(1)
+    _train(tmp_path / "a", "--features", "scale", "--epochs", "1")
+    src = tmp_path / "a" / "run" / "best.pth"
+    first, cfg0 = load_classifier_checkpoint(src)
+    # lr 1e-12: the weights can hardly move, so the new run's parameters are the ones it started from
+    _train(tmp_path / "b", "--features", "scale", "--epochs", "1", "--pretrained", str(src), "--lr", "1e-12")
+    ck = load_checkpoint(tmp_path / "b" / "run" / "last.pth")
+    assert ck["epoch"] == 0 and ck["scheduler"]["last_epoch"] == 2  # a fresh schedule, not the source's
+    assert ck["config"]["feature_mean"] == cfg0.feature_mean  # the source's feature standardisation
+    params = dict(first.named_parameters())
+    for k, v in ck["model"].items():
+        if k in params:
+            torch.testing.assert_close(v, params[k].detach(), atol=1e-8, rtol=0, msg=k)
+    with pytest.raises(ValueError, match="--features"):
+        _train(tmp_path / "c", "--features", "geometry", "--pretrained", str(src))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _train(tmp_path / "d", "--pretrained", str(tmp_path / "nope.pth"))
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [
