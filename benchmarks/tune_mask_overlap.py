@@ -1,11 +1,12 @@
-"""Choose the pipeline's ``--mask-overlap`` on a validation split: instance matching per threshold.
+"""Choose the pipeline's ``--mask-overlap`` (and ``--score-thresh``) on a validation split.
 
-Runs the detector once per image (as the pipeline does, detection score >= ``--score-thresh``), then
-applies :func:`models.segmentation.suppress_overlapping_masks` at each threshold and prints, against the
-true instances (IoU 0.5): precision, recall, F1, PQ_all, the mean absolute count error and the mean number
-of instances kept. Use a validation split, never a test split.
+Runs the detector once per image (as the pipeline does, at the lowest detection score asked for), then for
+each detection score threshold applies :func:`models.segmentation.suppress_overlapping_masks` at each
+overlap threshold and prints, against the true instances (IoU 0.5): precision, recall, F1, PQ_all, the
+mean absolute count error and the mean number of instances kept. Use a validation split, never a test split.
 
     python benchmarks/tune_mask_overlap.py --seg-weights weights/segmentation.pt --max-images 30
+    python benchmarks/tune_mask_overlap.py --score-thresh 0.3 0.4 0.5 --thresholds 0.5 --max-images 30
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=30)
     p.add_argument("--seg-weights", default=str(ROOT / "weights" / "segmentation.pt"))
     p.add_argument("--cls-weights", default=str(ROOT / "weights" / "classifier.pt"))
-    p.add_argument("--score-thresh", type=float, default=0.5)
+    p.add_argument("--score-thresh", type=float, nargs="+", default=[0.5], help="detection score threshold(s)")
     p.add_argument("--thresholds", type=float, nargs="+", default=[1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
     p.add_argument("--device", default="cpu")
     return p
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ds = build_dataset(args.dataset, args.data_root, args.split, val_fraction=args.val_fraction, seed=args.split_seed)
     pipe = KaryotypePipeline(
-        args.seg_weights, args.cls_weights, device=args.device, score_thresh=args.score_thresh, mask_overlap=1.0
+        args.seg_weights, args.cls_weights, device=args.device, score_thresh=min(args.score_thresh), mask_overlap=1.0
     )
     truth, dets = [], []
     for i in range(min(len(ds), args.max_images)):
@@ -56,15 +57,21 @@ def main(argv: list[str] | None = None) -> int:
         det = pipe.segment(rec.image)
         truth.append(rec.masks)
         dets.append((det.masks, det.scores))
-    print(f"{len(truth)} images of {args.dataset}/{args.split}, detection score >= {args.score_thresh}")
-    print(f"{'mask-overlap':>12} {'precision':>9} {'recall':>7} {'F1':>6} {'PQ_all':>7} {'count err':>9} {'kept':>6}")
-    for th in args.thresholds:
-        pred = [m[suppress_overlapping_masks(m, s, th)] for m, s in dets]
-        r = matching_dataset(truth, pred, thresh=0.5)
-        count = np.mean([abs(len(p) - len(t)) for p, t in zip(pred, truth)])
-        kept = np.mean([len(p) for p in pred])
-        pq = panoptic_quality_all(truth, pred)
-        print(f"{th:>12.2f} {r.precision:>9.3f} {r.recall:>7.3f} {r.f1:>6.3f} {pq:>7.3f} {count:>9.1f} {kept:>6.1f}")
+    print(f"{len(truth)} images of {args.dataset}/{args.split}")
+    print(
+        f"{'score':>6} {'mask-overlap':>12} {'precision':>9} {'recall':>7} {'F1':>6} {'PQ_all':>7} {'count err':>9} {'kept':>6}"
+    )
+    for st in sorted(args.score_thresh):
+        above = [(m[s >= st], s[s >= st]) for m, s in dets]
+        for th in args.thresholds:
+            pred = [m[suppress_overlapping_masks(m, s, th)] for m, s in above]
+            r = matching_dataset(truth, pred, thresh=0.5)
+            count = np.mean([abs(len(p) - len(t)) for p, t in zip(pred, truth)])
+            kept = np.mean([len(p) for p in pred])
+            pq = panoptic_quality_all(truth, pred)
+            print(
+                f"{st:>6.2f} {th:>12.2f} {r.precision:>9.3f} {r.recall:>7.3f} {r.f1:>6.3f} {pq:>7.3f} {count:>9.1f} {kept:>6.1f}"
+            )
     return 0
 
 
