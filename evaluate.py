@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_pipeline import DEFAULT_CLS_WEIGHTS, DEFAULT_SEG_WEIGHTS, PipelineError
+from inference_pipeline import DEFAULT_CLS_WEIGHTS, DEFAULT_SCORE_THRESH, DEFAULT_SEG_WEIGHTS, PipelineError
 
 #: generation seed of the synthetic evaluation spreads; the trainers generate theirs with --split-seed (0)
 SYNTHETIC_EVAL_SEED = 20_240
@@ -60,7 +60,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--seg-weights", type=Path, default=DEFAULT_SEG_WEIGHTS)
     m.add_argument("--cls-weights", type=Path, default=DEFAULT_CLS_WEIGHTS)
     m.add_argument("--score-thresh", type=float, default=0.05, help="detection threshold for AP (seg stage)")
-    m.add_argument("--pipeline-score-thresh", type=float, default=0.5, help="detection threshold of the full pipeline")
+    m.add_argument(
+        "--pipeline-score-thresh",
+        type=float,
+        default=DEFAULT_SCORE_THRESH,
+        help="detection threshold of the full pipeline (default: the pipeline's)",
+    )
     h = p.add_argument_group("Output / hardware")
     h.add_argument("--out", type=Path, required=True)
     h.add_argument("--device", default="auto")

@@ -33,8 +33,9 @@ DEFAULT_CLS_WEIGHTS = ROOT / "weights" / "classifier.pt"
 DEFAULT_EXAMPLE = ROOT / "examples" / "cil_104023.jpg"
 #: images whose longer side exceeds this are downscaled for processing (outputs are mapped back)
 DEFAULT_MAX_SIDE = 2048
-#: default of --mask-overlap, chosen on the CIL val split (README, "The whole pipeline")
-DEFAULT_MASK_OVERLAP = 0.5
+#: defaults of --score-thresh and --mask-overlap, chosen on the CIL val split (README, "The whole pipeline")
+DEFAULT_SCORE_THRESH = 0.3
+DEFAULT_MASK_OVERLAP = 0.4
 
 
 class PipelineError(RuntimeError):
@@ -86,7 +87,7 @@ class KaryotypePipeline:
         cls_weights: str | os.PathLike,
         *,
         device: str = "auto",
-        score_thresh: float = 0.5,
+        score_thresh: float = DEFAULT_SCORE_THRESH,
         mask_overlap: float = DEFAULT_MASK_OVERLAP,
         max_side: int = DEFAULT_MAX_SIDE,
     ) -> None:
@@ -350,7 +351,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("Models")
     m.add_argument("--seg-weights", type=Path, default=DEFAULT_SEG_WEIGHTS)
     m.add_argument("--cls-weights", type=Path, default=DEFAULT_CLS_WEIGHTS)
-    m.add_argument("--score-thresh", type=float, default=0.5)
+    m.add_argument(
+        "--score-thresh", type=float, default=DEFAULT_SCORE_THRESH, help="minimum detection score of a chromosome"
+    )
     m.add_argument(
         "--mask-overlap",
         type=float,

@@ -45,6 +45,7 @@ from inference_pipeline import (  # noqa: E402
     DEFAULT_CLS_WEIGHTS,
     DEFAULT_EXAMPLE,
     DEFAULT_MAX_SIDE,
+    DEFAULT_SCORE_THRESH,
     DEFAULT_SEG_WEIGHTS,
     KaryotypePipeline,
     PipelineError,
@@ -65,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--weights-dir", type=Path, default=None, help="folder with segmentation.pt and classifier.pt")
     m.add_argument("--seg-weights", type=Path, default=None, help=f"default {DEFAULT_SEG_WEIGHTS}")
     m.add_argument("--cls-weights", type=Path, default=None, help=f"default {DEFAULT_CLS_WEIGHTS}")
-    m.add_argument("--score-thresh", type=float, default=0.5)
+    m.add_argument("--score-thresh", type=float, default=DEFAULT_SCORE_THRESH)
     m.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
     h = p.add_argument_group("Hardware")
     h.add_argument("--device", nargs="+", default=None, help="devices to time (default: cpu, and cuda if available)")

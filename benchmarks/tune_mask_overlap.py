@@ -32,7 +32,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=30)
     p.add_argument("--seg-weights", default=str(ROOT / "weights" / "segmentation.pt"))
     p.add_argument("--cls-weights", default=str(ROOT / "weights" / "classifier.pt"))
-    p.add_argument("--score-thresh", type=float, nargs="+", default=[0.5], help="detection score threshold(s)")
+    p.add_argument("--score-thresh", type=float, nargs="+", default=None, help="detection score threshold(s)")
     p.add_argument("--thresholds", type=float, nargs="+", default=[1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
     p.add_argument("--device", default="cpu")
     return p
@@ -41,10 +41,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from datasets import build_dataset
-    from inference_pipeline import KaryotypePipeline
+    from inference_pipeline import DEFAULT_SCORE_THRESH, KaryotypePipeline
     from metrics.matching import matching_dataset, panoptic_quality_all
     from models.segmentation import suppress_overlapping_masks
 
+    args.score_thresh = args.score_thresh or [DEFAULT_SCORE_THRESH]
     ds = build_dataset(args.dataset, args.data_root, args.split, val_fraction=args.val_fraction, seed=args.split_seed)
     pipe = KaryotypePipeline(
         args.seg_weights, args.cls_weights, device=args.device, score_thresh=min(args.score_thresh), mask_overlap=1.0

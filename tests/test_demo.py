@@ -48,12 +48,6 @@ def test_demo_runs_and_writes_valid_outputs(demo):
     assert cv2.imread(str(out / f"{STEM}_overlay.png")).shape[:2] == (619, 857)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 7): the shipped CPU-trained detector (val box AP50 0.70) finds 35 instances on "
-    "this image: it misses the pale chromosomes lying over the nuclei on the right; strict, so this fails as "
-    "soon as better weights pass it",
-)
 def test_demo_finds_40_to_50_chromosomes(demo):
     """The example has 46 chromosomes; issue 7 asks the shipped detector to find 40-50 of them."""
     proc, out = demo
