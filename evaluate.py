@@ -152,6 +152,7 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     res.update(
         {
             "count_error_mean_abs": float(np.mean([abs(len(p) - len(t)) for t, p in zip(t_masks, p_masks)])),
+            "pipeline_score_thresh": args.pipeline_score_thresh,  # the threshold of the matching figures above
             "gt_masks_derived": bool(any(g.masks_derived for g in gts)),
             "gt_masks_from_boxes": bool(any(_gt_masks(g)[1] for g in gts)),
         }

@@ -101,6 +101,9 @@ def test_seg_stage(weights, tmp_path, capsys):  # noqa: F811
     assert SEG_KEYS <= set(line), SEG_KEYS - set(line)
     assert line["images"] == 2
     assert line["PQ_all"] == 0.0 and line["count_error_mean_abs"] > 40  # untrained: nothing found
+    from inference_pipeline import DEFAULT_SCORE_THRESH
+
+    assert line["pipeline_score_thresh"] == DEFAULT_SCORE_THRESH  # the matching figures say their threshold
 
 
 def test_cls_stage(weights, tmp_path, capsys):  # noqa: F811
