@@ -140,16 +140,16 @@ class KaryotypePipeline:
             if len(out["scores"])
             else np.zeros((0, *image.shape), np.uint8)
         )
+        scores = out["scores"].cpu().numpy()
         # empty masks go; duplicates and fragments of a better detection go (descending score order kept)
-        keep = suppress_overlapping_masks(masks, out["scores"].cpu().numpy(), self.mask_overlap)
-        rec = KaryoRecord(
+        keep = suppress_overlapping_masks(masks, scores, self.mask_overlap)
+        return KaryoRecord(
             image=image,
             boxes=out["boxes"].cpu().numpy()[keep],
             labels=np.zeros(len(keep), np.int64),
             masks=masks[keep],
-            scores=out["scores"].cpu().numpy()[keep],
+            scores=scores[keep],
         )
-        return rec
 
     # ------------------------------------------------------------------ one image
     def process(self, image_path: str | os.PathLike) -> ImageResult:

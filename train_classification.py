@@ -197,6 +197,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.amp and args.device == "cpu":
         raise ValueError("--amp needs CUDA; drop --amp or use --device cuda/auto")
+    if args.pretrained is not None and not Path(args.pretrained).is_file():  # before the (long) cache building
+        raise FileNotFoundError(f"--pretrained {args.pretrained}: file does not exist (weights are never downloaded)")
     return args
 
 
@@ -435,15 +437,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # from the --pretrained classifier (whose weights are loaded, but not its optimizer or schedule)
     ckpt = engine.load_checkpoint(resume_path, "cpu") if resume_path is not None else None
     from features.triad import feature_names
+    from models.classifier import read_classifier_file
 
-    init_model = None
-    if ckpt is None and args.pretrained is not None:
-        from models.classifier import load_classifier_checkpoint
-
-        init_model, init_config = load_classifier_checkpoint(args.pretrained, "cpu")
-    source = resume_path if ckpt is not None else args.pretrained
-    if ckpt is not None or init_model is not None:
-        config = ClsConfig.from_dict(ckpt["config"]) if ckpt is not None else init_config
+    init_state, source = None, None  # the weights to start from, and their file
+    if ckpt is not None:
+        init_state, config, source = ckpt["model"], ClsConfig.from_dict(ckpt["config"]), resume_path
+    elif args.pretrained is not None:
+        (init_state, config), source = read_classifier_file(args.pretrained), args.pretrained
+    if init_state is not None:
         for flag, mine, theirs in (
             ("--features", args.features, config.feature_groups),
             ("--arch", args.arch, config.arch),
@@ -469,11 +470,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
     use_features = config.n_features > 0
     model = build_classifier(config).to(device)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-    elif init_model is not None:
-        model.load_state_dict(init_model.state_dict())
-        del init_model
+    if init_state is not None:
+        model.load_state_dict(init_state)
+        del init_state
     model_without_ddp = model
     if dist_info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model
@@ -482,7 +481,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     n_params = sum(p.numel() for p in model_without_ddp.parameters())
     print(
         f"model: {config.arch} ({config.stem} stem) + {config.n_features} features ({config.feature_groups}); {n_params:,} parameters; "
-        + (f"starting from {args.pretrained}" if args.pretrained and ckpt is None else "trained from scratch")
+        + (f"starting from {source}" if source is not None else "trained from scratch")
     )
 
     # -- sampling

@@ -21,6 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from inference_pipeline import (  # noqa: E402
+    DEFAULT_CLS_WEIGHTS,
+    DEFAULT_SCORE_THRESH,
+    DEFAULT_SEG_WEIGHTS,
+    KaryotypePipeline,
+)
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,10 +37,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--max-images", type=int, default=30)
-    p.add_argument("--seg-weights", default=str(ROOT / "weights" / "segmentation.pt"))
-    p.add_argument("--cls-weights", default=str(ROOT / "weights" / "classifier.pt"))
-    p.add_argument("--score-thresh", type=float, nargs="+", default=None, help="detection score threshold(s)")
-    p.add_argument("--thresholds", type=float, nargs="+", default=[1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    p.add_argument("--seg-weights", default=str(DEFAULT_SEG_WEIGHTS))
+    p.add_argument("--cls-weights", default=str(DEFAULT_CLS_WEIGHTS))
+    p.add_argument(
+        "--score-thresh", type=float, nargs="+", default=[DEFAULT_SCORE_THRESH], help="detection score threshold(s)"
+    )
+    p.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+        help="--mask-overlap values to try (1 = off)",
+    )
     p.add_argument("--device", default="cpu")
     return p
 
@@ -41,11 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from datasets import build_dataset
-    from inference_pipeline import DEFAULT_SCORE_THRESH, KaryotypePipeline
     from metrics.matching import matching_dataset, panoptic_quality_all
     from models.segmentation import suppress_overlapping_masks
 
-    args.score_thresh = args.score_thresh or [DEFAULT_SCORE_THRESH]
     ds = build_dataset(args.dataset, args.data_root, args.split, val_fraction=args.val_fraction, seed=args.split_seed)
     pipe = KaryotypePipeline(
         args.seg_weights, args.cls_weights, device=args.device, score_thresh=min(args.score_thresh), mask_overlap=1.0

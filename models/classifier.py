@@ -225,10 +225,8 @@ def _safe_load(path: Path) -> Any:
         raise ValueError(f"{path}: not a readable classifier checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def load_classifier_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[HybridClassifier, ClsConfig]:
-    """Rebuild the classifier from a checkpoint alone (no command-line flags), in eval mode on ``device``.
+def read_classifier_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ClsConfig]:
+    """The float32 state dict and the config of a classifier file, without building the model.
 
     Accepts the trainer's full checkpoints (``last.pth``, ``best.pth``) and :func:`save_weights` files;
     float16 weights are cast to float32.
@@ -246,9 +244,19 @@ def load_classifier_checkpoint(
     cfg_dict = ckpt["config"]
     if "crop_height" not in cfg_dict or "arch" not in cfg_dict:
         raise ValueError(f"{p} holds a config without crop_height/arch: not a classifier checkpoint")
-    config = ClsConfig.from_dict(cfg_dict)
+    return _clean_state_dict(ckpt["model"]), ClsConfig.from_dict(cfg_dict)
+
+
+def load_classifier_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[HybridClassifier, ClsConfig]:
+    """Rebuild the classifier from a checkpoint alone (no command-line flags), in eval mode on ``device``.
+
+    Reads the file with :func:`read_classifier_file` (same formats, same errors).
+    """
+    state, config = read_classifier_file(path)
     model = build_classifier(config)
-    model.load_state_dict(_clean_state_dict(ckpt["model"]))
+    model.load_state_dict(state)
     return model.to(device).eval(), config
 
 
@@ -340,5 +348,6 @@ __all__ = [
     "load_classifier_checkpoint",
     "predict_proba",
     "prepare_crops",
+    "read_classifier_file",
     "save_weights",
 ]
