@@ -166,6 +166,24 @@ def _slot_order(members: list[int], pair_of: np.ndarray | None) -> list[int]:
     return out
 
 
+def karyogram_slots(
+    labels: Sequence[int] | np.ndarray, pair_of: Sequence[int] | np.ndarray | None = None
+) -> list[list[tuple[int, list[int]]]]:
+    """The karyogram's layout as data (what :func:`render_karyogram` draws, for other front ends).
+
+    Args:
+        labels: int [N] class ids 1..24, 0 = unassigned (in no slot).
+        pair_of: int [N] homolog of each instance (-1 if none), or None.
+
+    Returns:
+        the rows of :data:`LAYOUT`, each a list of ``(class id, instance indices in drawing order)``:
+        homolog pairs side by side first, then the others, in index order.
+    """
+    lab = np.asarray(labels, dtype=np.int64).reshape(-1)
+    po = None if pair_of is None else np.asarray(pair_of, np.int64)
+    return [[(k, _slot_order([int(i) for i in np.flatnonzero(lab == k)], po)) for k in row] for row in LAYOUT]
+
+
 def render_karyogram(
     crops: Sequence[np.ndarray],
     centromere_rows: Sequence[float | None] | None,
@@ -232,7 +250,7 @@ def render_karyogram(
     cell_pad = max(6.0, 1.2 * typ_w)  # around a slot
     label_h = max(14.0, 1.0 * typ_w)  # room for the class number under the baseline
     mark_h = max(8.0, 0.5 * typ_w)  # room for flag codes above a chromosome
-    members = {k: _slot_order([i for i in range(n) if lab[i] == k], po) for k in range(1, NUM_CLASSES + 1)}
+    members = {k: m for row in karyogram_slots(lab, po) for k, m in row}
 
     def slot_width(k: int) -> float:
         m = members[k]

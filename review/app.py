@@ -1,0 +1,252 @@
+"""The review web app (Flask) over one results folder: an index of the cells and a page per cell.
+
+Pages: ``/`` (index, ``?sort=doubt|name|sanity|flagged|count|status``), ``/cell/<stem>``. JSON:
+``GET /api/cell/<stem>``, ``POST /api/cell/<stem>/state`` (the cell after a list of edits),
+``POST /api/cell/<stem>/save``. Pictures: ``/cell/<stem>/image.png``, ``/cell/<stem>/crop/<i>.png``,
+``/thumb/<stem>.png``; any file of the folder: ``/files/<path>`` (refused outside it). Every script
+and style comes from ``review/static``: the page works without internet.
+"""
+
+from __future__ import annotations
+
+import errno
+import getpass
+import io
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, abort, jsonify, render_template, request, send_file
+
+from karyogram.labels import name_of
+from karyogram.render import FLAG_WORDS, LAYOUT, class_colour
+
+from .edits import NOT_CHROMOSOME
+from .imagery import png_bytes, thumbnail_png
+from .result import CellError
+from .store import REVIEWED_SUFFIX, NotFoundError, ResultsFolder, ReviewError
+
+#: index orders: key -> (row sort key, reverse); "doubt" puts the cells most in need of a look first
+SORTS: dict[str, Any] = {
+    "doubt": (lambda r: (r["error"] is None, r["status"] != "not reviewed", r.get("sanity_score") or 0.0,
+                         -(r.get("n_flagged") or 0), r["stem"]), False),
+    "name": (lambda r: r["stem"], False),
+    "sanity": (lambda r: (r.get("sanity_score") is None, r.get("sanity_score") or 0.0, r["stem"]), False),
+    "flagged": (lambda r: (r.get("n_flagged") or 0, r["stem"]), True),
+    "count": (lambda r: (r.get("count") or 0, r["stem"]), False),
+    "status": (lambda r: (r["status"], r["stem"]), False),
+}  # fmt: skip
+
+
+def sorted_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    if key not in SORTS:
+        raise ReviewError(f"unknown sort {key!r}: use one of {', '.join(SORTS)}")
+    fn, rev = SORTS[key]
+    return sorted(rows, key=fn, reverse=rev)
+
+
+def _css_colour(k: int) -> str:
+    r, g, b = class_colour(k)
+    return f"rgb({r}, {g}, {b})"
+
+
+def _layout() -> list[list[dict[str, Any]]]:
+    return [[{"id": k, "name": name_of(k), "colour": _css_colour(k)} for k in row] for row in LAYOUT]
+
+
+def _public(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if not k.startswith("_")}
+
+
+def create_app(
+    results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = (), reviewer: str | None = None
+) -> Flask:
+    """The app over ``results_dir`` (see the module docstring).
+
+    Args:
+        results_dir: the folder ``inference_pipeline.py`` wrote.
+        image_dirs: folders holding the source images when the recorded paths do not exist here.
+        reviewer: the default reviewer name shown on the page (default: the login name).
+    """
+    folder = ResultsFolder(results_dir, image_dirs)
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.config["RESULTS"] = folder
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    default_reviewer = reviewer or getpass.getuser()
+
+    def is_api() -> bool:
+        return request.path.startswith("/api/")
+
+    @app.errorhandler(ReviewError)
+    def _review_error(exc: ReviewError):
+        if is_api():
+            return jsonify(error=str(exc)), exc.status
+        return render_template("error.html", message=str(exc), status=exc.status), exc.status
+
+    @app.errorhandler(CellError)
+    def _cell_error(exc: CellError):
+        if is_api():
+            return jsonify(error=str(exc)), 422
+        return render_template("error.html", message=str(exc), status=422), 422
+
+    def body() -> dict[str, Any]:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise ReviewError("the request body must be a JSON object")
+        return data
+
+    def edits_of(data: dict[str, Any]) -> list[Any]:
+        edits = data.get("edits", [])
+        if not isinstance(edits, list):
+            raise ReviewError("'edits' must be a list")
+        return edits
+
+    # ------------------------------------------------------------------ pages
+    @app.get("/")
+    def index():
+        key = request.args.get("sort", "doubt")
+        rows = sorted_rows(folder.index(), key)
+        return render_template("index.html", rows=rows, sort=key, sorts=list(SORTS), root=str(folder.root))
+
+    @app.get("/cell/<stem>")
+    def cell_page(stem: str):
+        folder.cell(stem)  # a missing or broken cell answers here, before the page's script runs
+        return render_template("cell.html", stem=stem, reviewer=default_reviewer, flag_words=FLAG_WORDS)
+
+    # ------------------------------------------------------------------ JSON
+    @app.get("/api/cell/<stem>")
+    def cell_json(stem: str):
+        loaded = folder.load(stem)
+        cell = loaded.cell
+        rv = folder.reviewed(stem)
+        edits = rv["review"]["edits"] if rv else []
+        try:
+            state = folder.state(stem, edits)
+        except ReviewError as exc:
+            raise CellError(
+                folder.reviewed_path(stem), f"its saved edits no longer fit {cell.path.name} ({exc}); move it away"
+            ) from None
+        order = [r["stem"] for r in sorted_rows(folder.index(), "doubt")]
+        pos = order.index(stem) if stem in order else -1
+        chroms = []
+        for c, crop, outline in zip(cell.chromosomes, loaded.crops, loaded.outlines):
+            top = []
+            if c.probs is not None:
+                best = sorted(range(24), key=lambda j: -c.probs[j])[:3]
+                top = [{"class": j + 1, "name": name_of(j + 1), "p": round(c.probs[j], 3)} for j in best]
+            h, w = crop.image.shape
+            chroms.append(
+                {
+                    "id": c.id,
+                    "pipeline_label": c.label,
+                    "pipeline_flags": c.flags,
+                    "confidence": c.confidence,
+                    "top": top,
+                    "crop": {"w": w, "h": h, "cen": round(crop.centromere_row, 2)},
+                    "outline": outline,
+                }
+            )
+        review = (
+            {k: rv["review"][k] for k in ("revision", "reviewer", "saved_at", "accepted", "edits")}
+            if rv
+            else {"revision": 0, "reviewer": None, "saved_at": None, "accepted": False, "edits": []}
+        )
+        return jsonify(
+            stem=stem,
+            width=cell.width,
+            height=cell.height,
+            image=str(loaded.image_path),
+            layout=_layout(),
+            colours={k: _css_colour(k) for k in range(0, 25)},
+            names={k: name_of(k) for k in range(0, 25)},
+            chromosomes=chroms,
+            pipeline={"karyotype": cell.data.get("karyotype"), "sanity_score": cell.data.get("sanity_score")},
+            review=review,
+            state=_public(state),
+            prev=order[pos - 1] if pos > 0 else None,
+            next=order[pos + 1] if 0 <= pos < len(order) - 1 else None,
+            not_chromosome=NOT_CHROMOSOME,
+        )
+
+    @app.post("/api/cell/<stem>/state")
+    def cell_state(stem: str):
+        return jsonify(_public(folder.state(stem, edits_of(body()))))
+
+    @app.post("/api/cell/<stem>/save")
+    def cell_save(stem: str):
+        data = body()
+        edits = edits_of(data)
+        res = folder.save(
+            stem,
+            edits,
+            base_revision=data.get("base_revision"),
+            reviewer=data.get("reviewer", ""),
+            accepted=bool(data.get("accepted", False)),
+        )
+        return jsonify(res | {"state": _public(folder.state(stem, edits))})
+
+    # ------------------------------------------------------------------ pictures and files
+    def png(data: bytes):
+        resp = send_file(io.BytesIO(data), mimetype="image/png")
+        resp.headers["Cache-Control"] = "no-cache"
+        return resp
+
+    @app.get("/cell/<stem>/image.png")
+    def cell_image(stem: str):
+        return png(png_bytes(folder.load(stem).image))
+
+    @app.get("/cell/<stem>/crop/<int:i>.png")
+    def cell_crop(stem: str, i: int):
+        crops = folder.load(stem).crops
+        if not 0 <= i < len(crops):
+            raise NotFoundError(f"{stem} has no chromosome {i} (it has {len(crops)})")
+        return png(png_bytes(crops[i].image))
+
+    @app.get("/thumb/<stem>.png")
+    def thumb(stem: str):
+        p = folder.json_path(stem).with_name(f"{stem}_overlay.png")
+        if not p.is_file():
+            abort(404)
+        return png(thumbnail_png(p))
+
+    @app.get("/files/<path:rel>")
+    def files(rel: str):
+        p = folder.resolve(rel)
+        if not p.is_file():
+            raise NotFoundError(f"{rel}: no such file in the results folder")
+        resp = send_file(p)
+        resp.headers["Cache-Control"] = "no-cache"
+        return resp
+
+    app.jinja_env.globals["REVIEWED_SUFFIX"] = REVIEWED_SUFFIX
+    return app
+
+
+def make_server(app: Flask, port: int, host: str = "127.0.0.1"):
+    """A threaded WSGI server for ``app`` on ``host:port`` (0 = a free port), bound but not yet serving.
+
+    Raises:
+        ReviewError: the port is in use or cannot be bound (with what to do).
+    """
+    import socket
+
+    from werkzeug.serving import make_server as _make_server
+
+    if host != "127.0.0.1":
+        raise ReviewError("the review app binds 127.0.0.1 only (it has no login): reach it through an SSH tunnel")
+    in_use = ReviewError(
+        f"port {port} on {host} is in use (another review.py or another program?): pass --port N with a free port, "
+        "or --port 0 to pick one"
+    )
+    # werkzeug reports a busy port by printing and exiting: try the port first to say it in our words
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise in_use from None
+            raise ReviewError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    try:
+        return _make_server(host, port, app, threaded=True)
+    except SystemExit:  # taken between the probe and the bind
+        raise in_use from None

@@ -1,0 +1,143 @@
+"""Pictures of one cell for the review page and the re-rendered karyogram: the source image, the
+chromosome crops (the pipeline's own straightened, p-arm-up crops), mask outlines and thumbnails."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .result import Cell, CellError, decode_mask
+
+#: outline simplification for the browser (pixels of the original image)
+CONTOUR_EPSILON_PX = 0.8
+
+
+def find_image(cell: Cell, results_dir: Path, image_dirs: tuple[Path, ...] = ()) -> Path:
+    """The source image of a cell: the path the pipeline recorded (absolute, or relative to the current
+    folder or to the results folder), else a file of that name in ``image_dirs`` or the results folder.
+
+    Raises:
+        CellError: no such file anywhere (naming where it looked and what to pass).
+    """
+    rec = Path(cell.image)
+    cands = [rec] if rec.is_absolute() else [Path.cwd() / rec, results_dir / rec]
+    cands += [d / rec.name for d in (*image_dirs, results_dir, results_dir / "reviewed_images")]
+    for c in cands:
+        if c.is_file():
+            return c
+    raise CellError(
+        cell.path,
+        f"its source image {cell.image!r} is not found (looked in {', '.join(str(c.parent) for c in cands)}); "
+        "start review.py with --images FOLDER holding " + rec.name,
+    )
+
+
+def read_grey(path: str | os.PathLike, cell: Cell) -> np.ndarray:
+    """The source image as float32 [H, W] in [0, 1]; :class:`CellError` when its size is not the JSON's."""
+    from datasets.errors import DataError
+    from datasets.io import read_image
+
+    try:
+        img = read_image(path)
+    except DataError as exc:
+        raise CellError(cell.path, f"its source image cannot be read: {exc}") from None
+    if img.shape != (cell.height, cell.width):
+        raise CellError(
+            cell.path,
+            f"its source image {path} is {img.shape[1]}x{img.shape[0]} but the JSON says {cell.width}x{cell.height}",
+        )
+    return img
+
+
+@dataclass
+class Crop:
+    """One chromosome upright (p arm up), white outside the mask, and its centromere row."""
+
+    image: np.ndarray  # float32 [h, w] in [0, 1]
+    centromere_row: float
+    p_dir: tuple[float, float] | None  # unit (dx, dy) from the centromere towards the p-arm end
+
+
+def chromosome_crops(image: np.ndarray, masks: np.ndarray) -> list[Crop]:
+    """The crops the pipeline lays out in its karyogram (:func:`datasets.instances.tight_crop` of the
+    straightened chromosome), with :func:`karyogram.render.upright_crop` for an instance too small to
+    straighten."""
+    from datasets.instances import tight_crop
+    from features.triad import spread_features
+    from karyogram.render import upright_crop
+
+    if len(masks) == 0:
+        return []
+    _, feats = spread_features(image, masks)
+    out = []
+    for m, f in zip(masks, feats):
+        crop = tight_crop(f)
+        row = float(f.centromere_row)
+        if crop.size == 0:
+            crop, r = upright_crop(image, m)
+            row = float(r) if r is not None else 0.5 * (crop.shape[0] - 1)
+        p = np.asarray(f.p_end_xy, np.float64) - np.asarray(f.centromere_xy, np.float64)
+        norm = float(np.hypot(*p))
+        p_dir = (float(p[0] / norm), float(p[1] / norm)) if norm > 1e-6 and np.isfinite(norm) else None
+        row = float(np.clip(row, 0, crop.shape[0] - 1))
+        out.append(Crop(np.clip(crop, 0.0, 1.0).astype(np.float32), row, p_dir))
+    return out
+
+
+def turned(crop: Crop) -> Crop:
+    """The crop turned by 180 degrees (polarity reversed by the reviewer)."""
+    h = crop.image.shape[0]
+    p = None if crop.p_dir is None else (-crop.p_dir[0], -crop.p_dir[1])
+    return Crop(np.ascontiguousarray(np.rot90(crop.image, 2)), float(h - 1 - crop.centromere_row), p)
+
+
+def masks_of(cell: Cell) -> np.ndarray:
+    """uint8 [N, H, W] masks of the cell's chromosomes."""
+    if not cell.chromosomes:
+        return np.zeros((0, cell.height, cell.width), np.uint8)
+    return np.stack([decode_mask(c.mask) for c in cell.chromosomes])
+
+
+def outlines(masks: np.ndarray) -> list[list[list[list[float]]]]:
+    """Per instance, its outer contours as polygons ``[[x, y], ...]`` (pixel corners, for SVG)."""
+    out = []
+    for m in masks:
+        cnts, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        polys = []
+        for c in cnts:
+            c = cv2.approxPolyDP(c, CONTOUR_EPSILON_PX, True)
+            if len(c) >= 3:
+                polys.append([[float(x) + 0.5, float(y) + 0.5] for x, y in c[:, 0, :]])
+        out.append(polys)
+    return out
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """PNG of a float [h, w] grey image in [0, 1] (or a uint8 grey/RGB image)."""
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        a = np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if a.ndim == 3:
+        a = a[..., ::-1]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(a))
+    if not ok:
+        raise ValueError("could not encode PNG")
+    return buf.tobytes()
+
+
+def thumbnail_png(path: str | os.PathLike, side: int = 160) -> bytes:
+    """A PNG thumbnail (longer side ``side`` pixels) of an image file written by the pipeline."""
+    data = np.fromfile(str(path), np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{path}: not a readable image")
+    h, w = img.shape[:2]
+    s = side / max(h, w)
+    if s < 1:
+        img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", img)
+    return buf.tobytes()

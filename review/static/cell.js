@@ -1,0 +1,473 @@
+// The cell page: karyogram (render.py's layout) + spread with mask outlines, edits with undo/redo.
+// The server owns every figure: after each edit the page sends the whole edit list to
+// /api/cell/<stem>/state and draws what comes back (labels, pairs, flags, ISCN, counts, sanity).
+(function () {
+  "use strict";
+  const STEM = document.getElementById("stem").textContent;
+  const API = "/api/cell/" + encodeURIComponent(STEM);
+  const FLAG_WORDS = JSON.parse(document.getElementById("flag-words").textContent);
+  const $ = (id) => document.getElementById(id);
+  const SVGNS = "http://www.w3.org/2000/svg";
+
+  let cell = null;          // GET /api/cell payload
+  let state = null;         // current summary from the server
+  let groups = [];          // undo stack: each entry a list of edits made by one action
+  let redo = [];
+  let savedCount = 0;       // edits (flattened) that the saved revision holds
+  let savedSig = "";
+  let revision = 0;
+  let sel = -1;             // selected chromosome id
+  let swapFrom = -1;
+  let typed = "";           // digits typed for "move to class"
+  let busy = Promise.resolve();
+
+  const flat = () => groups.flat();
+  const sig = (edits) => JSON.stringify(edits.map((e) => [e.op, e.id, e.ids, e.before, e.after]));
+  const dirty = () => sig(flat()) !== savedSig;
+
+  function message(text, kind) {
+    const m = $("message");
+    m.textContent = text || "";
+    m.className = kind || "";
+  }
+
+  async function request(url, body) {
+    const res = await fetch(url, body === undefined ? {} : {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    let data = null;
+    try { data = await res.json(); } catch (e) { data = { error: "the server answered " + res.status }; }
+    if (!res.ok) { const err = new Error(data.error || ("HTTP " + res.status)); err.status = res.status; throw err; }
+    return data;
+  }
+
+  // ------------------------------------------------------------------ edits
+  function stamp(e) { e.at = new Date().toISOString(); return e; }
+
+  function moveEdits(i, k) {
+    const out = [];
+    if (state.debris[i]) out.push(stamp({ op: "debris", id: i, before: true, after: false }));
+    const cur = state.labels[i] === 0 && state.debris[i] ? rawLabel(i) : state.labels[i];
+    if (cur !== k) out.push(stamp({ op: "move", id: i, before: cur, after: k }));
+    return out;
+  }
+
+  // the label an instance carries under its debris mark (the server's effective label is 0)
+  function rawLabel(i) {
+    let k = cell.chromosomes[i].pipeline_label;
+    for (const e of flat()) {
+      if (e.op === "move" && e.id === i) k = e.after;
+      if (e.op === "swap") { if (e.ids[0] === i) k = e.after[0]; if (e.ids[1] === i) k = e.after[1]; }
+    }
+    return k;
+  }
+
+  async function commit(edits, what) {
+    if (!edits.length) return;
+    groups.push(edits);
+    const backup = redo;
+    redo = [];
+    try {
+      await refresh();
+      message(what, "ok");
+    } catch (err) {
+      groups.pop();
+      redo = backup;
+      message("Not applied: " + err.message, "error");
+      await refresh().catch(() => {});
+    }
+  }
+
+  function act(fn) { busy = busy.then(fn).catch((e) => message(e.message, "error")); return busy; }
+
+  function moveTo(i, k) {
+    if (i < 0) return;
+    const what = "chromosome " + i + " \u2192 " + cell.names[k];
+    return act(() => commit(moveEdits(i, k), what));
+  }
+  function toggleDebris(i) {
+    if (i < 0) return;
+    const d = state.debris[i];
+    return act(() => commit([stamp({ op: "debris", id: i, before: d, after: !d })],
+      "chromosome " + i + (d ? " restored" : " marked not a chromosome")));
+  }
+  function flip(i) {
+    if (i < 0) return;
+    const f = state.flipped[i];
+    return act(() => commit([stamp({ op: "flip", id: i, before: f, after: !f })], "chromosome " + i + " turned"));
+  }
+  function swap(i, j) {
+    if (i < 0 || j < 0 || i === j) return;
+    if (state.debris[i] || state.debris[j]) { message("Restore a 'not a chromosome' before swapping it", "error"); return; }
+    const a = state.labels[i], b = state.labels[j];
+    return act(() => commit([stamp({ op: "swap", ids: [i, j], before: [a, b], after: [b, a] })],
+      "swapped " + i + " (" + cell.names[a] + ") and " + j + " (" + cell.names[b] + ")"));
+  }
+  function undo() {
+    return act(async () => {
+      if (!groups.length) { message("Nothing to undo"); return; }
+      redo.push(groups.pop());
+      await refresh();
+      message("Undone", "ok");
+    });
+  }
+  function redoOne() {
+    return act(async () => {
+      if (!redo.length) { message("Nothing to redo"); return; }
+      groups.push(redo.pop());
+      await refresh();
+      message("Redone", "ok");
+    });
+  }
+
+  async function refresh() {
+    state = await request(API + "/state", { edits: flat() });
+    draw();
+  }
+
+  // ------------------------------------------------------------------ saving
+  function save(accepted) {
+    return act(async () => {
+      const reviewer = $("reviewer").value.trim();
+      if (!reviewer) { message("Type your name in 'reviewer' first", "error"); $("reviewer").focus(); return; }
+      localStorage.setItem("karyo-reviewer", reviewer);
+      message("Saving\u2026");
+      try {
+        const edits = flat();
+        const res = await request(API + "/save", {
+          edits: edits, base_revision: revision, reviewer: reviewer, accepted: !!accepted,
+        });
+        revision = res.revision;
+        savedSig = sig(edits);
+        savedCount = edits.length;
+        cell.review = { revision: res.revision, reviewer: reviewer, saved_at: res.saved_at, accepted: res.accepted };
+        state = res.state;
+        draw();
+        const f = res.files;
+        const m = $("message");
+        m.className = "ok";
+        m.textContent = (res.accepted ? "Accepted and saved" : "Saved") + " (revision " + res.revision + "): ";
+        for (const [k, label] of [["reviewed_json", "JSON"], ["karyogram_png", "karyogram"], ["karyogram_pdf", "PDF"], ["coco", "training file"]]) {
+          const a = document.createElement("a");
+          a.href = "/files/" + f[k]; a.textContent = label; a.target = "_blank";
+          m.append(a, " ");
+        }
+      } catch (err) {
+        message((err.status === 409 ? "Conflict: " : "Not saved: ") + err.message, "error");
+      }
+    });
+  }
+
+  // ------------------------------------------------------------------ drawing
+  const Z = () => cell.zoom;
+
+  function cropBox(i) {
+    const c = cell.chromosomes[i].crop;
+    const cen = state.flipped[i] ? c.h - 1 - c.cen : c.cen;
+    return { w: c.w, h: c.h, cen: cen };
+  }
+
+  function chromEl(i) {
+    const c = cell.chromosomes[i];
+    const b = cropBox(i);
+    const wrap = document.createElement("div");
+    wrap.className = "chrom";
+    wrap.dataset.id = i;
+    const flags = state.flags[i].filter((f) => f !== "unassigned" && f !== cell.not_chromosome);
+    if (flags.length) wrap.classList.add("flagged");
+    if (i === sel) wrap.classList.add("selected");
+    if (i === swapFrom) wrap.classList.add("swap-from");
+    wrap.title = "#" + i + " " + cell.names[state.labels[i]] + (flags.length ? " \u2014 " + flags.map((f) => FLAG_WORDS[f] || f).join(", ") : "");
+    const img = document.createElement("img");
+    img.src = "/cell/" + encodeURIComponent(STEM) + "/crop/" + i + ".png";
+    img.width = Math.max(1, Math.round(b.w * Z()));
+    img.height = Math.max(1, Math.round(b.h * Z()));
+    img.draggable = false;
+    if (state.flipped[i]) img.classList.add("flipped");
+    const mark = document.createElement("span");
+    mark.className = "mark";
+    mark.textContent = flags.map((f) => ({ low_confidence: "?", unpaired: "u", extra: "+", suspected_overlap: "ov", suspected_split: "sp" })[f] || "!").join(" ");
+    wrap.append(mark, img);
+    c.el = wrap;
+    return wrap;
+  }
+
+  function drawKaryogram() {
+    const k = $("karyogram");
+    k.textContent = "";
+    state.slots.forEach((row, r) => {
+      const rowEl = document.createElement("div");
+      rowEl.className = "krow";
+      const members = row.flatMap(([, m]) => m);
+      const above = Math.max(20, ...members.map((i) => cropBox(i).cen));
+      const below = Math.max(20, ...members.map((i) => cropBox(i).h - cropBox(i).cen));
+      row.forEach(([cls, m], j) => {
+        const slot = document.createElement("div");
+        slot.className = "slot drop";
+        slot.dataset.class = cls;
+        slot.style.flexBasis = (100 / row.length) + "%";
+        const box = document.createElement("div");
+        box.className = "members";
+        box.style.height = Math.round((above + below) * Z() + 14) + "px";
+        for (const i of m) {
+          const el = chromEl(i);
+          el.style.marginTop = Math.round((above - cropBox(i).cen) * Z() + 12) + "px";
+          box.append(el);
+        }
+        const base = document.createElement("div");
+        base.className = "baseline";
+        const name = document.createElement("div");
+        name.className = "cname";
+        name.textContent = cell.layout[r][j].name;
+        const bar = document.createElement("div");
+        bar.className = "cbar";
+        bar.style.background = cell.layout[r][j].colour;
+        slot.append(box, base, name, bar);
+        rowEl.append(slot);
+      });
+      k.append(rowEl);
+    });
+    for (const [id, pred] of [["unassigned", (i) => state.labels[i] === 0 && !state.debris[i]], ["debris", (i) => state.debris[i]]]) {
+      const box = $(id).querySelector(".members");
+      box.textContent = "";
+      cell.chromosomes.forEach((c, i) => { if (pred(i)) box.append(chromEl(i)); });
+      $(id).querySelector("h3").textContent = (id === "debris" ? "not a chromosome" : "unassigned") + " (" + box.children.length + ")";
+    }
+  }
+
+  function drawSpread() {
+    const svg = $("spread-svg");
+    svg.textContent = "";
+    cell.chromosomes.forEach((c, i) => {
+      const g = document.createElementNS(SVGNS, "g");
+      g.classList.add("outline");
+      g.dataset.id = i;
+      const k = state.labels[i];
+      const flags = state.flags[i].filter((f) => f !== "unassigned" && f !== cell.not_chromosome);
+      if (state.debris[i]) g.classList.add("debris");
+      if (flags.length) g.classList.add("flagged");
+      if (i === sel) g.classList.add("selected");
+      if (i === swapFrom) g.classList.add("swap-from");
+      g.style.setProperty("--c", cell.colours[k]);
+      let sx = 0, sy = 0, n = 0;
+      for (const poly of c.outline) {
+        const p = document.createElementNS(SVGNS, "polygon");
+        p.setAttribute("points", poly.map((q) => q[0] + "," + q[1]).join(" "));
+        g.append(p);
+        for (const q of poly) { sx += q[0]; sy += q[1]; n += 1; }
+      }
+      if (n) {
+        const t = document.createElementNS(SVGNS, "text");
+        t.setAttribute("x", sx / n); t.setAttribute("y", sy / n);
+        t.textContent = state.debris[i] ? "\u00d7" : cell.names[k];
+        g.append(t);
+      }
+      svg.append(g);
+    });
+  }
+
+  function drawInfo() {
+    const box = $("info");
+    if (sel < 0) return;
+    const c = cell.chromosomes[sel];
+    const k = state.labels[sel];
+    const flags = state.flags[sel];
+    box.innerHTML = "";
+    const h = document.createElement("h3");
+    h.textContent = "Chromosome #" + sel + ": " + (state.debris[sel] ? "not a chromosome" : "class " + cell.names[k]);
+    const p = document.createElement("p");
+    p.textContent = "pipeline: " + cell.names[c.pipeline_label] +
+      (c.confidence !== null ? " (confidence " + c.confidence.toFixed(2) + ")" : "") +
+      (c.top.length ? "; classifier: " + c.top.map((t) => t.name + " " + t.p.toFixed(2)).join(", ") : "") +
+      (state.flipped[sel] ? "; polarity flipped" : "") +
+      (flags.length ? "; flags: " + flags.map((f) => FLAG_WORDS[f] || f.replace("_", " ")).join(", ") : "");
+    const row = document.createElement("div");
+    row.className = "actions";
+    const selEl = document.createElement("select");
+    selEl.id = "move-to";
+    for (let j = 0; j <= 24; j++) {
+      const o = document.createElement("option");
+      o.value = j; o.textContent = j ? cell.names[j] : "unassigned";
+      if (j === k) o.selected = true;
+      selEl.append(o);
+    }
+    selEl.addEventListener("change", () => moveTo(sel, Number(selEl.value)));
+    const btn = (label, fn, id) => { const b = document.createElement("button"); b.textContent = label; b.id = id; b.addEventListener("click", fn); return b; };
+    row.append("move to ", selEl, " ",
+      btn(state.debris[sel] ? "Restore (d)" : "Not a chromosome (d)", () => toggleDebris(sel), "btn-debris"), " ",
+      btn("Flip polarity (r)", () => flip(sel), "btn-flip"), " ",
+      btn(swapFrom >= 0 ? "Swap with #" + swapFrom + " (s)" : "Swap\u2026 (s)", () => swapKey(), "btn-swap"));
+    box.append(h, p, row);
+  }
+
+  function draw() {
+    $("iscn").textContent = state.karyotype || "no chromosome labelled";
+    $("count").textContent = state.count;
+    $("sanity").textContent = state.sanity_score.toFixed(3);
+    $("nflagged").textContent = state.n_flagged;
+    const r = cell.review;
+    $("status").textContent = (dirty() ? "unsaved edits \u00b7 " : "") + (revision ? (r.accepted ? "accepted" : "saved") +
+      " rev " + revision + " by " + r.reviewer : "not reviewed");
+    $("status").className = "fig" + (dirty() ? " dirty" : "");
+    $("undo").disabled = !groups.length;
+    $("redo").disabled = !redo.length;
+    drawKaryogram();
+    drawSpread();
+    drawInfo();
+  }
+
+  function select(i) {
+    sel = i;
+    for (const el of document.querySelectorAll(".selected")) el.classList.remove("selected");
+    if (i >= 0) {
+      const a = document.querySelector('.chrom[data-id="' + i + '"]');
+      const b = document.querySelector('#spread-svg g[data-id="' + i + '"]');
+      if (a) { a.classList.add("selected"); a.scrollIntoView({ block: "nearest", inline: "nearest" }); }
+      if (b) b.classList.add("selected");
+    }
+    drawInfo();
+  }
+
+  // karyogram order: slots row by row, then unassigned, then debris
+  function order() {
+    const out = state.slots.flatMap((row) => row.flatMap(([, m]) => m));
+    cell.chromosomes.forEach((c, i) => { if (state.labels[i] === 0 && !state.debris[i]) out.push(i); });
+    cell.chromosomes.forEach((c, i) => { if (state.debris[i]) out.push(i); });
+    return out;
+  }
+  function step(d, onlyFlagged) {
+    const o = order();
+    if (!o.length) return;
+    let p = o.indexOf(sel);
+    for (let n = 0; n < o.length; n++) {
+      p = (p + d + o.length) % o.length;
+      const f = state.flags[o[p]].filter((x) => x !== "unassigned" && x !== cell.not_chromosome);
+      if (!onlyFlagged || f.length) { select(o[p]); return; }
+    }
+    message("No flagged chromosome left");
+  }
+  function swapKey() {
+    if (sel < 0) return;
+    if (swapFrom < 0 || swapFrom === sel) {
+      swapFrom = sel;
+      message("Swap: select the other chromosome, then press s (or the Swap button) again");
+      draw();
+      return;
+    }
+    const a = swapFrom;
+    swapFrom = -1;
+    swap(a, sel);
+  }
+
+  // ------------------------------------------------------------------ mouse: click to select, drag to move
+  let drag = null;
+  document.addEventListener("pointerdown", (ev) => {
+    if (ev.button !== 0) return;
+    const el = ev.target.closest(".chrom, #spread-svg g.outline");
+    if (!el) return;
+    ev.preventDefault();
+    const i = Number(el.dataset.id);
+    select(i);
+    if (el.classList.contains("chrom")) drag = { id: i, x: ev.clientX, y: ev.clientY, ghost: null, el: el };
+  });
+  document.addEventListener("pointermove", (ev) => {
+    if (!drag) return;
+    if (!drag.ghost) {
+      if (Math.hypot(ev.clientX - drag.x, ev.clientY - drag.y) < 4) return;
+      drag.ghost = drag.el.cloneNode(true);
+      drag.ghost.classList.add("ghost");
+      document.body.append(drag.ghost);
+    }
+    drag.ghost.style.left = ev.clientX + 6 + "px";
+    drag.ghost.style.top = ev.clientY + 6 + "px";
+    for (const d of document.querySelectorAll(".drop.over")) d.classList.remove("over");
+    const t = document.elementFromPoint(ev.clientX, ev.clientY);
+    const drop = t && t.closest(".drop");
+    if (drop) drop.classList.add("over");
+  });
+  document.addEventListener("pointerup", (ev) => {
+    if (!drag) return;
+    const d = drag;
+    drag = null;
+    for (const o of document.querySelectorAll(".drop.over")) o.classList.remove("over");
+    if (!d.ghost) return;
+    d.ghost.remove();
+    const t = document.elementFromPoint(ev.clientX, ev.clientY);
+    const drop = t && t.closest(".drop");
+    if (!drop) return;
+    if (drop.dataset.debris) { if (!state.debris[d.id]) toggleDebris(d.id); return; }
+    moveTo(d.id, Number(drop.dataset.class));
+  });
+
+  // ------------------------------------------------------------------ keyboard
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target.matches("input, select, textarea")) {
+      if (ev.key === "Escape") ev.target.blur();
+      return;
+    }
+    const k = ev.key;
+    const ctrl = ev.ctrlKey || ev.metaKey;
+    let done = true;
+    if (ctrl && (k === "s" || k === "S")) save(false);
+    else if (ctrl && (k === "z" || k === "Z")) (ev.shiftKey ? redoOne : undo)();
+    else if (ctrl && (k === "y" || k === "Y")) redoOne();
+    else if (ctrl || ev.altKey) done = false;
+    else if (/^[0-9]$/.test(k)) { typed = (typed + k).slice(-2); message("move to class " + typed + " \u2014 Enter to apply, Esc to cancel"); }
+    else if (k === "Enter" && typed) {
+      const n = Number(typed); typed = "";
+      if (n >= 1 && n <= 22) moveTo(sel, n); else message("No class " + n + " (1-22, x, y, u)", "error");
+    }
+    else if (k === "Escape") { typed = ""; swapFrom = -1; message(""); draw(); }
+    else if (k === "x" || k === "X") moveTo(sel, 23);
+    else if (k === "y" || k === "Y") moveTo(sel, 24);
+    else if (k === "u") moveTo(sel, 0);
+    else if (k === "d" || k === "Delete") toggleDebris(sel);
+    else if (k === "r") flip(sel);
+    else if (k === "s") swapKey();
+    else if (k === "z") undo();
+    else if (k === "Z") redoOne();
+    else if (k === "a") save(true);
+    else if (k === "ArrowRight" || k === "ArrowDown") step(1, false);
+    else if (k === "ArrowLeft" || k === "ArrowUp") step(-1, false);
+    else if (k === "f") step(1, true);
+    else if (k === "F") step(-1, true);
+    else if (k === "]" && cell.next) window.location = "/cell/" + encodeURIComponent(cell.next);
+    else if (k === "[" && cell.prev) window.location = "/cell/" + encodeURIComponent(cell.prev);
+    else if (k === "?") { const h = $("help"); h.open = !h.open; }
+    else done = false;
+    if (done) ev.preventDefault();
+  });
+
+  window.addEventListener("beforeunload", (ev) => { if (cell && dirty()) { ev.preventDefault(); ev.returnValue = ""; } });
+  $("undo").addEventListener("click", () => undo());
+  $("redo").addEventListener("click", () => redoOne());
+  $("save").addEventListener("click", () => save(false));
+  $("accept").addEventListener("click", () => save(true));
+  $("reviewer").value = localStorage.getItem("karyo-reviewer") || $("reviewer").value;
+
+  // ------------------------------------------------------------------ start
+  (async function start() {
+    try {
+      cell = await request(API);
+    } catch (err) {
+      message(err.message, "error");
+      return;
+    }
+    const maxH = Math.max(1, ...cell.chromosomes.map((c) => c.crop.h));
+    cell.zoom = Math.min(1.6, 110 / maxH);
+    revision = cell.review.revision;
+    groups = cell.review.edits.length ? [cell.review.edits] : [];
+    savedSig = sig(flat());
+    savedCount = flat().length;
+    state = cell.state;
+    const img = $("spread-img");
+    img.src = "/cell/" + encodeURIComponent(STEM) + "/image.png";
+    $("spread-svg").setAttribute("viewBox", "0 0 " + cell.width + " " + cell.height);
+    for (const [id, s] of [["prev", cell.prev], ["next", cell.next]]) {
+      if (s) $(id).href = "/cell/" + encodeURIComponent(s); else $(id).classList.add("disabled");
+    }
+    draw();
+    document.body.dataset.ready = "1";
+    message(cell.review.revision ? "Loaded revision " + revision + " (" + savedCount + " edits)" : "");
+  })();
+})();

@@ -1,0 +1,422 @@
+"""The results folder under review: its cells, their reviews, and the files a save writes.
+
+A save never touches the pipeline's files. It writes, each atomically (temp file + rename):
+
+* ``<stem>.reviewed.json``: the pipeline's JSON with the corrected labels, pairs, flags, karyotype, count
+  and sanity score, each chromosome's ``pipeline_label`` / ``pipeline_flags``, and a ``review`` block
+  (format version, revision, reviewer, time, accepted or not, every edit with its before/after);
+* ``<stem>_karyogram.reviewed.png`` and ``.pdf``: the karyogram of the corrected labels;
+* ``reviewed_images/<image file>``: a copy of the source image, so the folder is a self-contained dataset;
+* ``reviewed_coco.json``: COCO instances of every reviewed cell (this cell's entry replaced), masks as
+  RLE, categories 1..24 (``"1"``..``"22"``, ``"X"``, ``"Y"``) plus 0 ``"chromosome"`` for instances
+  left unassigned; "not a chromosome" instances are left out. ``train_segmentation.py`` and
+  ``train_classification.py`` read it with ``--dataset coco --data-root RESULTS_DIR/reviewed_coco.json``.
+
+Two saves of one cell from two pages: each save names the revision it started from; a save that did
+not start from the latest revision is refused (:class:`ConflictError`), never merged silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from karyogram.labels import name_of
+
+from .edits import EditError, apply_edits, n_flagged, summary
+from .imagery import Crop, chromosome_crops, find_image, masks_of, outlines, read_grey, turned
+from .result import Cell, CellError, load_cell, mask_area, read_json
+
+REVIEW_FORMAT = "karyotype-review"
+REVIEW_VERSION = 1
+REVIEWED_SUFFIX = ".reviewed.json"
+COCO_NAME = "reviewed_coco.json"
+IMAGES_DIR = "reviewed_images"
+#: JSON files of a results folder that are not cells
+_NOT_CELLS = re.compile(r"^(summary|coco_results)(\.rank\d+)?\.json$|^reviewed_coco\.json$")
+_STEM_OK = re.compile(r"^[^/\\\x00]+$")
+#: edit fields kept in the reviewed JSON (others the browser sends are dropped)
+_EDIT_KEYS = ("op", "id", "ids", "before", "after", "at")
+
+
+class ReviewError(ValueError):
+    """A request the app refuses, with the HTTP status that says why."""
+
+    status = 400
+
+
+class NotFoundError(ReviewError):
+    status = 404
+
+
+class OutsideError(ReviewError):
+    status = 403
+
+
+class ConflictError(ReviewError):
+    status = 409
+
+
+@dataclass
+class LoadedCell:
+    """A cell with what the page needs: source image, crops and mask outlines (cached per file version)."""
+
+    cell: Cell
+    image_path: Path
+    image: np.ndarray
+    crops: list[Crop]
+    outlines: list[Any]
+    key: tuple[float, float]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class ResultsFolder:
+    """The folder ``inference_pipeline.py`` wrote, as the review app sees it.
+
+    Args:
+        root: the results folder.
+        image_dirs: folders to look for source images in when the recorded path does not exist.
+
+    Raises:
+        ReviewError: ``root`` is not a folder.
+    """
+
+    def __init__(self, root: str | os.PathLike, image_dirs: tuple[str | os.PathLike, ...] = ()) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise ReviewError(f"results folder {root} does not exist or is not a folder")
+        self.image_dirs = tuple(Path(d) for d in image_dirs)
+        self._lock = threading.Lock()
+        self._cache: dict[str, LoadedCell] = {}
+
+    # ------------------------------------------------------------------ paths
+    def resolve(self, rel: str) -> Path:
+        """A path inside the results folder; :class:`OutsideError` for anything that leaves it."""
+        if "\x00" in rel:
+            raise OutsideError(f"refused: {rel!r} is not a valid path")
+        p = (self.root / rel).resolve()
+        if p != self.root and self.root not in p.parents:
+            raise OutsideError(f"refused: {rel!r} is outside the results folder {self.root}")
+        return p
+
+    def json_path(self, stem: str) -> Path:
+        if not _STEM_OK.match(stem) or stem in (".", "..") or stem.endswith(".reviewed"):
+            raise OutsideError(f"refused: {stem!r} is not a cell name")
+        return self.resolve(f"{stem}.json")
+
+    def reviewed_path(self, stem: str) -> Path:
+        return self.json_path(stem).with_name(stem + REVIEWED_SUFFIX)
+
+    def stems(self) -> list[str]:
+        """Cells of the folder: every ``<stem>.json`` that is not a summary, a COCO file or a review, plus
+        images listed as processed in ``summary.json`` whose JSON is missing."""
+        names = {
+            p.name[: -len(".json")]
+            for p in self.root.glob("*.json")
+            if not p.name.endswith(REVIEWED_SUFFIX) and not _NOT_CELLS.match(p.name)
+        }
+        for s in self.root.glob("summary*.json"):
+            with contextlib.suppress(Exception):
+                for item in read_json(s).get("processed", []):
+                    names.add(Path(item["json"]).name[: -len(".json")])
+        names |= {p.name[: -len("_karyogram.png")] for p in self.root.glob("*_karyogram.png")}
+        names -= {n for n in names if n.endswith(".reviewed") or n.endswith("_karyogram")}
+        return sorted(names)
+
+    # ------------------------------------------------------------------ reading
+    def cell(self, stem: str) -> Cell:
+        p = self.json_path(stem)
+        if not p.exists():
+            raise NotFoundError(f"{p}: missing (no pipeline result for {stem!r}); run inference_pipeline.py on it")
+        return load_cell(p)
+
+    def reviewed(self, stem: str) -> dict[str, Any] | None:
+        """The saved review of a cell (validated), or None when there is none."""
+        p = self.reviewed_path(stem)
+        if not p.exists():
+            return None
+        data = read_json(p, "move it away to review the cell again (the pipeline's own files are untouched)")
+        rv = data.get("review") if isinstance(data, dict) else None
+        if not isinstance(rv, dict) or rv.get("format") != REVIEW_FORMAT:
+            raise CellError(
+                p, "not a review file of this app (no 'review' block); move it away to review the cell again"
+            )
+        if rv.get("version") != REVIEW_VERSION:
+            raise CellError(
+                p, f"review format version {rv.get('version')!r} is not {REVIEW_VERSION}; use the app that wrote it"
+            )
+        if not isinstance(rv.get("revision"), int) or not isinstance(rv.get("edits"), list):
+            raise CellError(p, "its 'review' block lacks an integer 'revision' or an 'edits' list")
+        return data
+
+    def load(self, stem: str) -> LoadedCell:
+        """The cell with its image, crops and outlines (computed once per version of its JSON)."""
+        p = self.json_path(stem)
+        cell = self.cell(stem)
+        img_path = find_image(cell, self.root, self.image_dirs)
+        key = (p.stat().st_mtime, img_path.stat().st_mtime)
+        hit = self._cache.get(stem)
+        if hit is not None and hit.key == key:
+            return hit
+        image = read_grey(img_path, cell)
+        masks = masks_of(cell)
+        loaded = LoadedCell(cell, img_path, image, chromosome_crops(image, masks), outlines(masks), key)
+        self._cache[stem] = loaded
+        return loaded
+
+    def index(self) -> list[dict[str, Any]]:
+        """One row per cell: name, ISCN, count, sanity score, flagged chromosomes, review status, or the
+        error that keeps the cell from being reviewed."""
+        rows = []
+        for stem in self.stems():
+            row: dict[str, Any] = {"stem": stem, "error": None, "status": "not reviewed"}
+            try:
+                cell = self.cell(stem)
+                pipe = {
+                    "karyotype": cell.data.get("karyotype"),
+                    "count": cell.data.get("count"),
+                    "sanity_score": cell.data.get("sanity_score"),
+                    "n_flagged": n_flagged([c.flags for c in cell.chromosomes]),
+                }
+                row |= pipe
+                row["pipeline_karyotype"] = pipe["karyotype"]
+                rv = self.reviewed(stem)
+                if rv is not None:
+                    r = rv["review"]
+                    row |= {
+                        "karyotype": rv.get("karyotype"),
+                        "count": rv.get("count"),
+                        "sanity_score": rv.get("sanity_score"),
+                        "n_flagged": n_flagged([c.get("flags", []) for c in rv.get("chromosomes", [])]),
+                        "status": "accepted" if r.get("accepted") else "saved",
+                        "reviewer": r.get("reviewer"),
+                        "saved_at": r.get("saved_at"),
+                        "n_edits": len(r.get("edits", [])),
+                    }
+            except (CellError, ReviewError) as exc:
+                row["error"] = str(exc)
+            row["thumbnail"] = (self.root / f"{stem}_overlay.png").is_file()
+            rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------------ state
+    def state(self, stem: str, edits: list[Any]) -> dict[str, Any]:
+        """The cell after ``edits`` (see :func:`review.edits.summary`); :class:`ReviewError` if one does not apply."""
+        cell = self.cell(stem)
+        try:
+            st = apply_edits(cell.labels, edits)
+        except EditError as exc:
+            raise ReviewError(str(exc)) from None
+        return summary(st, [c.flags for c in cell.chromosomes], cell.pair_of) | {"_state": st}
+
+    # ------------------------------------------------------------------ saving
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One save at a time: a thread lock, and a file lock for several servers on one folder."""
+        with self._lock, open(self.root / ".review.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def save(self, stem: str, edits: list[Any], *, base_revision: int, reviewer: str, accepted: bool) -> dict[str, Any]:
+        """Write the review of a cell (module docstring); returns the new revision and the files written.
+
+        Raises:
+            ConflictError: the cell was saved since ``base_revision`` (by another page or person).
+            ReviewError: an edit does not apply, or a reviewer name is missing.
+        """
+        if not isinstance(reviewer, str) or not reviewer.strip():
+            raise ReviewError("a reviewer name is needed to save (who reviewed this cell)")
+        if not isinstance(base_revision, int) or isinstance(base_revision, bool):
+            raise ReviewError(f"base_revision must be an integer, got {base_revision!r}")
+        with self._locked():
+            prev = self.reviewed(stem)
+            current = prev["review"]["revision"] if prev else 0
+            if base_revision != current:
+                who = f" by {prev['review'].get('reviewer')} at {prev['review'].get('saved_at')}" if prev else ""
+                raise ConflictError(
+                    f"not saved: {stem} was saved{who} (revision {current}) after this page loaded revision "
+                    f"{base_revision}; nothing was overwritten. Reload the cell to see that version, then redo "
+                    "your edits"
+                )
+            loaded = self.load(stem)
+            cell = loaded.cell
+            st = self.state(stem, edits)
+            state = st.pop("_state")
+            revision = current + 1
+            now = _now()
+            kept = [{k: e[k] for k in _EDIT_KEYS if k in e} for e in edits]
+            files = {
+                "reviewed_json": f"{stem}{REVIEWED_SUFFIX}",
+                "karyogram_png": f"{stem}_karyogram.reviewed.png",
+                "karyogram_pdf": f"{stem}_karyogram.reviewed.pdf",
+                "image": f"{IMAGES_DIR}/{loaded.image_path.name}",
+                "coco": COCO_NAME,
+            }
+            out = dict(cell.data)
+            chroms = []
+            for i, c in enumerate(cell.data["chromosomes"]):
+                k = st["labels"][i]
+                chroms.append(
+                    {
+                        **c,
+                        "label": k,
+                        "name": name_of(k),
+                        "pair": st["pair"][i] if st["pair"][i] >= 0 else None,
+                        "flags": st["flags"][i],
+                        "pipeline_label": c["label"],
+                        "pipeline_flags": c["flags"],
+                        "not_chromosome": state.debris[i],
+                        "polarity_flipped": state.flipped[i],
+                    }
+                )
+            out.update(
+                karyotype=st["karyotype"],
+                sex=st["sex"],
+                count=st["count"],
+                sanity_score=st["sanity_score"],
+                chromosomes=chroms,
+            )
+            out["review"] = {
+                "format": REVIEW_FORMAT,
+                "version": REVIEW_VERSION,
+                "revision": revision,
+                "reviewer": reviewer.strip(),
+                "saved_at": now,
+                "accepted": bool(accepted),
+                "source": f"{stem}.json",
+                "source_sha256": _sha256(cell.path),
+                "pipeline_karyotype": cell.data.get("karyotype"),
+                "pipeline_sanity_score": cell.data.get("sanity_score"),
+                "edits": kept,
+                "files": files,
+            }
+            coco = self._coco_with(stem, out, loaded, files["image"])  # before writing: a bad COCO file stops all
+            self._render(stem, loaded, st, state, files)
+            self._copy_image(loaded.image_path, self.root / files["image"])
+            from datasets.io import atomic_write_json
+
+            atomic_write_json(self.reviewed_path(stem), out)
+            atomic_write_json(self.root / COCO_NAME, coco)
+        return {"revision": revision, "saved_at": now, "files": files, "accepted": bool(accepted)}
+
+    def _render(self, stem: str, loaded: LoadedCell, st: dict[str, Any], state: Any, files: dict[str, str]) -> None:
+        from karyogram.render import render_karyogram
+
+        keep = [i for i in range(len(loaded.crops)) if not state.debris[i]]
+        crops = [turned(loaded.crops[i]) if state.flipped[i] else loaded.crops[i] for i in keep]
+        new_index = {i: j for j, i in enumerate(keep)}
+        pair = [new_index.get(st["pair"][i], -1) for i in keep]
+        title = f"{st['karyotype'] or 'no chromosomes'}   ({stem}, reviewed)"
+        for key in ("karyogram_png", "karyogram_pdf"):
+            render_karyogram(
+                [c.image for c in crops],
+                [c.centromere_row for c in crops],
+                [st["labels"][i] for i in keep],
+                pair_of=pair,
+                flags=[st["flags"][i] for i in keep],
+                title=title,
+                path=self.root / files[key],
+            )
+
+    def _copy_image(self, src: Path, dst: Path) -> None:
+        if dst.is_file() and dst.stat().st_size == src.stat().st_size and _sha256(dst) == _sha256(src):
+            return
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _coco_with(self, stem: str, reviewed: dict[str, Any], loaded: LoadedCell, image_rel: str) -> dict[str, Any]:
+        """``reviewed_coco.json`` with this cell's image and instances replaced by the reviewed ones."""
+        from datasets.coco import categories
+
+        path = self.root / COCO_NAME
+        if path.exists():
+            data = read_json(path, "move it away and save again: it is rebuilt from the saves that follow")
+            ok = isinstance(data, dict) and all(isinstance(data.get(k), list) for k in ("images", "annotations"))
+            if not ok:
+                raise CellError(
+                    path, "not a COCO instances file (images/annotations lists); move it away and save again"
+                )
+        else:
+            data = {"images": [], "annotations": []}
+        old = [im for im in data["images"] if im.get("review_stem") == stem]
+        old_ids = {im.get("id") for im in old}
+        images = [im for im in data["images"] if im.get("review_stem") != stem]
+        anns = [a for a in data["annotations"] if a.get("image_id") not in old_ids]
+        ids = [im["id"] for im in data["images"] if isinstance(im.get("id"), int)]
+        image_id = old[0]["id"] if old and isinstance(old[0].get("id"), int) else max(ids, default=0) + 1
+        rv = reviewed["review"]
+        images.append(
+            {
+                "id": image_id,
+                "file_name": image_rel,
+                "width": reviewed["width"],
+                "height": reviewed["height"],
+                "karyotype": reviewed["karyotype"],
+                "sex": reviewed["sex"],
+                "review_stem": stem,
+                "reviewer": rv["reviewer"],
+                "reviewed_at": rv["saved_at"],
+                "accepted": rv["accepted"],
+            }
+        )
+        for i, c in enumerate(reviewed["chromosomes"]):
+            if c["not_chromosome"]:
+                continue
+            x1, y1, x2, y2 = c["box"]
+            a: dict[str, Any] = {
+                "image_id": image_id,
+                "category_id": c["label"],
+                "iscrowd": 0,
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": mask_area(c["mask"]),
+                "segmentation": c["mask"],
+            }
+            crop = loaded.crops[i] if i < len(loaded.crops) else None
+            if c.get("centromere_xy") is not None:
+                a["centromere"] = c["centromere_xy"]
+            if crop is not None and crop.p_dir is not None:
+                d = crop.p_dir if not c["polarity_flipped"] else (-crop.p_dir[0], -crop.p_dir[1])
+                a["p_dir"] = [round(d[0], 5), round(d[1], 5)]
+            anns.append(a)
+        for k, a in enumerate(anns, start=1):
+            a["id"] = k
+        cats = categories()
+        if any(a["category_id"] == 0 for a in anns):
+            cats = [{"id": 0, "name": "chromosome", "supercategory": "unknown"}, *cats]
+        return {
+            "info": {"description": "chromosomes corrected in review.py", "written_at": _now()},
+            "images": sorted(images, key=lambda im: im["id"]),
+            "annotations": anns,
+            "categories": cats,
+        }
