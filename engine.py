@@ -8,7 +8,8 @@ checkpoints and logging lives here so both trainers behave the same way.
 Conventions:
 
 * Distributed runs are started with ``torchrun --nproc_per_node=N script.py ...``; :func:`init_distributed`
-  reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``. Only rank 0 saves, logs and evaluates.
+  reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``. Only rank 0 saves and logs; validation is sharded over
+  the ranks and merged (:func:`karyotyping.detection.evaluate_detection`), so no rank idles in a barrier.
 * Learning-rate schedules are stepped once per *optimizer step* (not per epoch), so a resumed run
   continues at exactly the same position of the schedule.
 * Every file is written atomically (:mod:`datasets.io`): a killed run never leaves a half-written
@@ -37,7 +38,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from datasets.io import atomic_torch_save, atomic_write
+from datasets.io import atomic_torch_save, atomic_write, load_torch_file
+from karyotyping.detection import evaluate_detection  # the one detection-evaluation loop (sharded under DDP)
+from karyotyping.runtime import resolve_device  # the one --device resolver (honours LOCAL_RANK)
 
 __all__ = [
     "DistInfo",
@@ -146,7 +149,7 @@ def get_world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """True on rank 0 (and always in a single-process run): the process that saves, logs and evaluates."""
+    """True on rank 0 (and always in a single-process run): the process that saves and logs."""
     return get_rank() == 0
 
 
@@ -177,39 +180,6 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------- devices, seeds
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """Turn a ``--device`` flag into a torch device.
-
-    Args:
-        name: "auto" (CUDA if available, else CPU), "cpu", "cuda" (``cuda:<local_rank>``) or "cuda:N".
-        local_rank: the torchrun local rank; picks the GPU for "auto" and "cuda".
-
-    Raises:
-        ValueError: an unknown name, or CUDA asked for on a machine without a usable CUDA device.
-    """
-    name = str(name).strip().lower()
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"--device {name} was requested but CUDA is not available on this machine "
-                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu or --device auto"
-            )
-        index = local_rank
-        if name.startswith("cuda:"):
-            try:
-                index = int(name.split(":", 1)[1])
-            except ValueError:
-                raise ValueError(f"--device {name}: expected cuda:N with an integer N") from None
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-        return torch.device(f"cuda:{index}")
-    raise ValueError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N")
 
 
 def seed_everything(seed: int, rank: int = 0) -> int:
@@ -415,15 +385,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the message names it).
+        datasets.io.UnsafeCheckpointError: the file holds Python objects beyond tensors and plain values.
         ValueError: the file is not a readable torch checkpoint or has no ``model`` entry.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p} (check the path, or train first to create it)")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{p}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    ckpt = load_torch_file(p, map_location)  # weights_only: a foreign pickle is refused, never run
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         keys = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{p}: not a training checkpoint (no 'model' entry; found {keys})")
@@ -680,64 +648,3 @@ def _optimizer_step(model, optimizer, scaler, clip_grad_norm) -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-@torch.no_grad()
-def evaluate_detection(
-    model: torch.nn.Module,
-    dataset: Sequence,
-    device: torch.device,
-    *,
-    agnostic: bool,
-    score_thresh: float = 0.05,
-    mask_thresh: float = 0.5,
-    amp: bool = False,
-    progress: bool = False,
-) -> dict[str, float]:
-    """COCO box and mask AP of a detection model on a dataset of :class:`KaryoRecord`.
-
-    Each record's image is run through :func:`models.segmentation.predict`; predicted soft masks
-    [M, 1, H, W] are binarised at ``mask_thresh`` into a prediction record (boxes, labels, scores,
-    masks uint8 [M, H, W]) and scored with :func:`metrics.detection.coco_evaluate` against the
-    ground-truth records.
-
-    Args:
-        model: the (possibly DDP-wrapped) Mask R-CNN; it is put in eval mode and left there.
-        dataset: indexable of KaryoRecord (e.g. the validation split, no augmentation).
-        agnostic: score class-agnostic (one "chromosome" class) instead of per class 1..24.
-        score_thresh: detections below this score are dropped (low, so AP sees the whole PR curve).
-
-    Returns:
-        flat dict from ``coco_evaluate`` (``bbox_AP``, ``bbox_AP50``, ..., ``segm_AP50``, ...),
-        values in [0, 1], or -1 where COCO has nothing to score.
-    """
-    from datasets.record import KaryoRecord
-    from metrics.detection import coco_evaluate
-    from models.segmentation import predict
-
-    net = unwrap_model(model)
-    net.eval()
-    gts: list = []
-    preds: list = []
-    it: Iterable = range(len(dataset))
-    if progress and is_main_process():
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="eval", dynamic_ncols=True, leave=False)
-    for i in it:
-        rec = dataset[i]
-        with autocast_context(device, amp):
-            out = predict(net, [rec.image], score_thresh=score_thresh, device=device)[0]
-        masks = (out["masks"][:, 0] >= mask_thresh).to(torch.uint8).numpy()
-        preds.append(
-            KaryoRecord(
-                image=rec.image,
-                boxes=out["boxes"].numpy(),
-                labels=out["labels"].numpy(),
-                masks=masks,
-                scores=out["scores"].numpy(),
-                meta={"image_id": rec.image_id or str(i)},
-            )
-        )
-        gts.append(rec)
-    return coco_evaluate(gts, preds, agnostic=agnostic)

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from inference_pipeline import DEFAULT_CLS_WEIGHTS, DEFAULT_SCORE_THRESH, DEFAULT_SEG_WEIGHTS, PipelineError
+from karyotyping.core import DEFAULT_CLS_WEIGHTS, DEFAULT_SEG_WEIGHTS, PipelineError
+from karyotyping.detection import AP_SCORE_THRESH, SCORE_THRESH
 
 #: generation seed of the synthetic evaluation spreads; the trainers generate theirs with --split-seed (0)
 SYNTHETIC_EVAL_SEED = 20_240
@@ -40,6 +41,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-root", type=Path, default=None, help="dataset folder (not needed for synthetic)")
     d.add_argument("--split", default="val", choices=("train", "val", "test", "all"))
     d.add_argument("--val-fraction", type=float, default=0.1)
+    d.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of groups in the test split (as the trainers' --test-fraction; needed for --split test)",
+    )
     d.add_argument("--split-seed", type=int, default=0)
     d.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images of the split (0 = all)")
     d.add_argument("--synthetic-n", type=int, default=50, help="images of the synthetic dataset")
@@ -59,11 +66,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--stage", required=True, choices=("seg", "cls", "full"))
     m.add_argument("--seg-weights", type=Path, default=DEFAULT_SEG_WEIGHTS)
     m.add_argument("--cls-weights", type=Path, default=DEFAULT_CLS_WEIGHTS)
-    m.add_argument("--score-thresh", type=float, default=0.05, help="detection threshold for AP (seg stage)")
+    m.add_argument(
+        "--score-thresh", type=float, default=AP_SCORE_THRESH, help="lowest detection score kept for AP (seg stage)"
+    )
     m.add_argument(
         "--pipeline-score-thresh",
         type=float,
-        default=DEFAULT_SCORE_THRESH,
+        default=SCORE_THRESH,
         help="detection threshold of the full pipeline (default: the pipeline's)",
     )
     h = p.add_argument_group("Output / hardware")
@@ -77,7 +86,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _dataset(args: argparse.Namespace):
     from datasets import build_dataset
 
-    kw: dict[str, Any] = {"val_fraction": args.val_fraction, "seed": args.split_seed}
+    kw: dict[str, Any] = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
+    kw["seed"] = args.split_seed
     split = args.split
     if args.dataset == "synthetic":
         kw["n"] = args.synthetic_n
@@ -92,6 +102,11 @@ def _dataset(args: argparse.Namespace):
             kw["config"] = SyntheticConfig(image_size=(args.synthetic_size, args.synthetic_size))
     elif args.data_root is None:
         raise PipelineError(f"--data-root is required for --dataset {args.dataset}")
+    if split == "test" and args.test_fraction <= 0:
+        raise PipelineError(
+            "--split test needs --test-fraction > 0: the fraction of groups the trainers held out with their own "
+            "--test-fraction (the split is made by group, after the val split, whose membership it leaves unchanged)"
+        )
     args.resolved_split = split
     ds = build_dataset(args.dataset, args.data_root, split, **kw)
     n = len(ds) if not args.max_images else min(args.max_images, len(ds))
@@ -108,33 +123,20 @@ def _iter(ds, n: int, quiet: bool, desc: str):
 # ---------------------------------------------------------------------------- stages
 def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     """COCO AP for boxes and masks, 24-class (if the model has classes) and class-agnostic; PQ and AJI."""
-    from engine import resolve_device
+    from karyotyping.detection import detect_dataset
+    from karyotyping.runtime import resolve_device
     from metrics.detection import coco_evaluate
-    from models.segmentation import load_segmentation_checkpoint, predict
+    from models.segmentation import load_segmentation_checkpoint
 
     device = resolve_device(args.device)
     model, cfg = load_segmentation_checkpoint(args.seg_weights, device)
-    model.eval()
     ds, n = _dataset(args)
     gts, preds = [], []
-    import torch
-
-    from datasets.record import KaryoRecord
-
-    with torch.no_grad():
-        for rec in _iter(ds, n, args.quiet, "segmenting"):
-            out = predict(model, [rec.image], score_thresh=args.score_thresh, device=device)[0]
-            masks = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
-            pred = KaryoRecord(
-                image=rec.image,
-                boxes=out["boxes"].cpu().numpy(),
-                labels=out["labels"].cpu().numpy(),
-                masks=masks,
-                scores=out["scores"].cpu().numpy(),
-                meta={"image_id": rec.image_id},
-            )
-            gts.append(rec)
-            preds.append(pred)
+    for _, rec, pred in detect_dataset(
+        model, ds, device, score_thresh=args.score_thresh, max_images=n, progress=not args.quiet
+    ):
+        gts.append(rec)
+        preds.append(pred)
     res: dict[str, Any] = {"images": n, "stage": "seg", "model_agnostic": bool(cfg.agnostic)}
     agn = coco_evaluate(gts, preds, agnostic=True)
     res.update({f"agnostic_{k}": v for k, v in agn.items() if not isinstance(v, dict)})
@@ -186,8 +188,8 @@ def _gt_instances(ds, n: int, quiet: bool, height: int, width: int):
 
 def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     """Identification on ground-truth instances: (a) per-crop argmax, (b) karyotype assignment, (c) rule-based."""
-    from engine import resolve_device
     from karyogram.assign import argmax_labels, assign_karyotype, config_for_classifier, rule_based_labels
+    from karyotyping.runtime import resolve_device
     from metrics.identification import identification_metrics, plot_confusion, plot_per_class
     from metrics.karyotype import sanity_score
     from models.classifier import load_classifier_checkpoint, predict_proba
@@ -277,12 +279,6 @@ def _gt_masks(rec) -> tuple[np.ndarray, bool]:
     return boxes_to_masks(rec.boxes, rec.height, rec.width), len(rec) > 0
 
 
-def _decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    from pycocotools import mask as mask_utils
-
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(np.uint8)
-
-
 def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
     """The whole pipeline vs ground truth, in the original image's pixels.
 
@@ -301,13 +297,10 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
       An image whose ground truth has instances without classes (labels 0), or only a karyotype in its
       metadata, contributes to these (and to the segmentation metrics when it has instances) only.
     """
-    import tempfile
-
     from scipy.optimize import linear_sum_assignment
 
-    from datasets.io import atomic_write_image
     from datasets.record import KaryoRecord
-    from inference_pipeline import KaryotypePipeline
+    from karyotyping.core import KaryotypePipeline
     from metrics.detection import coco_evaluate
     from metrics.identification import identification_metrics, plot_confusion, plot_per_class
     from metrics.karyotype import sanity_score
@@ -325,55 +318,46 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
     # class-level lists (images whose instances all carry classes)
     true_l, pred_l, sys_gt, sys_pred, agn_gt, agn_pred = [], [], [], [], [], []
     sanity, count_err, n_with_classes, boxes_only = [], [], 0, False
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, rec in enumerate(_iter(ds, n, args.quiet, "pipeline")):
-            path = Path(tmp) / f"img{i}.png"
-            atomic_write_image(path, np.round(np.clip(rec.image, 0, 1) * 255).astype(np.uint8))
-            r = pipe.process(path)
-            chroms = r.json["chromosomes"]
-            labels = np.array([c["label"] for c in chroms], np.int64)
-            # final instances at the original resolution (the pipeline may process a downscaled copy)
-            if r.json.get("processing_scale", 1.0) == 1.0:
-                pm = r.record.masks
-            else:
-                pm = np.stack([_decode_rle(c["mask"]) for c in chroms]) if chroms else None
-            if pm is None or len(pm) == 0:
-                pm = np.zeros((0, rec.height, rec.width), np.uint8)
-            det = np.array([c["score"] for c in chroms], np.float32)
-            conf = np.array([c.get("confidence", 1.0) for c in chroms], np.float32)
-            sanity.append(sanity_score(labels))
-            tc = _true_count(rec)
-            if tc is not None:
-                count_err.append(abs(int((labels > 0).sum()) - tc))
-            if not len(rec):
-                continue
-            gm, from_boxes = _gt_masks(rec)
-            boxes_only |= from_boxes
-            t_masks.append(gm)
-            p_masks.append(pm)
-            t_lab.append(rec.labels)
-            p_lab.append(labels)
-            pboxes = np.array([c["box"] for c in chroms], np.float32).reshape(-1, 4)
-            agn_gt.append(rec)
-            agn_pred.append(KaryoRecord(image=rec.image, boxes=pboxes, labels=np.ones(len(pm), np.int64), masks=pm,
-                                        scores=det))  # fmt: skip
-            if not (rec.labels > 0).all():
-                continue  # instances without classes: segmentation metrics only
-            n_with_classes += 1
-            keep = labels > 0
-            sys_gt.append(rec)
-            sys_pred.append(KaryoRecord(image=rec.image, boxes=pboxes[keep], labels=labels[keep], masks=pm[keep],
-                                        scores=det[keep] * conf[keep]))  # fmt: skip
-            # identification: each true chromosome gets the label of its matched prediction (0 if missed)
-            lab = np.zeros(len(rec), np.int64)
-            if len(pm):
-                iou = iou_matrix(gm, pm)
-                rows, cols = linear_sum_assignment(-iou)
-                for a, b in zip(rows, cols):
-                    if iou[a, b] >= 0.5:
-                        lab[a] = labels[b]
-            true_l.append(rec.labels)
-            pred_l.append(lab)
+    # the pipeline core on each record's own image array: no file, no JSON, no rounding
+    for rec in _iter(ds, n, args.quiet, "pipeline"):
+        pred = pipe.run(rec.image, name=rec.image_id or None)
+        labels = pred.labels
+        pm = pred.masks  # final instances at the original resolution
+        det = pred.scores
+        conf = pred.confidence
+        sanity.append(sanity_score(labels))
+        tc = _true_count(rec)
+        if tc is not None:
+            count_err.append(abs(int((labels > 0).sum()) - tc))
+        if not len(rec):
+            continue
+        gm, from_boxes = _gt_masks(rec)
+        boxes_only |= from_boxes
+        t_masks.append(gm)
+        p_masks.append(pm)
+        t_lab.append(rec.labels)
+        p_lab.append(labels)
+        pboxes = pred.boxes
+        agn_gt.append(rec)
+        agn_pred.append(KaryoRecord(image=rec.image, boxes=pboxes, labels=np.ones(len(pm), np.int64), masks=pm,
+                                    scores=det))  # fmt: skip
+        if not (rec.labels > 0).all():
+            continue  # instances without classes: segmentation metrics only
+        n_with_classes += 1
+        keep = labels > 0
+        sys_gt.append(rec)
+        sys_pred.append(KaryoRecord(image=rec.image, boxes=pboxes[keep], labels=labels[keep], masks=pm[keep],
+                                    scores=det[keep] * conf[keep]))  # fmt: skip
+        # identification: each true chromosome gets the label of its matched prediction (0 if missed)
+        lab = np.zeros(len(rec), np.int64)
+        if len(pm):
+            iou = iou_matrix(gm, pm)
+            rows, cols = linear_sum_assignment(-iou)
+            for a, b in zip(rows, cols):
+                if iou[a, b] >= 0.5:
+                    lab[a] = labels[b]
+        true_l.append(rec.labels)
+        pred_l.append(lab)
     res: dict[str, Any] = {
         "images": n,
         "stage": "full",

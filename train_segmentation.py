@@ -55,7 +55,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument(
         "--val-fraction", type=float, default=0.1, help="fraction of groups (images/slides) held out for val"
     )
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
+    g.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of groups held out as a test split that no training or model selection sees (the val "
+        "split keeps its membership)",
+    )
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     g.add_argument("--synthetic-spreads", type=int, default=100, help="spreads generated for --dataset synthetic")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="training augmentation")
     g.add_argument(
@@ -107,7 +114,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--clip-grad-norm", type=float, default=0.0, help="clip gradients to this norm (0: off)")
     g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap batches per epoch (quick runs)")
     g.add_argument("--eval-every", type=int, default=1, help="validate every N epochs and at the end (0: never)")
-    g.add_argument("--eval-score-thresh", type=float, default=0.05, help="score threshold of validation detections")
+    g.add_argument(
+        "--eval-score-thresh",
+        type=float,
+        default=None,
+        help="lowest detection score of the validation AP (default: karyotyping.detection.AP_SCORE_THRESH)",
+    )
     g.add_argument("--seed", type=int, default=0, help="training seed (rank added per process)")
     g.add_argument("--smoke", action="store_true", help="tiny synthetic data, resnet18_fpn at 128 px, 2 steps")
 
@@ -190,6 +202,14 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
         raise ValueError(f"--max-steps-per-epoch must be >= 1, got {args.max_steps_per_epoch}")
     if not 0.0 <= args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if not 0.0 <= args.test_fraction < 1.0 or args.val_fraction + args.test_fraction >= 1.0:
+        raise ValueError(
+            f"--test-fraction must be in [0, 1) with --val-fraction + --test-fraction < 1, got {args.test_fraction}"
+        )
+    if args.eval_score_thresh is None:
+        from karyotyping.detection import AP_SCORE_THRESH
+
+        args.eval_score_thresh = AP_SCORE_THRESH
     if args.schedule not in ("cosine", "step"):
         raise ValueError(f"--schedule must be cosine or step, got {args.schedule!r}")
     if args.lr <= 0:
@@ -239,9 +259,10 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
 
     trains, vals = [], []
     for name, root in zip(args.dataset, roots):
-        kw: dict[str, Any] = {"val_fraction": args.val_fraction, "seed": args.split_seed}
+        kw: dict[str, Any] = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
+        kw["seed"] = args.split_seed
         if name == "synthetic":
-            kw = {"val_fraction": args.val_fraction, "seed": args.split_seed, "n": args.synthetic_spreads}
+            kw["n"] = args.synthetic_spreads
             if args.smoke:
                 from datasets.synthetic import SyntheticConfig
 
@@ -301,7 +322,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     import engine
     from datasets.base import DetectionView
     from datasets.io import atomic_write_json
-    from models.segmentation import build_segmentation_model
+    from models.segmentation import build_segmentation_model, float32_box_decoding
 
     roots = check_args(args)  # bad flags fail here, before anything is built
     dist_info = engine.init_distributed(device=args.device)
@@ -332,7 +353,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     config = build_model_config(args)
     if not args.pretrained and main_proc:
         print("training from scratch (no --pretrained file given; nothing is downloaded)")
-    model = build_segmentation_model(config).to(device)
+    # under --amp the heads run in bf16/fp16 but boxes are decoded in float32 (see float32_box_decoding)
+    model = float32_box_decoding(build_segmentation_model(config)).to(device)
     if dist_info.distributed and args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model_without_ddp = model
@@ -437,14 +459,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             last_epoch = epoch == args.epochs - 1
             do_eval = val_ds is not None and args.eval_every > 0 and ((epoch + 1) % args.eval_every == 0 or last_epoch)
             is_best = False
-            if do_eval and main_proc:
+            if do_eval:  # every rank detects its share of val in float32; all get the merged figures
                 metrics = engine.evaluate_detection(
                     model_without_ddp,
                     val_ds,
                     device,
                     agnostic=args.agnostic,
                     score_thresh=args.eval_score_thresh,
-                    amp=args.amp,
                     progress=not args.no_progress,
                 )
                 row.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})

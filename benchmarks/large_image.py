@@ -47,7 +47,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from inference_pipeline import KaryotypePipeline
+    from karyotyping.core import KaryotypePipeline
+    from karyotyping.export import write_outputs
 
     work = Path(tempfile.mkdtemp(prefix="karyo_large_"))
     if args.seg_weights is None or args.cls_weights is None:
@@ -89,7 +90,7 @@ def main() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = pipe.process(path)
-        paths = pipe.write_outputs(res, work / "out")
+        paths = write_outputs(res, work / "out")
     wall = time.perf_counter() - t0
     js = json.loads(Path(paths["json"]).read_text())
     out = {

@@ -70,7 +70,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from datasets.synthetic import SyntheticConfig, generate_spread
-    from inference_pipeline import KaryotypePipeline
+    from karyotyping.core import KaryotypePipeline
+    from karyotyping.export import write_outputs
 
     work = Path(tempfile.mkdtemp(prefix="karyo_load_")) if args.keep is None else args.keep
     (work / "in").mkdir(parents=True, exist_ok=True)
@@ -116,8 +117,8 @@ def main() -> None:
         for k, f in enumerate(files, start=1):
             current["name"] = f.name
             res = pipe.process(f)
-            pipe.write_outputs(res, out)
-            n_chrom += res.json["count"]
+            write_outputs(res, out)
+            n_chrom += res.count
             if k % args.every == 0 or k == len(files):
                 now = time.perf_counter()
                 r = rss_mb()

@@ -41,15 +41,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from inference_pipeline import (  # noqa: E402
+from karyotyping.core import (  # noqa: E402
     DEFAULT_CLS_WEIGHTS,
-    DEFAULT_EXAMPLE,
     DEFAULT_MAX_SIDE,
-    DEFAULT_SCORE_THRESH,
     DEFAULT_SEG_WEIGHTS,
     KaryotypePipeline,
     PipelineError,
 )
+from karyotyping.detection import SCORE_THRESH as DEFAULT_SCORE_THRESH  # noqa: E402
+from karyotyping.export import write_outputs  # noqa: E402
+
+DEFAULT_EXAMPLE = ROOT / "examples" / "cil_104023.jpg"
 
 STAGES = ("load", "segmentation", "features", "classification", "assignment", "rendering")
 
@@ -181,7 +183,7 @@ def _bench_device(device: str, files: list[Path], args, seg: Path, cls: Path, tr
     per_image = []
     with tempfile.TemporaryDirectory() as out:
         out = Path(out)
-        pipe.write_outputs(pipe.process(files[0]), out, fmt=args.format)  # warm-up, not counted
+        write_outputs(pipe.process(files[0]), out, fmt=args.format)  # warm-up, not counted
         if cuda:
             torch.cuda.synchronize(pipe.device)
         t_loop = time.perf_counter()
@@ -189,15 +191,15 @@ def _bench_device(device: str, files: list[Path], args, seg: Path, cls: Path, tr
             if cuda:
                 torch.cuda.reset_peak_memory_stats(pipe.device)
             r = pipe.process(f)
-            pipe.write_outputs(r, out, fmt=args.format)
+            write_outputs(r, out, fmt=args.format)
             if cuda:
                 torch.cuda.synchronize(pipe.device)
-            t = {k: float(r.json["timings_s"].get(k, 0.0)) for k in STAGES}
+            t = {k: float(r.timings_s.get(k, 0.0)) for k in STAGES}
             row = {
                 "image": str(f),
-                "size_hw": [r.json["height"], r.json["width"]],
-                "processing_scale": r.json.get("processing_scale", 1.0),
-                "detections": r.json.get("detections", len(r.json["chromosomes"])),
+                "size_hw": [r.height, r.width],
+                "processing_scale": round(r.scale, 6),
+                "detections": len(r),
                 "timings_s": t,
                 "total_s": sum(t.values()),
                 "peak_rss_mib": round(_maxrss_mib(), 1),

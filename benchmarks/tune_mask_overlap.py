@@ -21,12 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from inference_pipeline import (  # noqa: E402
-    DEFAULT_CLS_WEIGHTS,
-    DEFAULT_SCORE_THRESH,
-    DEFAULT_SEG_WEIGHTS,
-    KaryotypePipeline,
-)
+from karyotyping.core import DEFAULT_SEG_WEIGHTS  # noqa: E402
+from karyotyping.detection import SCORE_THRESH  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -38,10 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--max-images", type=int, default=30)
     p.add_argument("--seg-weights", default=str(DEFAULT_SEG_WEIGHTS))
-    p.add_argument("--cls-weights", default=str(DEFAULT_CLS_WEIGHTS))
-    p.add_argument(
-        "--score-thresh", type=float, nargs="+", default=[DEFAULT_SCORE_THRESH], help="detection score threshold(s)"
-    )
+    p.add_argument("--score-thresh", type=float, nargs="+", default=[SCORE_THRESH], help="detection score threshold(s)")
     p.add_argument(
         "--thresholds",
         type=float,
@@ -56,19 +49,23 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from datasets import build_dataset
+    from karyotyping.detection import detect_dataset
+    from karyotyping.runtime import resolve_device
     from metrics.matching import matching_dataset, panoptic_quality_all
-    from models.segmentation import suppress_overlapping_masks
+    from models.segmentation import load_segmentation_checkpoint, suppress_overlapping_masks
 
+    if args.split == "test":
+        sys.exit("error: choose thresholds on a validation split, never on the test split")
     ds = build_dataset(args.dataset, args.data_root, args.split, val_fraction=args.val_fraction, seed=args.split_seed)
-    pipe = KaryotypePipeline(
-        args.seg_weights, args.cls_weights, device=args.device, score_thresh=min(args.score_thresh), mask_overlap=1.0
-    )
+    device = resolve_device(args.device)
+    model, _ = load_segmentation_checkpoint(args.seg_weights, device)
     truth, dets = [], []
-    for i in range(min(len(ds), args.max_images)):
-        rec = ds[i]
+    # the detector once per image at the lowest threshold asked for (the one detection loop of the project)
+    for _, rec, det in detect_dataset(
+        model, ds, device, score_thresh=min(args.score_thresh), max_images=args.max_images
+    ):
         if rec.masks is None:
             continue
-        det = pipe.segment(rec.image)
         truth.append(rec.masks)
         dets.append((det.masks, det.scores))
     print(f"{len(truth)} images of {args.dataset}/{args.split}")

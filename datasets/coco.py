@@ -437,12 +437,24 @@ class COCODataset(RecordDataset):
 
 
 # ---------------------------------------------------------------------------------- writing
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """Compressed COCO RLE of a binary mask [H, W]: ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
+def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
+    """Compressed COCO RLE of binary masks [N, H, W] (any non-zero pixel is foreground), JSON-ready:
+    ``{"size": [H, W], "counts": str}`` each. The project's one RLE encoder (pycocotools reads str counts too).
+    """
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("utf-8")}
+    m = np.asarray(masks)
+    if m.ndim != 3:
+        raise ValueError(f"expected masks [N, H, W], got shape {m.shape}")
+    if len(m) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray((m > 0).transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """Compressed COCO RLE of one binary mask [H, W] (:func:`encode_masks`)."""
+    return encode_masks(np.asarray(mask)[None])[0]
 
 
 def _xywh(box: np.ndarray) -> list[float]:
@@ -538,6 +550,7 @@ __all__ = [
     "COCODataset",
     "categories",
     "encode_mask",
+    "encode_masks",
     "find_coco_json",
     "load_json",
     "records_to_coco",

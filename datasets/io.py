@@ -177,6 +177,49 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint or weights file holds Python objects other than tensors and plain values: refused unread."""
+
+
+def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, containers and plain values only, never code.
+
+    Every checkpoint and weights file of this project is read here. Our files hold state dicts, configs and
+    args as plain dicts, and the ``torch.__version__`` string (allowed explicitly). A file whose pickle names
+    any other Python object (e.g. one whose ``__reduce__`` would run a command) is refused before anything
+    in it runs: labs exchange weights files, and unpickling a foreign one would run its code.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeCheckpointError: the file asks for Python objects that a weights file does not need.
+        ValueError: the file is not a readable torch file (truncated, empty, another format).
+    """
+    import pickle
+
+    import torch
+    from torch.torch_version import TorchVersion
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: file not found")
+    try:
+        with torch.serialization.safe_globals([TorchVersion]):
+            return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        import re
+
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise UnsafeCheckpointError(
+                f"{p}: refused to load: the file holds Python objects other than tensors and plain values "
+                f"(it names {found.group(1)}). A checkpoint from this project never does; opening it could run code from whoever "
+                "made it. Use a checkpoint written by the training scripts (or re-save the state dict alone)."
+            ) from None
+        raise ValueError(f"{p}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:
+        raise ValueError(f"{p}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+
+
 def atomic_save_figure(fig: Any, path: str | os.PathLike, **kwargs: Any) -> None:
     """Save a matplotlib figure atomically; the format follows the file extension."""
     fmt = Path(path).suffix.lstrip(".").lower() or "png"

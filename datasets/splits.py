@@ -2,8 +2,10 @@
 
 Splits are made over *groups* (an image, a slide, a cell), so that images of one slide or crops of one
 cell never end up on both sides. Groups are ordered by a seeded hash of their name (stable across
-machines and Python versions, unlike ``hash()``), and the first ``round(test_fraction * G)`` go to
-test, the next ``round(val_fraction * G)`` to val and the rest to train.
+machines and Python versions, unlike ``hash()``), and the first ``round(val_fraction * G)`` go to
+val, the next ``round(test_fraction * G)`` to test and the rest to train. Val comes first so that adding a
+test split never changes the val split's membership (the val split every figure was chosen on stays the
+same); the test groups come out of the former training groups.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ def assign_splits(
         )
     uniq = sorted(set(map(str, groups)), key=lambda g: _key(g, seed))
     n = len(uniq)
-    n_test = round(test_fraction * n)
     n_val = round(val_fraction * n)
-    if n >= 3:  # keep at least one training group
-        n_val = min(n_val, n - n_test - 1)
+    n_test = round(test_fraction * n)
+    if n >= 3:  # keep at least one training group (the test split gives way first, then val)
+        n_val = min(n_val, n - 1)
+        n_test = min(n_test, n - n_val - 1)
     out = {}
     for i, g in enumerate(uniq):
-        out[g] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+        out[g] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
     return out
 
 

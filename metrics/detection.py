@@ -35,6 +35,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from datasets.coco import encode_masks
 from datasets.record import KaryoRecord, boxes_to_masks
 from karyogram.labels import NUM_CLASSES, name_of
 
@@ -44,14 +45,6 @@ __all__ = ["coco_evaluate", "COCOEvaluator", "records_from_predictions", "DEFAUL
 DEFAULT_MAX_DETS: tuple[int, ...] = (1, 10, 100, 300)
 
 _IOU_TYPES = ("bbox", "segm")
-
-
-def _encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
-    """RLE-encode binary masks uint8 [N, H, W] (any non-zero pixel is foreground) for pycocotools."""
-    if len(masks) == 0:
-        return []
-    fortran = np.asfortranarray((np.asarray(masks) > 0).transpose(1, 2, 0).astype(np.uint8))
-    return list(mask_utils.encode(fortran))
 
 
 def _record_masks(rec: KaryoRecord) -> tuple[np.ndarray, bool]:
@@ -106,7 +99,7 @@ def _build_coco(records: Sequence[KaryoRecord], *, is_gt: bool, agnostic: bool, 
             from_boxes |= filled
             if masks.shape != (n, rec.height, rec.width):
                 raise ValueError(f"record {i}: masks shape {masks.shape} != {(n, rec.height, rec.width)}")
-            rles = _encode_masks(masks)
+            rles = encode_masks(masks)
             areas = mask_utils.area(rles).astype(np.float64)
         for j in range(n):
             x1, y1, x2, y2 = (float(v) for v in rec.boxes[j])

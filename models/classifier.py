@@ -214,15 +214,16 @@ def save_weights(model: nn.Module, config: ClsConfig, path: str | os.PathLike, *
 
 
 def _safe_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)``: our checkpoints hold only tensors and plain values (config and
-    args as dicts), plus the ``torch.__version__`` string object that engine.save_checkpoint records."""
-    from torch.torch_version import TorchVersion
+    """The file read with ``weights_only=True`` (:func:`datasets.io.load_torch_file`): our checkpoints hold only
+    tensors and plain values; a foreign pickle is refused, never run."""
+    from datasets.io import UnsafeCheckpointError, load_torch_file
 
     try:
-        with torch.serialization.safe_globals([TorchVersion]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable classifier checkpoint ({type(exc).__name__}: {exc})") from None
+        return load_torch_file(path)
+    except UnsafeCheckpointError:
+        raise
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a readable classifier checkpoint ({exc})") from None
 
 
 def read_classifier_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ClsConfig]:

@@ -321,10 +321,12 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, list
     Returns:
         {"missing": [...], "unexpected": [...], "skipped_shape": [...]} (also printed).
     """
+    from datasets.io import load_torch_file
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {p} (give a local file; nothing is downloaded)")
-    obj = torch.load(p, map_location="cpu", weights_only=False)
+    obj = load_torch_file(p)  # weights_only: a foreign pickle is refused, never run
     state = obj.get("model", obj.get("state_dict", obj)) if isinstance(obj, dict) else None
     if not isinstance(state, Mapping) or not state:
         raise ValueError(f"{p}: not a state dict or checkpoint with a 'model' entry")
@@ -406,13 +408,12 @@ def load_segmentation_checkpoint(
         FileNotFoundError: ``path`` (or the config a bare state dict needs) is missing.
         ValueError: the file is not a checkpoint of this model.
     """
+    from datasets.io import load_torch_file
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"segmentation checkpoint not found: {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{p}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    obj = load_torch_file(p)  # weights_only: a foreign pickle is refused, never run
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], Mapping):
         state, cfg_dict = obj["model"], obj.get("config")
     elif isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -443,7 +444,7 @@ def load_segmentation_checkpoint(
         model.load_state_dict(_float32_state(state), strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{p}: weights do not match the stored config ({config.backbone}): {exc}") from None
-    return model.to(device).eval(), config
+    return float32_box_decoding(model).to(device).eval(), config
 
 
 # ------------------------------------------------------------------------------------------ inference
@@ -460,12 +461,36 @@ def _as_image_tensor(img: np.ndarray | torch.Tensor, i: int) -> torch.Tensor:
     return t.float()[None]
 
 
+def float32_box_decoding(model: nn.Module) -> nn.Module:
+    """Make the model decode boxes in float32 also under autocast (returns ``model``, changed in place).
+
+    torchvision's ``BoxCoder.decode`` computes in the dtype of the regression head's output: under bf16
+    autocast a 500-1300 px coordinate is then rounded to a 4-8 px step (bf16 keeps 8 significant bits),
+    which moves the RPN proposals the box head trains on and every predicted box. The heads still run in
+    bf16/fp16; only the decoding is done in float32.
+    """
+    from torchvision.models.detection._utils import BoxCoder
+
+    class Float32BoxCoder(BoxCoder):
+        float32_decoding = True
+
+        def decode(self, rel_codes: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+            return super().decode(rel_codes.float(), [b.float() for b in boxes])
+
+    net = model.module if hasattr(model, "module") else model
+    for owner in (getattr(net, "rpn", None), getattr(net, "roi_heads", None)):
+        coder = getattr(owner, "box_coder", None)
+        if coder is not None and not getattr(coder, "float32_decoding", False):
+            owner.box_coder = Float32BoxCoder(coder.weights, coder.bbox_xform_clip)
+    return model
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
     images: Sequence[np.ndarray | torch.Tensor],
     *,
-    score_thresh: float = 0.5,
+    score_thresh: float,
     device: str | torch.device | None = None,
     batch_size: int = 2,
 ) -> list[dict[str, torch.Tensor]]:
@@ -474,7 +499,8 @@ def predict(
     Args:
         model: a model from :func:`build_segmentation_model` (put in eval mode here).
         images: grey images float32 [H, W] in [0, 1] (numpy or torch; uint8 is divided by 255).
-        score_thresh: keep detections with score >= this.
+        score_thresh: keep detections with score >= this (no default: the pipeline's and the AP threshold are
+            owned by :mod:`karyotyping.detection`).
         device: where to run; None -> the model's device.
         batch_size: images per forward pass.
 

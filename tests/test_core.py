@@ -168,6 +168,16 @@ def test_splits_deterministic_and_disjoint():
     assert a != assign_splits(groups, val_fraction=0.1, test_fraction=0.2, seed=4)
 
 
+def test_test_split_leaves_val_membership_unchanged():
+    groups = [f"img{i}" for i in range(1000)]
+    before = assign_splits(groups, val_fraction=0.1, seed=0)
+    after = assign_splits(groups, val_fraction=0.1, test_fraction=0.1, seed=0)
+    val = {g for g, s in before.items() if s == "val"}
+    assert val == {g for g, s in after.items() if s == "val"} and len(val) == 100
+    test = {g for g, s in after.items() if s == "test"}
+    assert len(test) == 100 and all(before[g] == "train" for g in test)  # taken out of the training groups
+
+
 def test_select_split_by_group_keeps_groups_together():
     items = list(range(30))
     groups = [f"slide{i // 3}" for i in items]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import evaluate
-import inference_pipeline as ip
+from karyotyping.core import KaryotypePipeline
 from tests.test_pipeline import weights  # noqa: F401  (module-scoped smoke checkpoints)
 
 SYN = ["--dataset", "synthetic", "--synthetic-n", "2", "--synthetic-size", "256"]
@@ -93,7 +93,7 @@ def gt_segment(monkeypatch):
                 return r
         raise AssertionError("segment() given an image that is not one of the evaluation spreads")
 
-    monkeypatch.setattr(ip.KaryotypePipeline, "segment", segment)
+    monkeypatch.setattr(KaryotypePipeline, "segment", segment)
 
 
 def test_seg_stage(weights, tmp_path, capsys):  # noqa: F811
@@ -101,9 +101,9 @@ def test_seg_stage(weights, tmp_path, capsys):  # noqa: F811
     assert SEG_KEYS <= set(line), SEG_KEYS - set(line)
     assert line["images"] == 2
     assert line["PQ_all"] == 0.0 and line["count_error_mean_abs"] > 40  # untrained: nothing found
-    from inference_pipeline import DEFAULT_SCORE_THRESH
+    from karyotyping.detection import SCORE_THRESH
 
-    assert line["pipeline_score_thresh"] == DEFAULT_SCORE_THRESH  # the matching figures say their threshold
+    assert line["pipeline_score_thresh"] == SCORE_THRESH  # the matching figures say their threshold
 
 
 def test_cls_stage(weights, tmp_path, capsys):  # noqa: F811

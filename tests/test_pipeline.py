@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import inference_pipeline as ip
+from karyotyping.core import KaryotypePipeline
 
 SIZE = (320, 352)  # (H, W) of the synthetic test spread
 
@@ -114,7 +115,7 @@ def gt_segment(monkeypatch, spread):
         r.scores = np.ones(len(r), np.float32)
         return r
 
-    monkeypatch.setattr(ip.KaryotypePipeline, "segment", segment)
+    monkeypatch.setattr(KaryotypePipeline, "segment", segment)
 
 
 @pytest.fixture(autouse=True)
@@ -220,10 +221,10 @@ def test_input_kinds(weights, spread, gt_segment, tmp_path, kind):
         arr, name = np.stack([g, g, g], axis=-1), "c.jpg"
     path = tmp_path / name
     assert cv2.imwrite(str(path), arr)
-    pipe = ip.KaryotypePipeline(weights[0], weights[1], device="cpu")
-    res = pipe.process(path)
-    assert (res.json["width"], res.json["height"]) == (SIZE[1], SIZE[0])
-    assert len(res.json["chromosomes"]) == 46
+    pipe = KaryotypePipeline(weights[0], weights[1], device="cpu")
+    res = pipe.process(path).to_json_dict()
+    assert (res["width"], res["height"]) == (SIZE[1], SIZE[0])
+    assert len(res["chromosomes"]) == 46
 
 
 def test_input_dir_coco_and_summary(weights, spread_png, tmp_path):
@@ -313,8 +314,6 @@ def test_pipeline_leaves_autograd_alone(weights):
     """Loading the pipeline must not switch off gradients for the rest of the process (training after it)."""
     import torch
 
-    from inference_pipeline import KaryotypePipeline
-
     KaryotypePipeline(*weights, device="cpu")
     assert torch.is_grad_enabled()
 
@@ -333,7 +332,7 @@ def test_classifier_sees_exactly_the_training_inputs(weights, spread, spread_png
         return real(model, config, crops, features, **kw)
 
     monkeypatch.setattr(mc, "predict_proba", spy)
-    pipe = ip.KaryotypePipeline(weights[0], weights[1], device="cpu")
+    pipe = KaryotypePipeline(weights[0], weights[1], device="cpu")
     pipe.process(spread_png)
     _, cfg = mc.load_classifier_checkpoint(weights[1], "cpu")
     rec = spread.copy()
@@ -342,3 +341,70 @@ def test_classifier_sees_exactly_the_training_inputs(weights, spread, spread_png
     assert len(train["crops"]) == len(seen["crops"]) == len(spread)
     np.testing.assert_allclose(seen["crops"], train["crops"] / 255.0, atol=1 / 255 + 1e-6)
     np.testing.assert_allclose(seen["features"], train["features"], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- the core
+def test_core_runs_on_an_in_memory_16bit_array(weights, spread, gt_segment, monkeypatch):
+    """KaryotypePipeline.run: a uint16 array in, a typed KaryotypePrediction out, no file opened or written."""
+    import builtins
+    import io
+
+    from karyotyping.core import KaryotypePrediction
+
+    pipe = KaryotypePipeline(weights[0], weights[1], device="cpu")
+    arr = np.round(spread.image * 65535).astype(np.uint16)
+
+    def no_disk(*a, **kw):
+        raise AssertionError(f"the core touched the disk: open{a}")
+
+    monkeypatch.setattr(builtins, "open", no_disk)
+    monkeypatch.setattr(io, "open", no_disk)
+    monkeypatch.setattr(cv2, "imread", no_disk)
+    monkeypatch.setattr(cv2, "imwrite", no_disk)
+    pred = pipe.run(arr, name="in-memory")
+    monkeypatch.undo()
+    assert isinstance(pred, KaryotypePrediction)
+    n = len(spread)
+    assert len(pred) == n and (pred.width, pred.height) == (SIZE[1], SIZE[0]) and pred.scale == 1.0
+    assert pred.masks.shape == (n, *SIZE) and pred.masks.dtype == np.uint8
+    assert pred.probs.shape == (n, 24) and pred.features.shape[0] == n
+    assert pred.scores.dtype == np.float32 and pred.boxes.shape == (n, 4)
+    assert pred.labels.shape == (n,) and pred.count == int((pred.labels > 0).sum())
+    assert pred.karyotype and pred.karyotype == pred.assignment.iscn
+    np.testing.assert_array_equal(pred.masks, spread.masks)  # the (ground-truth) instances, at full resolution
+
+
+def test_prediction_json_round_trip(weights, spread, gt_segment):
+    """to_json_dict -> from_json_dict -> to_json_dict gives the same document (what the review app reads)."""
+    from karyotyping.core import KaryotypePrediction
+
+    pipe = KaryotypePipeline(weights[0], weights[1], device="cpu")
+    pred = pipe.run(spread.image, name="cell.png")
+    doc = json.loads(json.dumps(pred.to_json_dict()))
+    back = KaryotypePrediction.from_json_dict(doc)
+    assert back.to_json_dict() == doc
+    np.testing.assert_array_equal(back.masks, pred.masks)
+    np.testing.assert_array_equal(back.labels, pred.labels)
+    with pytest.raises(ValueError, match="missing key"):
+        KaryotypePrediction.from_json_dict({k: v for k, v in doc.items() if k != "chromosomes"})
+
+
+def test_core_downscales_and_maps_back(weights, spread, monkeypatch):
+    """An image larger than max_side is processed downscaled; boxes and masks come back in original pixels."""
+    from datasets.record import KaryoRecord
+
+    pipe = KaryotypePipeline(weights[0], weights[1], device="cpu", max_side=176)  # SIZE / 2
+    seen = {}
+
+    def segment(self, image):
+        seen["shape"] = image.shape
+        m = np.zeros((1, *image.shape), np.uint8)
+        m[0, 40:80, 50:60] = 1
+        return KaryoRecord(image=image, boxes=[[50, 40, 60, 80]], labels=[0], masks=m, scores=[0.9])
+
+    monkeypatch.setattr(KaryotypePipeline, "segment", segment)
+    with pytest.warns(UserWarning, match="downscaled"):
+        pred = pipe.run(spread.image)
+    assert seen["shape"] == (160, 176) and pred.scale == pytest.approx(0.5)
+    np.testing.assert_allclose(pred.boxes[0], [100, 80, 120, 160])
+    assert pred.masks.shape == (1, *SIZE) and pred.masks[0, 80:160, 100:120].all() and pred.masks.sum() == 80 * 20

@@ -85,7 +85,7 @@ def test_predict_contract():
     u8 = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
     assert len(predict(model, [u8], score_thresh=0.0)[0]["scores"]) >= 1  # uint8 is accepted (/255)
     with pytest.raises(ValueError, match="grey image"):
-        predict(model, [np.zeros((3, 8, 8), np.float32)])
+        predict(model, [np.zeros((3, 8, 8), np.float32)], score_thresh=0.5)
 
 
 # ---------------------------------------------------------------------------------------------- files

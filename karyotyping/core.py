@@ -1,0 +1,360 @@
+"""The pipeline core: a grey metaphase image array in, one typed :class:`KaryotypePrediction` out.
+
+    from karyotyping import KaryotypePipeline
+    pipe = KaryotypePipeline("weights/segmentation.pt", "weights/classifier.pt", device="cpu")
+    pred = pipe.run(image)          # ndarray [H, W] (8/16-bit, float, RGB-that-is-grey): nothing touches the disk
+    pred.karyotype, pred.labels, pred.masks, pred.probs, pred.scale
+
+Stages: segmentation (:mod:`models.segmentation` through :func:`karyotyping.detection.detect`, then mask-level
+suppression of duplicates), features (:func:`features.triad.spread_features`), classification
+(:func:`models.classifier.predict_proba` on the classifier's own crops), karyotype assignment
+(:func:`karyogram.assign.assign_karyotype`). JSON, COCO results and the karyogram / overlay pictures are
+adapters in :mod:`karyotyping.export` that read the prediction.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasets.record import KaryoRecord
+from karyotyping.detection import MASK_OVERLAP, SCORE_THRESH
+
+__all__ = [
+    "DEFAULT_CLS_WEIGHTS",
+    "DEFAULT_MAX_SIDE",
+    "DEFAULT_SEG_WEIGHTS",
+    "KaryotypePipeline",
+    "KaryotypePrediction",
+    "PipelineError",
+]
+
+_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SEG_WEIGHTS = _ROOT / "weights" / "segmentation.pt"
+DEFAULT_CLS_WEIGHTS = _ROOT / "weights" / "classifier.pt"
+#: images whose longer side exceeds this are downscaled for processing (outputs are mapped back)
+DEFAULT_MAX_SIDE = 2048
+
+
+class PipelineError(RuntimeError):
+    """A problem the user must fix (missing weights, CUDA asked for but absent, ...)."""
+
+
+@dataclass
+class KaryotypePrediction:
+    """Everything the pipeline found in one image.
+
+    Geometry is in the original image's pixels (``width`` x ``height``); the image may have been processed
+    downscaled by ``scale`` (processing pixels per original pixel, 1 = not downscaled).
+
+    Attributes:
+        image: the image's name or path (None for an anonymous array).
+        width, height: size of the original image (pixels).
+        scale: processing scale.
+        boxes: float64 [N, 4] xyxy, original pixels, unrounded.
+        scores: float32 [N] detection scores, unrounded, descending.
+        masks: uint8 [N, height, width] instance masks at the original resolution.
+        labels: int64 [N] final labels after the karyotype assignment, 1..24, 0 = unassigned.
+        probs: float32 [N, 24] classifier probabilities (column k - 1 for class k).
+        confidence: float [N] assignment confidence of each label.
+        pair_of: int64 [N] homolog of each instance, -1 if none.
+        flags: per instance, a list of :data:`karyogram.assign.FLAGS`.
+        karyotype: ISCN string (None when no chromosome was found).
+        sex: sex chromosomes of the assignment (None when no chromosome was found).
+        sanity_score: :func:`metrics.karyotype.sanity_score` of the labels.
+        length_px: float [N] centre-line length, original pixels.
+        centromere_index: float [N] p / (p + q).
+        centromere_xy: float [N, 2] centromere ``(x, y)``, original pixels.
+        polarity_ok: bool [N] the p arm is known (polarity confidence >= 0.5).
+        features: float32 [N, F] the classifier's feature triad (None when read back from JSON).
+        assignment: the full :class:`karyogram.assign.KaryotypeResult` (None when read back from JSON).
+        record: the detections at processing resolution (image, boxes, masks, scores, final labels), what the
+            overlay draws (None when read back from JSON).
+        crops / centromere_rows: straightened crops (p arm up) and centromere rows, what the karyogram draws.
+        timings_s, models, notes: seconds per stage, the weights files, messages for the user.
+    """
+
+    image: str | None
+    width: int
+    height: int
+    scale: float
+    boxes: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+    confidence: np.ndarray
+    pair_of: np.ndarray
+    flags: list[list[str]]
+    karyotype: str | None
+    sex: str | None
+    sanity_score: float
+    length_px: np.ndarray
+    centromere_index: np.ndarray
+    centromere_xy: np.ndarray
+    polarity_ok: np.ndarray
+    features: np.ndarray | None = None
+    assignment: Any = None
+    record: KaryoRecord | None = None
+    crops: list[np.ndarray] = field(default_factory=list)
+    centromere_rows: list[float] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(len(self.labels))
+
+    @property
+    def count(self) -> int:
+        """Number of assigned chromosomes (the ISCN count)."""
+        return int((np.asarray(self.labels) > 0).sum())
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The ``<stem>.json`` document (:func:`karyotyping.export.to_json_dict`)."""
+        from karyotyping.export import to_json_dict
+
+        return to_json_dict(self)
+
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any]) -> KaryotypePrediction:
+        """Read a ``<stem>.json`` document back (:func:`karyotyping.export.from_json_dict`)."""
+        from karyotyping.export import from_json_dict
+
+        return from_json_dict(d)
+
+
+@contextmanager
+def _timer(timings: dict[str, float], stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
+class KaryotypePipeline:
+    """Segmentation model + classifier + karyotype assignment, loaded once and applied per image.
+
+    Args:
+        seg_weights: segmentation checkpoint (models.segmentation format).
+        cls_weights: classifier checkpoint (models.classifier format).
+        device: "auto", "cpu", "cuda" or "cuda:N" (:func:`karyotyping.runtime.resolve_device`: under torchrun
+            "auto" and "cuda" mean ``cuda:$LOCAL_RANK``).
+        score_thresh: minimum detection score kept (default :data:`karyotyping.detection.SCORE_THRESH`).
+        mask_overlap: drop a detection when more than this fraction of its mask is covered by better-scoring
+            ones (:func:`models.segmentation.suppress_overlapping_masks`); 1 = off.
+        max_side: images with a longer side are downscaled to it for processing (warned).
+
+    Raises:
+        PipelineError: a weights file is missing, unreadable or refused (not weights-only), a threshold is out
+            of range, or the device is not available.
+    """
+
+    def __init__(
+        self,
+        seg_weights: str | os.PathLike = DEFAULT_SEG_WEIGHTS,
+        cls_weights: str | os.PathLike = DEFAULT_CLS_WEIGHTS,
+        *,
+        device: str = "auto",
+        score_thresh: float = SCORE_THRESH,
+        mask_overlap: float = MASK_OVERLAP,
+        max_side: int = DEFAULT_MAX_SIDE,
+    ) -> None:
+        from karyogram.assign import config_for_classifier
+        from karyotyping.runtime import resolve_device
+        from models.classifier import load_classifier_checkpoint
+        from models.segmentation import load_segmentation_checkpoint
+
+        for what, p in (("segmentation", seg_weights), ("classifier", cls_weights)):
+            if not Path(p).is_file():
+                raise PipelineError(
+                    f"{what} weights not found: {p}. Pass --{'seg' if what == 'segmentation' else 'cls'}-weights PATH "
+                    "(a checkpoint written by train_segmentation.py / train_classification.py) or restore the "
+                    "shipped files in weights/."
+                )
+        if not 0.0 <= score_thresh <= 1.0:
+            raise PipelineError(f"--score-thresh must be in [0, 1], got {score_thresh}")
+        if not 0.0 < mask_overlap <= 1.0:
+            raise PipelineError(f"--mask-overlap must be in (0, 1], got {mask_overlap}")
+        if max_side < 32:
+            raise PipelineError(f"--max-side must be >= 32 pixels, got {max_side}")
+        try:
+            self.device = resolve_device(device)
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from None
+        try:  # a truncated, empty, foreign or unsafe weights file: a message, not a traceback
+            self.seg_model, self.seg_config = load_segmentation_checkpoint(seg_weights, self.device)
+            self.cls_model, self.cls_config = load_classifier_checkpoint(cls_weights, self.device)
+        except (ValueError, FileNotFoundError) as exc:
+            raise PipelineError(f"{exc}. Pass a checkpoint written by the training scripts.") from None
+        self.seg_model.eval()
+        self.cls_model.eval()
+        self.score_thresh = score_thresh
+        self.mask_overlap = mask_overlap
+        self.max_side = max_side
+        self.seg_weights = str(seg_weights)
+        self.cls_weights = str(cls_weights)
+        # priors only for the evidence the classifier has not seen already (see config_for_classifier)
+        self.assign_config = config_for_classifier(self.cls_config.feature_groups)
+
+    # ------------------------------------------------------------------ stages
+    def segment(self, image: np.ndarray) -> KaryoRecord:
+        """Image float32 [H, W] -> the kept detections (masks uint8 [M, H, W], unrounded scores, labels 0)."""
+        from karyotyping.detection import detect
+        from models.segmentation import suppress_overlapping_masks
+
+        det = detect(self.seg_model, image, score_thresh=self.score_thresh, device=self.device)
+        # empty masks go; duplicates and fragments of a better detection go (descending score order kept)
+        keep = suppress_overlapping_masks(det.masks, det.scores, self.mask_overlap)
+        det = det.select(keep)
+        det.labels = np.zeros(len(keep), np.int64)
+        return det
+
+    # ------------------------------------------------------------------ one image
+    def run(
+        self,
+        image: np.ndarray,
+        *,
+        name: str | None = None,
+        timings: dict[str, float] | None = None,
+        notes: list[str] | None = None,
+    ) -> KaryotypePrediction:
+        """Run the whole pipeline on one image array; nothing is read or written.
+
+        Args:
+            image: [H, W], [H, W, 1] or [H, W, 3|4] array, uint8, uint16 or float
+                (:func:`datasets.io.to_grey_float`).
+            name: the image's name or path, kept in the prediction (and in its JSON ``image``).
+            timings / notes: stages already timed and messages already collected (by :meth:`process`).
+        """
+        from datasets.io import to_grey_float
+
+        timings = {} if timings is None else timings
+        notes = [] if notes is None else notes
+        label = name or "image"
+        with _timer(timings, "load"):
+            full = to_grey_float(image, name)
+            height, width = full.shape
+            scale = 1.0
+            work = full
+            if max(height, width) > self.max_side:
+                import cv2
+
+                scale = self.max_side / max(height, width)
+                work = cv2.resize(full, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+                msg = f"{label}: {width}x{height} image downscaled to {work.shape[1]}x{work.shape[0]} for processing"
+                warnings.warn(msg, stacklevel=2)
+                notes.append(msg)
+            del full
+        with _timer(timings, "segmentation"):
+            rec = self.segment(work)
+        return self._identify(
+            rec, work, name=name, width=width, height=height, scale=scale, timings=timings, notes=notes
+        )
+
+    def process(self, image_path: str | os.PathLike) -> KaryotypePrediction:
+        """Read one image file (:func:`datasets.io.read_image`; its warnings become notes) and :meth:`run` it."""
+        from datasets.io import read_image
+
+        timings: dict[str, float] = {}
+        notes: list[str] = []
+        path = Path(image_path)
+        with _timer(timings, "load"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                full = read_image(path)
+            notes += [str(w.message) for w in caught]
+        return self.run(full, name=str(path), timings=timings, notes=notes)
+
+    def _identify(
+        self,
+        rec: KaryoRecord,
+        image: np.ndarray,
+        *,
+        name: str | None,
+        width: int,
+        height: int,
+        scale: float,
+        timings: dict[str, float],
+        notes: list[str],
+    ) -> KaryotypePrediction:
+        """Features, classification and karyotype assignment of the detections ``rec`` in ``image`` float32 [H, W]
+        (both at processing resolution)."""
+        from datasets.instances import tight_crop
+        from features.triad import FEATURE_NAMES, spread_features
+        from karyogram.assign import assign_karyotype
+        from metrics.karyotype import sanity_score
+        from models.classifier import predict_proba
+
+        n = len(rec)
+        with _timer(timings, "features"):
+            x, feats = spread_features(image, rec.masks) if n else (np.zeros((0, len(FEATURE_NAMES)), np.float32), [])
+        with _timer(timings, "classification"):
+            # exactly the crops the classifier was trained on (straightened, p arm up, trimmed to the mask)
+            crops = [tight_crop(f) for f in feats]
+            probs = (
+                np.asarray(predict_proba(self.cls_model, self.cls_config, crops, x), np.float32)
+                if n
+                else np.zeros((0, 24), np.float32)
+            )
+        with _timer(timings, "assignment"):
+            lengths = np.array([f.length_px for f in feats], np.float64)
+            ci = np.array([f.centromere_index for f in feats], np.float64)
+            res = assign_karyotype(
+                probs,
+                lengths=lengths if n else None,
+                centromere_index=ci if n else None,
+                config=self.assign_config,
+            )
+        rec.labels = np.asarray(res.labels, np.int64)
+        inv = 1.0 / scale
+        masks = rec.masks
+        if scale != 1.0:
+            import cv2
+
+            masks = np.zeros((n, height, width), np.uint8)
+            for i in range(n):
+                masks[i] = cv2.resize(rec.masks[i], (width, height), interpolation=cv2.INTER_NEAREST)
+        pair_of = (np.asarray(res.pair_of, np.int64) if res.pair_of is not None else np.full(n, -1, np.int64)).reshape(
+            n
+        )
+        return KaryotypePrediction(
+            image=name,
+            width=int(width),
+            height=int(height),
+            scale=float(scale),
+            boxes=rec.boxes.astype(np.float64) * inv,
+            scores=rec.scores,
+            masks=masks,
+            labels=rec.labels,
+            probs=probs,
+            confidence=np.asarray(res.confidence, np.float64).reshape(n),
+            pair_of=pair_of,
+            flags=[list(f) for f in res.flags],
+            karyotype=res.iscn if n else None,
+            sex=res.sex if n else None,
+            sanity_score=float(sanity_score(rec.labels)),
+            length_px=np.array([float(f.length_px) * inv for f in feats], np.float64),
+            centromere_index=ci,
+            centromere_xy=np.array([[float(v) * inv for v in f.centromere_xy] for f in feats], np.float64).reshape(
+                n, 2
+            ),
+            polarity_ok=np.array([bool(f.polarity_conf >= 0.5) for f in feats], bool),
+            features=np.asarray(x, np.float32),
+            assignment=res,
+            record=rec,
+            crops=crops,
+            centromere_rows=[float(getattr(f, "centromere_row", 0.0)) for f in feats],
+            timings_s=timings,
+            models={"segmentation": self.seg_weights, "classifier": self.cls_weights},
+            notes=notes + ([] if n else ["no chromosome found in this image"]),
+        )

@@ -1,0 +1,220 @@
+"""Detector output -> instance record, and the one detection-evaluation loop.
+
+The owners of the detection thresholds (everything else reads them here):
+
+* :data:`SCORE_THRESH` (0.3): the pipeline's operating point, the lowest detection score of a chromosome it
+  reports (``inference_pipeline.py --score-thresh``, ``evaluate.py --pipeline-score-thresh``); chosen on the
+  CIL val split (README, "The whole pipeline").
+* :data:`AP_SCORE_THRESH` (0.05): the lowest score kept when measuring AP (so the precision-recall curve is
+  seen whole): the trainer's validation, ``evaluate.py --stage seg``.
+* :data:`MASK_THRESH` (0.5): a pixel belongs to an instance when its mask probability is *above* it.
+* :data:`MASK_OVERLAP` (0.4): the pipeline drops a detection when more than this fraction of its mask is
+  covered by better-scoring ones (:func:`models.segmentation.suppress_overlapping_masks`; 1 = off).
+
+:func:`detections_to_record` is the one conversion of a model's output into a :class:`KaryoRecord`;
+:func:`detect` runs the model on one image in float32 (never under autocast: torchvision decodes boxes in the
+head's dtype, and bf16 would quantise 500-1300 px coordinates to 4-8 px steps); :func:`detect_dataset` and
+:func:`evaluate_detection` are the one evaluation loop used by the trainer, ``evaluate.py`` and
+``benchmarks/tune_mask_overlap.py``. Under torchrun the loop is sharded over the ranks and merged (as
+torchvision's references do), so no rank waits long in a barrier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from datasets.record import KaryoRecord
+
+__all__ = [
+    "AP_SCORE_THRESH",
+    "MASK_OVERLAP",
+    "MASK_THRESH",
+    "SCORE_THRESH",
+    "binarize_masks",
+    "detect",
+    "detect_dataset",
+    "detections_to_record",
+    "evaluate_detection",
+]
+
+SCORE_THRESH = 0.3
+AP_SCORE_THRESH = 0.05
+MASK_THRESH = 0.5
+MASK_OVERLAP = 0.4
+
+
+def binarize_masks(prob: torch.Tensor | np.ndarray, height: int, width: int) -> np.ndarray:
+    """Soft masks [M, 1, H, W] (or [M, H, W]) in [0, 1] -> uint8 [M, H, W], foreground where ``> MASK_THRESH``."""
+    p = torch.as_tensor(prob)
+    if p.ndim == 4:
+        p = p[:, 0]
+    if len(p) == 0:
+        return np.zeros((0, height, width), np.uint8)
+    return (p > MASK_THRESH).to(torch.uint8).cpu().numpy()
+
+
+def detections_to_record(
+    out: dict[str, torch.Tensor], image: np.ndarray, *, meta: dict[str, Any] | None = None
+) -> KaryoRecord:
+    """One image's output of :func:`models.segmentation.predict` -> a prediction :class:`KaryoRecord`.
+
+    Args:
+        out: ``boxes`` [M, 4] xyxy pixels, ``labels`` [M], ``scores`` [M] (descending), ``masks`` [M, 1, H, W]
+            probabilities.
+        image: the image float32 [H, W] the detections belong to (kept by reference, not copied).
+
+    Returns:
+        a record with boxes, labels (1..24, or 1 for a class-agnostic model), unrounded float32 scores and
+        binary masks uint8 [M, H, W] (:func:`binarize_masks`).
+    """
+    h, w = np.asarray(image).shape[:2]
+    return KaryoRecord(
+        image=image,
+        boxes=out["boxes"].cpu().numpy(),
+        labels=out["labels"].cpu().numpy(),
+        masks=binarize_masks(out["masks"], h, w),
+        scores=out["scores"].cpu().numpy(),
+        meta=dict(meta or {}),
+    )
+
+
+@torch.no_grad()
+def detect(
+    model: torch.nn.Module, image: np.ndarray, *, score_thresh: float, device: torch.device | str | None = None
+) -> KaryoRecord:
+    """Detect and segment the chromosomes of one grey image float32 [H, W] in float32 (autocast off).
+
+    Returns the detections with score >= ``score_thresh`` as a record (:func:`detections_to_record`).
+    """
+    from models.segmentation import predict
+
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    # validation and inference always run in float32, also inside a training step's autocast region
+    with torch.autocast(device_type=dev.type, enabled=False):
+        out = predict(model, [image], score_thresh=score_thresh, device=dev)[0]
+    return detections_to_record(out, image)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def detect_dataset(
+    model: torch.nn.Module,
+    dataset: Sequence[KaryoRecord],
+    device: torch.device | str,
+    *,
+    score_thresh: float,
+    max_images: int | None = None,
+    progress: bool = False,
+    shard: bool = False,
+) -> Iterator[tuple[int, KaryoRecord, KaryoRecord]]:
+    """Yield ``(index, ground truth, prediction)`` for the dataset's records (the first ``max_images``).
+
+    With ``shard`` (in a distributed run) this rank only sees the indices ``rank, rank + world, ...``.
+    """
+    n = len(dataset) if not max_images else min(max_images, len(dataset))
+    rank, world = _rank_world() if shard else (0, 1)
+    indices: Sequence[int] = range(rank, n, world)
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc="detecting", dynamic_ncols=True, leave=False)
+    for i in indices:
+        gt = dataset[i]
+        pred = detect(model, gt.image, score_thresh=score_thresh, device=device)
+        pred.meta["image_id"] = gt.image_id or str(i)
+        yield i, gt, pred
+
+
+# ------------------------------------------------------------------ merging shards
+def _compact(rec: KaryoRecord) -> dict[str, Any]:
+    """What AP needs of a record, small enough to send between ranks (masks as COCO RLE)."""
+    from datasets.coco import encode_masks
+
+    return {
+        "shape": (rec.height, rec.width),
+        "boxes": rec.boxes,
+        "labels": rec.labels,
+        "scores": rec.scores,
+        "masks": None if rec.masks is None else encode_masks(rec.masks),
+        "masks_derived": rec.masks_derived,
+        "meta": {"image_id": rec.image_id},
+    }
+
+
+def _expand(c: dict[str, Any]) -> KaryoRecord:
+    from pycocotools import mask as mask_utils
+
+    h, w = c["shape"]
+    masks = None
+    if c["masks"] is not None:
+        masks = (
+            np.ascontiguousarray(mask_utils.decode(c["masks"]).transpose(2, 0, 1))
+            if c["masks"]
+            else np.zeros((0, h, w), np.uint8)
+        )
+    image = np.broadcast_to(np.zeros(1, np.float32), (h, w))  # never read by AP: no copy of a blank image
+    return KaryoRecord(
+        image=image,
+        boxes=c["boxes"],
+        labels=c["labels"],
+        masks=masks,
+        masks_derived=c["masks_derived"],
+        scores=c["scores"],
+        meta=c["meta"],
+    )
+
+
+def evaluate_detection(
+    model: torch.nn.Module,
+    dataset: Sequence[KaryoRecord],
+    device: torch.device | str,
+    *,
+    agnostic: bool,
+    score_thresh: float = AP_SCORE_THRESH,
+    max_images: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """COCO box and mask AP of a detection model on a dataset of :class:`KaryoRecord` (float32 inference).
+
+    In a distributed run every rank must call it: each detects its share of the images, the shares are
+    gathered and rank 0 scores them; every rank returns the same figures.
+
+    Returns:
+        the flat dict of :func:`metrics.detection.coco_evaluate` (``bbox_AP``, ``bbox_AP50``, ...,
+        ``segm_AP50``, ...), values in [0, 1], or -1 where COCO has nothing to score.
+    """
+    from metrics.detection import coco_evaluate
+
+    net = model.module if hasattr(model, "module") else model
+    rank, world = _rank_world()
+    pairs = [
+        (i, gt, pred)
+        for i, gt, pred in detect_dataset(
+            net, dataset, device, score_thresh=score_thresh, max_images=max_images, progress=progress, shard=True
+        )
+    ]
+    if world == 1:
+        gts, preds = [g for _, g, _ in pairs], [p for _, _, p in pairs]
+        return coco_evaluate(gts, preds, agnostic=agnostic)
+    mine = [(i, _compact(g), _compact(p)) for i, g, p in pairs]
+    del pairs
+    shards: list[Any] = [None] * world
+    dist.all_gather_object(shards, mine)
+    result: list[Any] = [None]
+    if rank == 0:
+        merged = sorted((t for s in shards for t in s), key=lambda t: t[0])
+        gts = [_expand(g) for _, g, _ in merged]
+        preds = [_expand(p) for _, _, p in merged]
+        result[0] = coco_evaluate(gts, preds, agnostic=agnostic)
+    del shards
+    dist.broadcast_object_list(result, src=0)
+    return result[0]

@@ -1,0 +1,201 @@
+"""Adapters at the edge: a :class:`~karyotyping.core.KaryotypePrediction` as JSON, COCO results and pictures.
+
+* :func:`to_json_dict` / :func:`from_json_dict`: the ``<stem>.json`` document ``inference_pipeline.py`` writes
+  (numbers rounded for reading: scores and confidences to 4 decimals, probabilities to 5, pixels to 2; masks
+  as COCO RLE at the original resolution) and back;
+* :func:`coco_results`: COCO results-format entries of the assigned chromosomes
+  (:func:`datasets.coco.records_to_coco_results`, unrounded);
+* :func:`write_outputs`: ``<stem>.json``, ``<stem>_karyogram.<fmt>`` and ``<stem>_overlay.<fmt>``, atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from karyotyping.core import KaryotypePrediction
+
+__all__ = ["coco_results", "from_json_dict", "to_json_dict", "write_outputs"]
+
+
+def to_json_dict(pred: KaryotypePrediction) -> dict[str, Any]:
+    """The JSON document of one image (layout in the README, "Inference"); ``timings_s`` is copied."""
+    from datasets.coco import encode_mask
+    from karyogram.labels import name_of
+
+    chromosomes = []
+    for i in range(len(pred)):
+        lab = int(pred.labels[i])
+        pair = int(pred.pair_of[i])
+        chromosomes.append(
+            {
+                "id": i,
+                "label": lab,
+                "name": name_of(lab),  # "?" when unassigned
+                "score": round(float(pred.scores[i]), 4),
+                "probs": [round(float(p), 5) for p in pred.probs[i]],
+                "confidence": round(float(pred.confidence[i]), 4),
+                "box": [round(float(v), 2) for v in pred.boxes[i]],
+                "mask": encode_mask(pred.masks[i]),
+                "length_px": round(float(pred.length_px[i]), 2),
+                "centromere_index": round(float(pred.centromere_index[i]), 4),
+                "centromere_xy": [round(float(v), 2) for v in pred.centromere_xy[i]],
+                "polarity_ok": bool(pred.polarity_ok[i]),
+                "pair": pair if pair >= 0 else None,
+                "flags": list(pred.flags[i]),
+            }
+        )
+    return {
+        "image": pred.image,
+        "width": int(pred.width),
+        "height": int(pred.height),
+        "processing_scale": round(float(pred.scale), 6),
+        "karyotype": pred.karyotype,
+        "sex": pred.sex,
+        "count": pred.count,
+        "detections": len(pred),
+        "sanity_score": round(float(pred.sanity_score), 4),
+        "chromosomes": chromosomes,
+        "timings_s": {k: round(v, 4) for k, v in pred.timings_s.items()},
+        "models": dict(pred.models),
+        "notes": list(pred.notes),
+    }
+
+
+def from_json_dict(d: dict[str, Any]) -> KaryotypePrediction:
+    """A prediction from its JSON document (values as rounded there; no features, crops or record).
+
+    Raises:
+        ValueError: a key is missing or a chromosome entry is malformed (the message names it).
+    """
+    from pycocotools import mask as mask_utils
+
+    try:
+        width, height = int(d["width"]), int(d["height"])
+        chroms = list(d["chromosomes"])
+        n = len(chroms)
+        masks = np.zeros((n, height, width), np.uint8)
+        for i, c in enumerate(chroms):
+            rle = c["mask"]
+            if list(rle["size"]) != [height, width]:
+                raise ValueError(f"chromosome {i}: mask size {rle['size']} != image size [{height}, {width}]")
+            masks[i] = mask_utils.decode({"size": list(rle["size"]), "counts": rle["counts"].encode("ascii")})
+        return KaryotypePrediction(
+            image=d.get("image"),
+            width=width,
+            height=height,
+            scale=float(d.get("processing_scale", 1.0)),
+            boxes=np.array([c["box"] for c in chroms], np.float64).reshape(n, 4),
+            scores=np.array([c["score"] for c in chroms], np.float32),
+            masks=masks,
+            labels=np.array([c["label"] for c in chroms], np.int64),
+            probs=np.array([c["probs"] for c in chroms], np.float32).reshape(n, -1) if n else np.zeros((0, 24)),
+            confidence=np.array([c["confidence"] for c in chroms], np.float64),
+            pair_of=np.array([-1 if c["pair"] is None else c["pair"] for c in chroms], np.int64),
+            flags=[list(c["flags"]) for c in chroms],
+            karyotype=d["karyotype"],
+            sex=d["sex"],
+            sanity_score=float(d["sanity_score"]),
+            length_px=np.array([c["length_px"] for c in chroms], np.float64),
+            centromere_index=np.array([c["centromere_index"] for c in chroms], np.float64),
+            centromere_xy=np.array([c["centromere_xy"] for c in chroms], np.float64).reshape(n, 2),
+            polarity_ok=np.array([c["polarity_ok"] for c in chroms], bool),
+            timings_s=dict(d.get("timings_s", {})),
+            models=dict(d.get("models", {})),
+            notes=list(d.get("notes", [])),
+        )
+    except KeyError as exc:
+        raise ValueError(f"not a karyotype JSON document: missing key {exc}") from None
+
+
+def coco_results(pred: KaryotypePrediction, image_id: int) -> list[dict[str, Any]]:
+    """COCO results-format entries (bbox xywh, category 1..24, score, RLE) of one image's assigned chromosomes.
+
+    Unassigned chromosomes (label 0) are left out. ``score`` is the detection score times the assignment
+    confidence of the chromosome's label (the detector is class-agnostic, so the class evidence comes from
+    the classifier + karyotype assignment); ``evaluate.py --stage full`` scores its system-level 24-class AP
+    with the same product.
+    """
+    from datasets.coco import records_to_coco_results
+    from datasets.record import KaryoRecord
+
+    keep = np.flatnonzero(np.asarray(pred.labels) > 0)
+    rec = KaryoRecord(
+        image=np.broadcast_to(np.zeros(1, np.float32), (pred.height, pred.width)),
+        boxes=pred.boxes[keep],
+        labels=pred.labels[keep],
+        masks=pred.masks[keep],
+        scores=np.asarray(pred.scores, np.float64)[keep] * np.asarray(pred.confidence, np.float64)[keep],
+    )
+    out = records_to_coco_results([rec], [image_id])
+    name = Path(pred.image).name if pred.image else None
+    return [
+        {"image_id": r["image_id"], "file_name": name, **{k: v for k, v in r.items() if k != "image_id"}} for r in out
+    ]
+
+
+def write_outputs(
+    pred: KaryotypePrediction, out_dir: str | Path, *, fmt: str = "png", stem: str | None = None
+) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>_karyogram.<fmt>`` and ``<stem>_overlay.<fmt>`` (atomically).
+
+    ``stem`` defaults to the image's file stem. The rendering time is added to ``pred.timings_s``.
+
+    Raises:
+        ValueError: the prediction has no processing record (one read back from JSON) and so nothing to draw.
+    """
+    from datasets.io import atomic_write_json
+    from karyogram.render import render_karyogram
+
+    if pred.record is None:
+        raise ValueError("this prediction was read back from JSON: it holds no image or crops to draw")
+    stem = stem or (Path(pred.image).stem if pred.image else "image")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rec = pred.record
+    title = pred.karyotype or "no chromosomes found"
+    paths = {
+        "karyogram": render_karyogram(
+            pred.crops,
+            pred.centromere_rows,
+            rec.labels,
+            pair_of=[int(p) for p in pred.pair_of],
+            flags=pred.flags,
+            title=f"{title}   ({stem})",
+            path=out_dir / f"{stem}_karyogram.{fmt}",
+        ),
+        "overlay": _write_overlay(rec.image, rec.masks, rec.labels, pred.flags, out_dir / f"{stem}_overlay.{fmt}"),
+    }
+    pred.timings_s["rendering"] = time.perf_counter() - t0
+    paths["json"] = out_dir / f"{stem}.json"
+    atomic_write_json(paths["json"], to_json_dict(pred))
+    return paths
+
+
+def _write_overlay(image: np.ndarray, masks: np.ndarray, labels: np.ndarray, flags: list, path: Path) -> Path:
+    """The annotated spread at ``path``: PNG directly; SVG/PDF embed the same raster at its pixel size
+    (OpenCV cannot encode vector formats, and a vector overlay of thousands of mask contours is no use)."""
+    from karyogram.render import render_overlay
+
+    if path.suffix.lower() == ".png":
+        return render_overlay(image, masks, labels, flags=flags, path=path)
+    import tempfile
+
+    import cv2
+    from matplotlib.figure import Figure
+
+    from datasets.io import atomic_save_figure
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = render_overlay(image, masks, labels, flags=flags, path=Path(tmp) / "overlay.png")
+        rgb = cv2.imread(str(png), cv2.IMREAD_COLOR)[..., ::-1]
+    h, w = rgb.shape[:2]
+    dpi = 100
+    fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
+    fig.figimage(rgb, 0, 0, origin="upper")
+    atomic_save_figure(fig, path, dpi=dpi)
+    return path
