@@ -1,0 +1,147 @@
+"""Results folders for the review app's tests, in the layout ``inference_pipeline.py`` writes.
+
+:func:`write_synthetic_cell` writes ``<stem>.json`` (+ overlay PNG) for a synthetic metaphase with known
+labels and a few deliberate mistakes, in seconds and without models; :func:`pipeline_results` runs the
+real pipeline with the shipped weights on the bundled example.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "cil_104023.jpg"
+
+
+def write_synthetic_cell(
+    out_dir: Path, stem: str, *, seed: int = 0, karyotype: str = "46,XY", image_dir: Path | None = None
+) -> dict[str, Any]:
+    """A pipeline-layout result of a synthetic spread: true labels except that one chromosome 1 is labelled 3
+    (flagged ``low_confidence`` and ``extra``; its homolog ``unpaired``), plus a round speck of debris
+    (label 0, ``unassigned``). The image goes to ``image_dir`` (default ``out_dir``). Returns the JSON."""
+    from datasets.coco import encode_mask
+    from datasets.io import atomic_write_image
+    from datasets.synthetic import SyntheticConfig, generate_spread
+    from karyogram.iscn import iscn_string
+    from karyogram.labels import name_of
+    from karyogram.render import render_overlay
+    from metrics.karyotype import sanity_score
+
+    cfg = SyntheticConfig(image_size=(420, 520), scale=(700.0, 900.0), debris=(0, 3), nuclei_mean=0.0)
+    rec = generate_spread(np.random.default_rng(seed), cfg, karyotype)
+    h, w = rec.image.shape
+    image_dir = image_dir or out_dir
+    image_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    img_path = image_dir / f"{stem}.png"
+    atomic_write_image(img_path, np.round(rec.image * 255).astype(np.uint8))
+    # a speck of debris where no chromosome is
+    free = rec.masks.sum(0) == 0
+    yy, xx = np.mgrid[0:h, 0:w]
+    speck = None
+    for cy, cx in ((20, 20), (h - 20, w - 20), (20, w - 20), (h - 20, 20)):
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 36
+        if free[disc].all():
+            speck = disc.astype(np.uint8)
+            break
+    assert speck is not None, "no free corner for the debris speck"
+    masks = np.concatenate([rec.masks, speck[None]])
+    labels = [int(v) for v in rec.labels] + [0]
+    ones = [i for i, k in enumerate(labels) if k == 1]
+    wrong = ones[0]
+    labels[wrong] = 3
+    n = len(labels)
+    flags: list[list[str]] = [[] for _ in range(n)]
+    flags[wrong] = ["low_confidence", "extra"]
+    flags[ones[1]] = ["unpaired"]
+    flags[n - 1] = ["unassigned"]
+    pair = [-1] * n
+    for k in range(1, 25):
+        members = [i for i in range(n) if labels[i] == k and i != wrong]
+        for a, b in zip(members[0::2], members[1::2]):
+            pair[a], pair[b] = b, a
+    chromosomes = []
+    for i in range(n):
+        ys, xs = np.nonzero(masks[i])
+        probs = np.full(24, 0.01 / 23)
+        if labels[i]:
+            probs[labels[i] - 1] = 0.99
+        cen = rec.centromeres[i] if i < len(rec) else [float(xs.mean()), float(ys.mean())]
+        chromosomes.append(
+            {
+                "id": i,
+                "label": labels[i],
+                "name": name_of(labels[i]),
+                "score": 0.99,
+                "probs": [round(float(p), 5) for p in probs],
+                "confidence": 0.4 if i == wrong else 0.95,
+                "box": [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)],
+                "mask": encode_mask(masks[i]),
+                "length_px": float(max(np.ptp(xs), np.ptp(ys))),
+                "centromere_index": 0.4,
+                "centromere_xy": [round(float(v), 2) for v in cen],
+                "polarity_ok": True,
+                "pair": pair[i] if pair[i] >= 0 else None,
+                "flags": flags[i],
+            }
+        )
+    data = {
+        "image": str(img_path),
+        "width": int(w),
+        "height": int(h),
+        "processing_scale": 1.0,
+        "karyotype": iscn_string(labels),
+        "sex": "XY",
+        "count": sum(1 for k in labels if k),
+        "detections": n,
+        "sanity_score": round(float(sanity_score(labels)), 4),
+        "chromosomes": chromosomes,
+        "timings_s": {},
+        "models": {"segmentation": "synthetic", "classifier": "synthetic"},
+        "notes": [],
+    }
+    (out_dir / f"{stem}.json").write_text(json.dumps(data))
+    render_overlay(rec.image, masks, labels, flags=flags, path=out_dir / f"{stem}_overlay.png")
+    return data
+
+
+def pipeline_results(out_dir: Path) -> Path:
+    """Run ``inference_pipeline.py`` with the shipped weights on the bundled example into ``out_dir``."""
+    import inference_pipeline
+
+    args = inference_pipeline.get_args_parser().parse_args(
+        ["--image", str(EXAMPLE), "--out", str(out_dir), "--quiet", "--threads", "1"]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert inference_pipeline.main(args) == 0
+    return out_dir / f"{EXAMPLE.stem}.json"
+
+
+def smoke_train_both(coco_json: Path, tmp: Path) -> dict[str, Any]:
+    """Fine-tuning smoke runs of both trainers on a reviewed COCO file (1 step each, CPU)."""
+    import train_classification
+    import train_segmentation
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = train_segmentation.main(
+            train_segmentation.get_args_parser().parse_args(
+                ["--dataset", "coco", "--data-root", str(coco_json), "--agnostic", "--smoke", "--val-fraction", "0.5",
+                 "--device", "cpu", "--output-dir", str(tmp / "seg")]
+            )
+        )  # fmt: skip
+        cls = train_classification.main(
+            train_classification.get_args_parser().parse_args(
+                ["--dataset", "coco", "--data-root", str(coco_json), "--epochs", "1", "--steps-per-epoch", "1",
+                 "--crop-height", "32", "--crop-width", "16", "--batch-size", "8", "--workers", "0",
+                 "--val-fraction", "0.5", "--device", "cpu", "--output-dir", str(tmp / "cls"),
+                 "--cache-dir", str(tmp / "cache"), "--no-progress"]
+            )
+        )  # fmt: skip
+    return {"seg": seg, "cls": cls}

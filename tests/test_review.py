@@ -1,0 +1,384 @@
+"""review.py and the review package, server side: edits, the index, saving, and every bad input.
+
+The cells are synthetic pipeline results with known labels (tests/review_fixtures.py); the browser
+itself is driven in tests/test_review_browser.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from karyogram.iscn import iscn_string
+from metrics.karyotype import sanity_score
+from review.edits import EditError, apply_edits, summary
+from tests.review_fixtures import smoke_train_both, write_synthetic_cell
+
+flask = pytest.importorskip("flask")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """Two synthetic cells (46,XY and 47,XX,+21) with their images kept outside the results folder."""
+    root = tmp_path_factory.mktemp("review_template")
+    write_synthetic_cell(root / "results", "cellA", seed=1, image_dir=root / "images")
+    write_synthetic_cell(root / "results", "cellB", seed=2, karyotype="47,XX,+21", image_dir=root / "images")
+    return root
+
+
+@pytest.fixture
+def results(template, tmp_path) -> Path:
+    """A fresh copy of the template; the JSONs point at the copied images."""
+    shutil.copytree(template, tmp_path / "t")
+    res = tmp_path / "t" / "results"
+    for p in res.glob("*.json"):
+        d = json.loads(p.read_text())
+        d["image"] = str(tmp_path / "t" / "images" / Path(d["image"]).name)
+        p.write_text(json.dumps(d))
+    return res
+
+
+@pytest.fixture
+def client(results):
+    from review.app import create_app
+
+    app = create_app(results, reviewer="tester")
+    app.testing = True
+    return app.test_client()
+
+
+def _cell(results: Path, stem: str) -> dict:
+    return json.loads((results / f"{stem}.json").read_text())
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- edits
+def test_edits_recompute_karyotype_and_refuse_stale_ones():
+    labels = [k for k in range(1, 23) for _ in (0, 1)] + [23, 24]
+    pipeline_flags = [[] for _ in labels]
+    pipeline_flags[0] = ["low_confidence"]
+    pair = [i + 1 if i % 2 == 0 else i - 1 for i in range(len(labels))]
+    st = apply_edits(labels, [])
+    s = summary(st, pipeline_flags, pair)
+    assert s["karyotype"] == "46,XY" and s["sanity_score"] == 1.0 and s["count"] == 46 and s["n_flagged"] == 1
+    # chromosome 0 (a "1") to class 21: 46,XY,-1,+21; it is no longer the pipeline's doubt but an extra 21
+    edits = [{"op": "move", "id": 0, "before": 1, "after": 21}]
+    s = summary(apply_edits(labels, edits), pipeline_flags, pair)
+    moved = list(labels)
+    moved[0] = 21
+    assert s["karyotype"] == iscn_string(moved) == "46,XY,-1,+21"
+    assert s["sanity_score"] == round(sanity_score(moved), 4)
+    assert s["flags"][0] == ["extra"] and s["flags"][1] == ["unpaired"]
+    assert s["copies"]["21"] == 3 and s["copies"]["1"] == 1
+    assert dict(s["slots"][3])[21] == [40, 41, 0]  # drawn in the slot of 21 (row 19-22, Y), after the pair
+    # debris leaves the count; flip is recorded; swap exchanges
+    edits += [
+        {"op": "debris", "id": 45, "before": False, "after": True},
+        {"op": "flip", "id": 2, "before": False, "after": True},
+        {"op": "swap", "ids": [2, 4], "before": [2, 3], "after": [3, 2]},
+    ]
+    st = apply_edits(labels, edits)
+    s = summary(st, pipeline_flags, pair)
+    assert s["count"] == 45 and s["labels"][45] == 0 and s["flags"][45] == ["not_chromosome"]
+    assert s["karyotype"] == "45,X,-1,+21" and s["flipped"][2] and s["labels"][2] == 3 and s["labels"][4] == 2
+    # undo = a prefix of the edits
+    assert summary(apply_edits(labels, edits[:1]), pipeline_flags, pair)["count"] == 46
+    bad = [
+        [{"op": "move", "id": 0, "before": 5, "after": 21}],  # stale before
+        [{"op": "move", "id": 99, "before": 1, "after": 21}],  # no such chromosome
+        [{"op": "move", "id": 0, "before": 1, "after": 25}],  # no such class
+        [{"op": "swap", "ids": [0, 0], "before": [1, 1], "after": [1, 1]}],
+        [{"op": "flip", "id": 0, "before": True, "after": False}],
+        [{"op": "debris", "id": 0, "before": False, "after": True}, {"op": "move", "id": 0, "before": 1, "after": 2}],
+        [{"op": "rename", "id": 0}],
+        "not a list",
+    ]
+    for b in bad:
+        with pytest.raises(EditError):
+            apply_edits(labels, b)
+
+
+# ---------------------------------------------------------------------------------------------- pages
+def test_index_lists_cells_doubtful_first_and_sorts(client, results):
+    html = client.get("/").get_data(as_text=True)
+    a, b = _cell(results, "cellA"), _cell(results, "cellB")
+    assert a["sanity_score"] > b["sanity_score"]  # 47,XX,+21 with a mistake is the more doubtful
+    assert html.index('data-stem="cellB"') < html.index('data-stem="cellA"')
+    assert a["karyotype"] in html and "/thumb/cellA.png" in html and "not reviewed" in html
+    html = client.get("/?sort=name").get_data(as_text=True)
+    assert html.index('data-stem="cellA"') < html.index('data-stem="cellB"')
+    assert client.get("/?sort=bogus").status_code == 400
+    assert client.get("/thumb/cellA.png").headers["Content-Type"] == "image/png"
+    # every script and style is the project's own
+    page = client.get("/cell/cellA").get_data(as_text=True)
+    for ref in ("/static/review.css", "/static/cell.js"):
+        assert ref in page and client.get(ref).status_code == 200
+    assert "http://" not in page and "https://" not in page
+
+
+def test_cell_api_serves_layout_crops_and_image(client, results):
+    d = client.get("/api/cell/cellA").get_json()
+    n = len(_cell(results, "cellA")["chromosomes"])
+    assert len(d["chromosomes"]) == n and d["review"]["revision"] == 0
+    assert [[c["name"] for c in row] for row in d["layout"]] == [
+        ["1", "2", "3", "4", "5"],
+        ["6", "7", "8", "9", "10", "11", "12", "X"],
+        ["13", "14", "15", "16", "17", "18"],
+        ["19", "20", "21", "22", "Y"],
+    ]
+    assert d["state"]["karyotype"] == _cell(results, "cellA")["karyotype"]
+    c0 = d["chromosomes"][0]
+    assert c0["outline"] and c0["crop"]["h"] > c0["crop"]["w"] > 0
+    r = client.get("/cell/cellA/crop/0.png")
+    assert r.status_code == 200 and r.data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert client.get(f"/cell/cellA/crop/{n}.png").status_code == 404
+    assert client.get("/cell/cellA/image.png").data[:4] == b"\x89PNG"
+    r = client.post("/api/cell/cellA/state", json={"edits": [{"op": "move", "id": 0, "before": 7, "after": 2}]})
+    assert r.status_code == 400 and "expects class 7" in r.get_json()["error"]
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def _edits_for(cell: dict) -> tuple[list[dict], int, int, int]:
+    """Fix the deliberate mistake (the "3" that is a 1), mark the speck as debris, flip one chromosome."""
+    ch = cell["chromosomes"]
+    wrong = next(c["id"] for c in ch if "extra" in c["flags"])
+    speck = len(ch) - 1
+    flip = next(c["id"] for c in ch if c["label"] == 5)
+    return (
+        [
+            {"op": "move", "id": wrong, "before": 3, "after": 1, "at": "2026-01-01T00:00:00Z"},
+            {"op": "debris", "id": speck, "before": False, "after": True},
+            {"op": "flip", "id": flip, "before": False, "after": True},
+        ],
+        wrong,
+        speck,
+        flip,
+    )
+
+
+def test_save_writes_review_karyogram_and_coco_without_touching_pipeline_files(client, results):
+    from datasets.coco import COCODataset
+
+    before = {p.name: _sha(p) for p in results.iterdir()}
+    cell = _cell(results, "cellA")
+    edits, wrong, speck, flip = _edits_for(cell)
+    r = client.post(
+        "/api/cell/cellA/save", json={"edits": edits, "base_revision": 0, "reviewer": "ana", "accepted": True}
+    )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["revision"] == 1 and r.get_json()["state"]["karyotype"] == "46,XY"
+    for name, sha in before.items():  # the pipeline's files are untouched
+        assert _sha(results / name) == sha, name
+    rv = json.loads((results / "cellA.reviewed.json").read_text())
+    assert set(cell) - {"chromosomes"} <= set(rv)  # the same schema, plus the review
+    assert rv["karyotype"] == "46,XY" and rv["count"] == 46 and rv["sanity_score"] == 1.0
+    assert rv["chromosomes"][wrong]["label"] == 1 and rv["chromosomes"][wrong]["pipeline_label"] == 3
+    assert rv["chromosomes"][wrong]["flags"] == [] and rv["chromosomes"][wrong]["pipeline_flags"] == [
+        "low_confidence",
+        "extra",
+    ]
+    assert rv["chromosomes"][speck]["not_chromosome"] and rv["chromosomes"][speck]["label"] == 0
+    assert rv["chromosomes"][flip]["polarity_flipped"]
+    review = rv["review"]
+    assert review["reviewer"] == "ana" and review["accepted"] and review["revision"] == 1 and review["saved_at"]
+    assert [(e["op"], e["before"], e["after"]) for e in review["edits"]] == [
+        ("move", 3, 1),
+        ("debris", False, True),
+        ("flip", False, True),
+    ]
+    assert review["edits"][0]["at"] == "2026-01-01T00:00:00Z" and review["pipeline_karyotype"] == cell["karyotype"]
+    png = results / "cellA_karyogram.reviewed.png"
+    pdf = results / "cellA_karyogram.reviewed.pdf"
+    assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:5] == b"%PDF-"
+    import cv2
+
+    assert cv2.imread(str(png)).shape[0] > 200
+    # the COCO file: this cell's instances, debris left out, 24 classes, masks as RLE
+    coco = json.loads((results / "reviewed_coco.json").read_text())
+    assert len(coco["images"]) == 1 and coco["images"][0]["file_name"] == "reviewed_images/cellA.png"
+    assert len(coco["annotations"]) == len(cell["chromosomes"]) - 1
+    assert {c["id"] for c in coco["categories"]} == set(range(1, 25))
+    assert all(isinstance(a["segmentation"]["counts"], str) for a in coco["annotations"])
+    ds = COCODataset(results / "reviewed_coco.json")
+    rec = ds[0]
+    assert sorted(rec.labels.tolist()) == sorted(k for k in rv_labels(rv) if k)
+    assert iscn_string(rec.labels) == "46,XY"
+    assert rec.masks.shape == (46, cell["height"], cell["width"])
+    # the flipped chromosome's p-arm direction is reversed relative to a save without the flip
+    a_flip = next(a for a in coco["annotations"] if a["bbox"][0] == cell["chromosomes"][flip]["box"][0])
+    r = client.post("/api/cell/cellA/save", json={"edits": edits[:2], "base_revision": 1, "reviewer": "ana"})
+    assert r.status_code == 200
+    coco2 = json.loads((results / "reviewed_coco.json").read_text())
+    a_plain = next(a for a in coco2["annotations"] if a["bbox"][0] == cell["chromosomes"][flip]["box"][0])
+    assert np.allclose(a_flip["p_dir"], -np.asarray(a_plain["p_dir"]))
+    # a second save of the cell replaces its entry; another cell is added beside it
+    assert len(coco2["images"]) == 1 and len(coco2["annotations"]) == len(coco["annotations"])
+    assert not json.loads((results / "cellA.reviewed.json").read_text())["review"]["accepted"]
+    r = client.post("/api/cell/cellB/save", json={"edits": [], "base_revision": 0, "reviewer": "ana"})
+    coco3 = json.loads((results / "reviewed_coco.json").read_text())
+    assert [im["review_stem"] for im in coco3["images"]] == ["cellA", "cellB"]
+    assert len({a["id"] for a in coco3["annotations"]}) == len(coco3["annotations"])
+    # unassigned instances (cellB's speck, left as it is) go in as the class-agnostic "chromosome"
+    assert {"id": 0, "name": "chromosome", "supercategory": "unknown"} in coco3["categories"]
+    # the index shows the review and the page resumes from it
+    html = client.get("/").get_data(as_text=True)
+    assert "saved" in html and "ana" in html
+    d = client.get("/api/cell/cellA").get_json()
+    assert d["review"]["revision"] == 2 and len(d["review"]["edits"]) == 2 and d["state"]["n_debris"] == 1
+
+
+def rv_labels(rv: dict) -> list[int]:
+    return [c["label"] for c in rv["chromosomes"] if not c["not_chromosome"]]
+
+
+@pytest.mark.slow
+def test_both_trainers_fine_tune_on_the_reviewed_coco_file(client, results, tmp_path):
+    for stem in ("cellA", "cellB"):
+        edits = _edits_for(_cell(results, stem))[0][:2]
+        r = client.post(f"/api/cell/{stem}/save", json={"edits": edits, "base_revision": 0, "reviewer": "ana"})
+        assert r.status_code == 200, r.get_json()
+    out = smoke_train_both(results / "reviewed_coco.json", tmp_path / "runs")
+    assert (tmp_path / "runs" / "seg" / "last.pth").is_file() and (tmp_path / "runs" / "cls" / "best.pth").is_file()
+    assert out["cls"] is not None
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_two_tabs_saving_one_cell_second_is_refused(client, results):
+    cell = _cell(results, "cellA")
+    edits = _edits_for(cell)[0]
+    first = client.post("/api/cell/cellA/save", json={"edits": edits[:1], "base_revision": 0, "reviewer": "tab1"})
+    assert first.status_code == 200
+    saved = (results / "cellA.reviewed.json").read_bytes()
+    second = client.post("/api/cell/cellA/save", json={"edits": edits[1:2], "base_revision": 0, "reviewer": "tab2"})
+    assert second.status_code == 409
+    msg = second.get_json()["error"]
+    assert "tab1" in msg and "revision 1" in msg and "nothing was overwritten" in msg
+    assert (results / "cellA.reviewed.json").read_bytes() == saved
+    # after reloading (revision 1) the second tab's save goes through
+    third = client.post("/api/cell/cellA/save", json={"edits": edits[:2], "base_revision": 1, "reviewer": "tab2"})
+    assert third.status_code == 200 and third.get_json()["revision"] == 2
+
+
+@pytest.mark.parametrize(
+    "payload, words",
+    [
+        ({"edits": [], "base_revision": 0, "reviewer": ""}, "reviewer name"),
+        ({"edits": "x", "base_revision": 0, "reviewer": "a"}, "'edits' must be a list"),
+        ({"edits": [], "base_revision": "0", "reviewer": "a"}, "base_revision"),
+        ({"edits": [{"op": "move", "id": 0, "before": 9, "after": 1}], "base_revision": 0, "reviewer": "a"}, "expects"),
+    ],
+)
+def test_bad_save_requests_are_refused_and_write_nothing(client, results, payload, words):
+    r = client.post("/api/cell/cellA/save", json=payload)
+    assert r.status_code == 400 and words in r.get_json()["error"]
+    assert not (results / "cellA.reviewed.json").exists() and not (results / "reviewed_coco.json").exists()
+    assert client.post("/api/cell/cellA/save", data="not json").status_code == 400
+
+
+def test_missing_corrupt_and_other_version_jsons(client, results):
+    (results / "cellB.json").write_text('{"image": "x.png", "width": 10,')  # truncated
+    d = _cell(results, "cellA")
+    (results / "future.json").write_text(json.dumps(d | {"schema_version": 2}))
+    (results / "empty.json").write_text("")
+    (results / "summary.json").write_text(json.dumps({"processed": [{"image": "g.png", "json": "gone.json"}]}))
+    html = client.get("/").get_data(as_text=True)
+    for stem in ("cellB", "future", "empty", "gone"):
+        assert f'data-stem="{stem}"' in html
+    assert html.count('class="cell-row broken"') == 4 and "invalid or truncated JSON" in html
+    assert "schema_version 2" in html and "gone.json: missing" in html
+    for stem, status, words in [
+        ("cellB", 422, "cellB.json: invalid or truncated JSON"),
+        ("future", 422, "schema_version 2 is not one this review app reads"),
+        ("empty", 422, "empty"),
+        ("gone", 404, "gone.json: missing"),
+        ("nosuch", 404, "nosuch.json: missing"),
+    ]:
+        r = client.get(f"/api/cell/{stem}")
+        assert r.status_code == status and words in r.get_json()["error"], (stem, r.get_json())
+        page = client.get(f"/cell/{stem}")
+        assert page.status_code == status and words in page.get_data(as_text=True)
+    # a review file of another version, or a corrupt one, is refused rather than overwritten
+    (results / "cellA.reviewed.json").write_text(
+        json.dumps(d | {"review": {"format": "karyotype-review", "version": 9}})
+    )
+    r = client.get("/api/cell/cellA")
+    assert r.status_code == 422 and "review format version 9" in r.get_json()["error"]
+    r = client.post("/api/cell/cellA/save", json={"edits": [], "base_revision": 0, "reviewer": "a"})
+    assert r.status_code == 422 and "version 9" in r.get_json()["error"]
+    (results / "cellA.reviewed.json").write_text("{")
+    r = client.post("/api/cell/cellA/save", json={"edits": [], "base_revision": 0, "reviewer": "a"})
+    assert r.status_code == 422 and "cellA.reviewed.json" in r.get_json()["error"]
+    assert (results / "cellA.reviewed.json").read_text() == "{"
+    # a source image that cannot be found names the file and the flag to pass
+    d2 = d | {"image": "/nowhere/lost.png"}
+    (results / "lost.json").write_text(json.dumps(d2))
+    r = client.get("/api/cell/lost")
+    assert r.status_code == 422 and "lost.png" in r.get_json()["error"] and "--images" in r.get_json()["error"]
+
+
+def test_paths_outside_the_results_folder_are_refused(client, results, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("no")
+    (results / "link.txt").symlink_to(secret)
+    assert client.get("/files/cellA.json").status_code == 200
+    for url in (
+        "/files/../secret.txt",
+        "/files/%2e%2e/secret.txt",
+        "/files/..%2fsecret.txt",
+        f"/files/{secret}",
+        "/files/link.txt",
+        "/files/sub/../../secret.txt",
+    ):
+        r = client.get(url, follow_redirects=True)
+        assert r.status_code in (403, 404), url
+        assert b"no" != r.data, url
+        if r.status_code == 403:
+            assert "outside the results folder" in r.get_data(as_text=True)
+    assert client.get("/files/link.txt").status_code == 403
+    assert client.get("/files/%2e%2e/secret.txt").status_code == 403
+    for url in ("/api/cell/..", "/api/cell/..%2f..%2fetc%2fpasswd", "/cell/%2e%2e/image.png"):
+        assert client.get(url).status_code in (403, 404), url
+
+
+def test_port_in_use_and_bad_folders_give_clear_errors(results, capsys, tmp_path):
+    import review as review_pkg  # noqa: F401  (the package, not the script)
+    from review.app import create_app, make_server
+    from review.store import ReviewError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        with pytest.raises(ReviewError, match=f"port {port} on 127.0.0.1 is in use"):
+            make_server(create_app(results), port)
+        script = _script()
+        assert script.main(script.get_args_parser().parse_args([str(results), "--port", str(port)])) == 2
+        assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+    assert script.main(script.get_args_parser().parse_args([str(tmp_path / "none")])) == 2
+    assert "does not exist or is not a folder" in capsys.readouterr().err
+    with pytest.raises(ReviewError, match="127.0.0.1 only"):
+        make_server(create_app(results), 0, host="0.0.0.0")
+    server = make_server(create_app(results), 0)
+    try:
+        assert server.server_address[0] == "127.0.0.1" and server.server_port > 0
+    finally:
+        server.server_close()
+
+
+def _script():
+    """review.py (the script), imported by path: the name ``review`` is the package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("review_script", Path(__file__).resolve().parents[1] / "review.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,0 +1,234 @@
+"""review.py in a real headless browser (Debian's chromium + chromedriver, driven by Selenium).
+
+On the pipeline's own result for the bundled example (shipped weights): open the index, open the cell,
+drag a chromosome to another class with the mouse, select one (highlighted in the karyogram and the
+spread), mark one as "not a chromosome" with the keyboard, flip one and undo it, save; then check the
+reviewed JSON, the re-rendered karyogram and reviewed_coco.json, and fine-tune both trainers on it.
+
+Skipped, with the reason, where Selenium, chromium or chromedriver is missing (``.ci/run`` installs
+them). ``KARYO_CHROMIUM`` / ``KARYO_CHROMEDRIVER`` point at other binaries; with
+``KARYO_REVIEW_SCREENSHOT=docs/review_cell.png`` the test also writes the README's screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from karyogram.iscn import iscn_string
+from tests.review_fixtures import pipeline_results, smoke_train_both, write_synthetic_cell
+
+CHROMIUM = os.environ.get("KARYO_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("KARYO_CHROMEDRIVER", "/usr/bin/chromedriver")
+#: a closed network: nothing may be fetched, updated or synced
+CHROMIUM_FLAGS = (
+    "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking "
+    "--disable-component-update --disable-sync --disable-dev-shm-usage --window-size=1600,1000"
+).split()
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (requirements-dev.txt)")
+    for what, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)):
+        if not (Path(path).is_file() and os.access(path, os.X_OK)):
+            pytest.skip(f"no {what} at {path} (apt-get install chromium chromium-driver, as .ci/run does)")
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="karyo-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for f in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        opts.add_argument(f)
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    except Exception as exc:  # a broken install: say so rather than fail the suite
+        shutil.rmtree(profile, ignore_errors=True)
+        pytest.skip(f"chromium could not be started through {CHROMEDRIVER}: {str(exc).splitlines()[0]}")
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, browser) -> Path:
+    """The pipeline's result for the bundled example, plus a synthetic cell (the trainers need two)."""
+    out = tmp_path_factory.mktemp("review_browser") / "results"
+    pipeline_results(out)
+    write_synthetic_cell(out, "synthetic_46XY", seed=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(results):
+    from review.app import create_app, make_server
+
+    srv = make_server(create_app(results, reviewer="browser-test"), 0)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def _wait(driver, cond, timeout=60.0, what="condition"):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: cond(d), message=f"timed out: {what}")
+
+
+def _state(driver, base: str, stem: str) -> dict:
+    """The page's edits, evaluated by the server as the page does (the page's own state is not exposed)."""
+    return driver.execute_async_script(
+        f"const done = arguments[arguments.length - 1];fetch('{base}/api/cell/{stem}').then(r => r.json()).then(done);"
+    )
+
+
+def test_review_a_cell_in_the_browser(browser, server, results, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    d = browser
+    stem = "cil_104023"
+    pipe = json.loads((results / f"{stem}.json").read_text())
+    labels = [c["label"] for c in pipe["chromosomes"]]
+
+    # ---- the index: both cells, the doubtful one (lower sanity score) first
+    d.get(server + "/")
+    rows = d.find_elements(By.CSS_SELECTOR, "tr.cell-row")
+    assert [r.get_attribute("data-stem") for r in rows] == [stem, "synthetic_46XY"]
+    assert pipe["karyotype"] in rows[0].text and "not reviewed" in rows[0].text
+    assert rows[0].find_element(By.CSS_SELECTOR, "td.flagged").text == str(
+        sum(1 for c in pipe["chromosomes"] if any(f != "unassigned" for f in c["flags"]))
+    )
+    _wait(
+        d,
+        lambda d: d.execute_script(
+            "const i = document.querySelector('td.thumb img'); return i.complete && i.naturalWidth > 0"
+        ),
+        what="thumbnail loaded",
+    )
+    rows[0].find_element(By.CSS_SELECTOR, "a.open").click()
+    _wait(d, lambda d: d.execute_script("return document.body.dataset.ready === '1'"), what="cell page ready")
+    assert d.find_element(By.ID, "iscn").text == pipe["karyotype"]
+    # every crop image loaded, and the spread shows one outline per chromosome
+    _wait(
+        d,
+        lambda d: d.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)"),
+        what="images loaded",
+    )
+    assert len(d.find_elements(By.CSS_SELECTOR, "#spread-svg g.outline")) == len(labels)
+    rows_k = d.find_elements(By.CSS_SELECTOR, "#karyogram .krow")
+    assert [[s.find_element(By.CSS_SELECTOR, ".cname").text for s in r.find_elements(By.CSS_SELECTOR, ".slot")]
+            for r in rows_k] == [["1", "2", "3", "4", "5"], ["6", "7", "8", "9", "10", "11", "12", "X"],
+                                 ["13", "14", "15", "16", "17", "18"], ["19", "20", "21", "22", "Y"]]  # fmt: skip
+
+    # ---- drag a flagged chromosome to another class with the mouse
+    flagged = d.find_elements(By.CSS_SELECTOR, "#karyogram .chrom.flagged")
+    assert flagged, "the example has flagged chromosomes"
+    src = flagged[0]
+    i = int(src.get_attribute("data-id"))
+    a = labels[i]
+    b = 21 if a != 21 else 20
+    target = d.find_element(By.CSS_SELECTOR, f'.slot[data-class="{b}"] .cname')
+    ActionChains(d).move_to_element(src).click_and_hold().move_by_offset(10, 10).move_to_element(target).pause(
+        0.2
+    ).release().perform()
+    expected = list(labels)
+    expected[i] = b
+    _wait(d, lambda d: d.find_element(By.ID, "iscn").text == iscn_string(expected), what="ISCN after the move")
+    assert d.find_elements(By.CSS_SELECTOR, f'.slot[data-class="{b}"] .chrom[data-id="{i}"]')
+    assert d.find_element(By.ID, "count").text == str(sum(1 for k in expected if k))
+
+    # ---- click a chromosome in the spread: it is highlighted in both views; mark it with the keyboard
+    j = next(k for k in range(len(labels)) if k != i and labels[k] > 0)
+    poly = d.find_element(By.CSS_SELECTOR, f'#spread-svg g.outline[data-id="{j}"] polygon')
+    ActionChains(d).move_to_element(poly).click().perform()
+    _wait(
+        d, lambda d: d.find_elements(By.CSS_SELECTOR, f'.chrom.selected[data-id="{j}"]'), what="selected in karyogram"
+    )
+    assert "selected" in d.find_element(By.CSS_SELECTOR, f'#spread-svg g[data-id="{j}"]').get_attribute("class")
+    assert f"#{j}" in d.find_element(By.ID, "info").text
+    body = d.find_element(By.TAG_NAME, "body")
+    body.send_keys("d")
+    expected[j] = 0
+    _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, f'#debris .chrom[data-id="{j}"]'), what="debris strip")
+    _wait(d, lambda d: d.find_element(By.ID, "iscn").text == iscn_string(expected), what="ISCN after debris")
+
+    # ---- flip one, then undo the flip (z); redo and undo again with the buttons
+    body.send_keys(Keys.ARROW_RIGHT)
+    body.send_keys("r")
+    _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".chrom img.flipped"), what="flipped")
+    body.send_keys("z")
+    _wait(d, lambda d: not d.find_elements(By.CSS_SELECTOR, ".chrom img.flipped"), what="flip undone")
+    d.find_element(By.ID, "redo").click()
+    _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".chrom img.flipped"), what="flip redone")
+    d.find_element(By.ID, "undo").click()
+    _wait(d, lambda d: not d.find_elements(By.CSS_SELECTOR, ".chrom img.flipped"), what="flip undone again")
+    assert d.find_element(By.ID, "iscn").text == iscn_string(expected)
+    assert "unsaved" in d.find_element(By.ID, "status").text
+
+    # ---- save (Ctrl+S)
+    reviewer = d.find_element(By.ID, "reviewer")
+    reviewer.clear()
+    reviewer.send_keys("Dr Test")
+    body.click()
+    ActionChains(d).key_down(Keys.CONTROL).send_keys("s").key_up(Keys.CONTROL).perform()
+    _wait(d, lambda d: "Saved (revision 1)" in d.find_element(By.ID, "message").text, what="saved")
+    assert "unsaved" not in d.find_element(By.ID, "status").text
+    shot = os.environ.get("KARYO_REVIEW_SCREENSHOT")
+    if shot:
+        poly = d.find_element(By.CSS_SELECTOR, f'#spread-svg g.outline[data-id="{i}"] polygon')
+        ActionChains(d).move_to_element(poly).click().perform()  # the moved one, selected in both views
+        time.sleep(0.3)
+        d.save_screenshot(str(Path(shot)))
+
+    # ---- the files
+    rv = json.loads((results / f"{stem}.reviewed.json").read_text())
+    assert [c["label"] for c in rv["chromosomes"]] == expected
+    assert rv["chromosomes"][i]["pipeline_label"] == a and rv["chromosomes"][j]["not_chromosome"]
+    assert rv["karyotype"] == iscn_string(expected) and rv["review"]["reviewer"] == "Dr Test"
+    assert [(e["op"], e.get("id"), e["before"], e["after"]) for e in rv["review"]["edits"]] == [
+        ("move", i, a, b),
+        ("debris", j, False, True),
+    ]
+    assert all(e["at"] for e in rv["review"]["edits"])
+    png = results / f"{stem}_karyogram.reviewed.png"
+    assert png.stat().st_size > 10_000 and (results / f"{stem}_karyogram.reviewed.pdf").stat().st_size > 1_000
+    coco = json.loads((results / "reviewed_coco.json").read_text())
+    assert [im["review_stem"] for im in coco["images"]] == [stem]
+    assert len(coco["annotations"]) == len(labels) - 1
+    assert sorted(a_["category_id"] for a_ in coco["annotations"]) == sorted(
+        k for n, k in enumerate(expected) if n != j
+    )
+
+    # ---- a second tab that loaded revision 0 cannot overwrite it
+    r = _state(d, server, stem)
+    assert r["review"]["revision"] == 1
+    conflict = d.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        f"fetch('{server}/api/cell/{stem}/save', {{method: 'POST', headers: {{'Content-Type': 'application/json'}},"
+        "body: JSON.stringify({edits: [], base_revision: 0, reviewer: 'tab2'})}).then(r => r.json().then(j => done([r.status, j])));"
+    )
+    assert conflict[0] == 409 and "Dr Test" in conflict[1]["error"]
+
+    # ---- accept the synthetic cell from its page (keyboard "a"), then fine-tune both trainers on the file
+    d.get(server + "/cell/synthetic_46XY")
+    _wait(d, lambda d: d.execute_script("return document.body.dataset.ready === '1'"), what="second cell ready")
+    d.find_element(By.TAG_NAME, "body").send_keys("a")
+    _wait(d, lambda d: "Accepted and saved" in d.find_element(By.ID, "message").text, what="accepted")
+    coco = json.loads((results / "reviewed_coco.json").read_text())
+    assert [im["review_stem"] for im in coco["images"]] == [stem, "synthetic_46XY"]
+    smoke_train_both(results / "reviewed_coco.json", tmp_path / "runs")
+    assert (tmp_path / "runs" / "seg" / "last.pth").is_file() and (tmp_path / "runs" / "cls" / "best.pth").is_file()
