@@ -15,6 +15,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flask import Flask, abort, jsonify, render_template, request, send_file
 
 from karyogram.labels import name_of
@@ -128,23 +129,22 @@ def create_app(
         order = [r["stem"] for r in sorted_rows(folder.index(), "doubt")]
         pos = order.index(stem) if stem in order else -1
         chroms = []
-        for c, crop, outline in zip(cell.chromosomes, loaded.crops, loaded.outlines):
-            top = []
-            if c.probs is not None:
-                best = sorted(range(24), key=lambda j: -c.probs[j])[:3]
-                top = [{"class": j + 1, "name": name_of(j + 1), "p": round(c.probs[j], 3)} for j in best]
+        pred = cell.prediction
+        for i, (crop, outline) in enumerate(zip(loaded.crops, loaded.outlines)):
+            best = np.argsort(-pred.probs[i], kind="stable")[:3]
             h, w = crop.image.shape
             chroms.append(
                 {
-                    "id": c.id,
-                    "pipeline_label": c.label,
-                    "pipeline_flags": c.flags,
-                    "confidence": c.confidence,
-                    "top": top,
+                    "id": i,
+                    "pipeline_label": int(pred.labels[i]),
+                    "pipeline_flags": list(pred.flags[i]),
+                    "confidence": float(pred.confidence[i]),
+                    "top": [{"class": int(j) + 1, "name": name_of(int(j) + 1), "p": round(float(pred.probs[i, j]), 3)}
+                            for j in best],
                     "crop": {"w": w, "h": h, "cen": round(crop.centromere_row, 2)},
                     "outline": outline,
                 }
-            )
+            )  # fmt: skip
         review = (
             {k: rv["review"][k] for k in ("revision", "reviewer", "saved_at", "accepted", "edits")}
             if rv

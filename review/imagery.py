@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .result import Cell, CellError, decode_mask
+from .result import Cell, CellError
 
 #: outline simplification for the browser (pixels of the original image)
 CONTOUR_EPSILON_PX = 0.8
@@ -93,13 +93,6 @@ def turned(crop: Crop) -> Crop:
     h = crop.image.shape[0]
     p = None if crop.p_dir is None else (-crop.p_dir[0], -crop.p_dir[1])
     return Crop(np.ascontiguousarray(np.rot90(crop.image, 2)), float(h - 1 - crop.centromere_row), p)
-
-
-def masks_of(cell: Cell) -> np.ndarray:
-    """uint8 [N, H, W] masks of the cell's chromosomes."""
-    if not cell.chromosomes:
-        return np.zeros((0, cell.height, cell.width), np.uint8)
-    return np.stack([decode_mask(c.mask) for c in cell.chromosomes])
 
 
 def outlines(masks: np.ndarray) -> list[list[list[list[float]]]]:

@@ -1,15 +1,17 @@
-"""Reading what ``inference_pipeline.py`` wrote for one image: the one place that knows its JSON layout.
+"""Reading what ``inference_pipeline.py`` wrote for one image, as the pipeline core's typed result.
 
-The review app reads a cell through :func:`load_cell` only, so when the pipeline core's typed result
-(``KaryotypePrediction`` with its own to/from JSON) lands, this module is what switches to it.
-
-Every problem is a :class:`CellError` naming the file and what is wrong with it.
+A cell is a :class:`karyotyping.KaryotypePrediction` read back from its ``<stem>.json``
+(:meth:`~karyotyping.core.KaryotypePrediction.from_json_dict`), plus the JSON object itself, which a
+reviewed copy keeps field for field. This module is the only one of the review app that reads the
+pipeline's files; before handing a document to the core it checks what the core does not (the schema
+version, ids in order, classes in range, masks of the image's size), so that every problem is a
+:class:`CellError` naming the file and what is wrong with it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,9 @@ from datasets.errors import DataError
 #: an absent ``schema_version`` means 1, the layout of ``inference_pipeline.py`` today)
 PIPELINE_SCHEMA_VERSIONS = (1,)
 #: keys every pipeline result must have, and every chromosome entry
-_TOP_KEYS = ("image", "width", "height", "karyotype", "count", "sanity_score", "chromosomes")
-_CHROM_KEYS = ("id", "label", "box", "mask", "flags", "pair")
+_TOP_KEYS = ("image", "width", "height", "karyotype", "sex", "sanity_score", "chromosomes")
+_CHROM_KEYS = ("id", "label", "score", "probs", "confidence", "box", "mask", "length_px", "centromere_index",
+               "centromere_xy", "polarity_ok", "pair", "flags")  # fmt: skip
 
 
 class CellError(DataError):
@@ -34,46 +37,48 @@ class CellError(DataError):
 
 
 @dataclass
-class Chromosome:
-    """One instance as the pipeline found it (pixels of the original image)."""
-
-    id: int
-    label: int  # 1..24, 0 unassigned
-    box: list[float]  # x1, y1, x2, y2
-    mask: dict[str, Any]  # COCO compressed RLE {"size": [H, W], "counts": str}
-    flags: list[str]
-    pair: int | None
-    confidence: float | None = None
-    probs: list[float] | None = None
-    centromere_xy: list[float] | None = None
-
-
-@dataclass
 class Cell:
-    """One pipeline result: the image it came from and its chromosomes.
+    """One pipeline result.
 
     Attributes:
         stem: the file stem (``<stem>.json``).
         path: the JSON file.
-        data: the whole JSON object as read (kept so that a reviewed copy keeps every field).
-        image: the source image path as recorded by the pipeline (may be relative to where it ran).
+        data: the JSON object as read (a reviewed copy keeps every field of it).
+        prediction: the typed result (labels, pairs, flags, probabilities, masks at the original resolution).
     """
 
     stem: str
     path: Path
     data: dict[str, Any]
-    image: str
-    width: int
-    height: int
-    chromosomes: list[Chromosome] = field(default_factory=list)
+    prediction: Any  # karyotyping.KaryotypePrediction
+
+    @property
+    def image(self) -> str:
+        """The source image as recorded by the pipeline (may be relative to where it ran)."""
+        return str(self.prediction.image)
+
+    @property
+    def width(self) -> int:
+        return int(self.prediction.width)
+
+    @property
+    def height(self) -> int:
+        return int(self.prediction.height)
 
     @property
     def labels(self) -> list[int]:
-        return [c.label for c in self.chromosomes]
+        return [int(v) for v in self.prediction.labels]
 
     @property
     def pair_of(self) -> list[int]:
-        return [-1 if c.pair is None else int(c.pair) for c in self.chromosomes]
+        return [int(v) for v in self.prediction.pair_of]
+
+    @property
+    def flags(self) -> list[list[str]]:
+        return [list(f) for f in self.prediction.flags]
+
+    def __len__(self) -> int:
+        return len(self.prediction)
 
 
 def read_json(path: str | os.PathLike, hint: str = "run the pipeline on its image again") -> Any:
@@ -87,19 +92,19 @@ def read_json(path: str | os.PathLike, hint: str = "run the pipeline on its imag
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
 
 
-def parse_cell(data: Any, path: str | os.PathLike) -> Cell:
-    """Validate a pipeline result object (as read from ``path``) and return it as a :class:`Cell`."""
-    p = Path(path)
+def _check(data: Any, p: Path) -> None:
+    """What :meth:`KaryotypePrediction.from_json_dict` takes on trust, checked with the file's name."""
     if not isinstance(data, dict):
         raise CellError(p, f"a pipeline result must be a JSON object, got {type(data).__name__}")
     version = data.get("schema_version", 1)
     if version not in PIPELINE_SCHEMA_VERSIONS:
+        known = ", ".join(map(str, PIPELINE_SCHEMA_VERSIONS))
         raise CellError(
             p,
-            f"schema_version {version!r} is not one this review app reads ({', '.join(map(str, PIPELINE_SCHEMA_VERSIONS))}); "
+            f"schema_version {version!r} is not one this review app reads ({known}); "
             "use the review app of the same version as the pipeline that wrote it",
         )
     missing = [k for k in _TOP_KEYS if k not in data]
@@ -108,11 +113,10 @@ def parse_cell(data: Any, path: str | os.PathLike) -> Cell:
     w, h = data["width"], data["height"]
     if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
         raise CellError(p, f"width/height must be positive integers, got {w!r} x {h!r}")
-    chroms_in = data["chromosomes"]
-    if not isinstance(chroms_in, list):
-        raise CellError(p, f"'chromosomes' must be a list, got {type(chroms_in).__name__}")
-    chroms: list[Chromosome] = []
-    for i, c in enumerate(chroms_in):
+    chroms = data["chromosomes"]
+    if not isinstance(chroms, list):
+        raise CellError(p, f"'chromosomes' must be a list, got {type(chroms).__name__}")
+    for i, c in enumerate(chroms):
         where = f"chromosomes[{i}]"
         if not isinstance(c, dict):
             raise CellError(p, f"{where} must be an object")
@@ -133,40 +137,28 @@ def parse_cell(data: Any, path: str | os.PathLike) -> Cell:
         if not (isinstance(c["flags"], list) and all(isinstance(f, str) for f in c["flags"])):
             raise CellError(p, f"{where}: flags must be a list of strings")
         pair = c["pair"]
-        if pair is not None and not (isinstance(pair, int) and 0 <= pair < len(chroms_in) and pair != i):
+        if pair is not None and not (isinstance(pair, int) and 0 <= pair < len(chroms) and pair != i):
             raise CellError(p, f"{where}: pair must be null or another chromosome's id, got {pair!r}")
-        probs = c.get("probs")
-        if probs is not None and not (isinstance(probs, list) and len(probs) == 24 and all(_number(v) for v in probs)):
+        probs = c["probs"]
+        if not (isinstance(probs, list) and len(probs) == 24 and all(_number(v) for v in probs)):
             raise CellError(p, f"{where}: probs must be 24 numbers")
-        cen = c.get("centromere_xy")
-        cen = [float(v) for v in cen] if isinstance(cen, list) and len(cen) == 2 and all(map(_number, cen)) else None
-        conf = c.get("confidence")
-        chroms.append(
-            Chromosome(
-                id=i,
-                label=lab,
-                box=[float(v) for v in box],
-                mask=m,
-                flags=list(c["flags"]),
-                pair=pair,
-                confidence=float(conf) if _number(conf) else None,
-                probs=None if probs is None else [float(v) for v in probs],
-                centromere_xy=cen,
-            )
-        )
-    return Cell(
-        stem=p.stem,
-        path=p,
-        data=data,
-        image=str(data["image"]),
-        width=w,
-        height=h,
-        chromosomes=chroms,
-    )
+
+
+def parse_cell(data: Any, path: str | os.PathLike) -> Cell:
+    """Check a pipeline result object (as read from ``path``) and read it as the core's typed result."""
+    from karyotyping.core import KaryotypePrediction
+
+    p = Path(path)
+    _check(data, p)
+    try:
+        pred = KaryotypePrediction.from_json_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise CellError(p, f"not a pipeline result the core can read: {exc}") from None
+    return Cell(stem=p.stem, path=p, data=data, prediction=pred)
 
 
 def load_cell(path: str | os.PathLike) -> Cell:
-    """Read and validate the pipeline's ``<stem>.json``.
+    """Read and check the pipeline's ``<stem>.json``.
 
     Raises:
         CellError: missing, empty, corrupt, of another schema version, or not a pipeline result.
@@ -174,15 +166,8 @@ def load_cell(path: str | os.PathLike) -> Cell:
     return parse_cell(read_json(path), path)
 
 
-def decode_mask(rle: dict[str, Any]) -> np.ndarray:
-    """uint8 [H, W] of a compressed COCO RLE as the pipeline writes it."""
-    from pycocotools import mask as mask_utils
-
-    return np.ascontiguousarray(mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
-
-
 def mask_area(rle: dict[str, Any]) -> int:
-    """Pixels of a compressed COCO RLE."""
+    """Pixels of a compressed COCO RLE as the pipeline writes it."""
     from pycocotools import mask as mask_utils
 
     return int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))

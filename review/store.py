@@ -37,7 +37,7 @@ import numpy as np
 from karyogram.labels import name_of
 
 from .edits import EditError, apply_edits, n_flagged, summary
-from .imagery import Crop, chromosome_crops, find_image, masks_of, outlines, read_grey, turned
+from .imagery import Crop, chromosome_crops, find_image, outlines, read_grey, turned
 from .result import Cell, CellError, load_cell, mask_area, read_json
 
 REVIEW_FORMAT = "karyotype-review"
@@ -108,6 +108,7 @@ class ResultsFolder:
         self.image_dirs = tuple(Path(d) for d in image_dirs)
         self._lock = threading.Lock()
         self._cache: dict[str, LoadedCell] = {}
+        self._cells: dict[str, tuple[tuple[int, int], Cell]] = {}
 
     # ------------------------------------------------------------------ paths
     def resolve(self, rel: str) -> Path:
@@ -145,10 +146,18 @@ class ResultsFolder:
 
     # ------------------------------------------------------------------ reading
     def cell(self, stem: str) -> Cell:
+        """The pipeline's result for ``stem`` (read once per version of its file)."""
         p = self.json_path(stem)
         if not p.exists():
             raise NotFoundError(f"{p}: missing (no pipeline result for {stem!r}); run inference_pipeline.py on it")
-        return load_cell(p)
+        st = p.stat()
+        key = (st.st_mtime_ns, st.st_size)
+        hit = self._cells.get(stem)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        cell = load_cell(p)
+        self._cells[stem] = (key, cell)
+        return cell
 
     def reviewed(self, stem: str) -> dict[str, Any] | None:
         """The saved review of a cell (validated), or None when there is none."""
@@ -179,7 +188,7 @@ class ResultsFolder:
         if hit is not None and hit.key == key:
             return hit
         image = read_grey(img_path, cell)
-        masks = masks_of(cell)
+        masks = cell.prediction.masks
         loaded = LoadedCell(cell, img_path, image, chromosome_crops(image, masks), outlines(masks), key)
         self._cache[stem] = loaded
         return loaded
@@ -196,7 +205,7 @@ class ResultsFolder:
                     "karyotype": cell.data.get("karyotype"),
                     "count": cell.data.get("count"),
                     "sanity_score": cell.data.get("sanity_score"),
-                    "n_flagged": n_flagged([c.flags for c in cell.chromosomes]),
+                    "n_flagged": n_flagged(cell.flags),
                 }
                 row |= pipe
                 row["pipeline_karyotype"] = pipe["karyotype"]
@@ -227,7 +236,7 @@ class ResultsFolder:
             st = apply_edits(cell.labels, edits)
         except EditError as exc:
             raise ReviewError(str(exc)) from None
-        return summary(st, [c.flags for c in cell.chromosomes], cell.pair_of) | {"_state": st}
+        return summary(st, cell.flags, cell.pair_of) | {"_state": st}
 
     # ------------------------------------------------------------------ saving
     @contextlib.contextmanager

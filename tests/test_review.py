@@ -289,16 +289,20 @@ def test_missing_corrupt_and_other_version_jsons(client, results):
     d = _cell(results, "cellA")
     (results / "future.json").write_text(json.dumps(d | {"schema_version": 2}))
     (results / "empty.json").write_text("")
+    broken = json.loads(json.dumps(d))
+    del broken["chromosomes"][3]["mask"]
+    (results / "nomask.json").write_text(json.dumps(broken))
     (results / "summary.json").write_text(json.dumps({"processed": [{"image": "g.png", "json": "gone.json"}]}))
     html = client.get("/").get_data(as_text=True)
-    for stem in ("cellB", "future", "empty", "gone"):
+    for stem in ("cellB", "future", "empty", "gone", "nomask"):
         assert f'data-stem="{stem}"' in html
-    assert html.count('class="cell-row broken"') == 4 and "invalid or truncated JSON" in html
+    assert html.count('class="cell-row broken"') == 5 and "invalid or truncated JSON" in html
     assert "schema_version 2" in html and "gone.json: missing" in html
     for stem, status, words in [
         ("cellB", 422, "cellB.json: invalid or truncated JSON"),
         ("future", 422, "schema_version 2 is not one this review app reads"),
         ("empty", 422, "empty"),
+        ("nomask", 422, "nomask.json: chromosomes[3] lacks mask"),
         ("gone", 404, "gone.json: missing"),
         ("nosuch", 404, "nosuch.json: missing"),
     ]:
