@@ -53,6 +53,7 @@ __all__ = [
     "cleanup_distributed",
     "detection_collate",
     "evaluate_detection",
+    "gather_rows",
     "get_rank",
     "get_world_size",
     "init_distributed",
@@ -64,6 +65,7 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
     "seed_worker",
+    "shard_indices",
     "train_one_epoch_detection",
     "unwrap_model",
 ]
@@ -170,6 +172,34 @@ def reduce_dict(values: Mapping[str, torch.Tensor], *, average: bool = True) -> 
         if average:
             stacked /= get_world_size()
         return dict(zip(names, stacked))
+
+
+def shard_indices(n: int) -> np.ndarray:
+    """The indices of ``n`` samples this rank handles: ``rank, rank + world, ...`` (all of them when not distributed).
+
+    Unlike ``DistributedSampler`` nothing is padded or repeated, so merging the shards gives every sample once.
+    """
+    return np.arange(get_rank(), n, get_world_size(), dtype=np.int64)
+
+
+def gather_rows(indices: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """Merge per-rank results: ``rows[i]`` belongs to sample ``indices[i]``; returns the full array [n, ...] on
+    every rank (``all_gather_object``, which gloo and NCCL both carry). Identity when not distributed."""
+    rows = np.asarray(rows)
+    if get_world_size() < 2:
+        out = np.zeros((n, *rows.shape[1:]), rows.dtype)
+        out[np.asarray(indices, np.int64)] = rows
+        return out
+    shards: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(shards, (np.asarray(indices, np.int64), rows))
+    out = np.zeros((n, *rows.shape[1:]), rows.dtype)
+    seen = np.zeros(n, bool)
+    for idx, r in shards:
+        out[idx] = r
+        seen[idx] = True
+    if not seen.all():
+        raise RuntimeError(f"gather_rows: {int((~seen).sum())} of {n} samples came back from no rank")
+    return out
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

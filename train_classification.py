@@ -54,7 +54,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="one root per --dataset ('none' for synthetic); default ../shared/data/cil54816 for a single voc",
     )
     g.add_argument("--val-fraction", type=float, default=0.1, help="fraction of groups (images/slides/cells) for val")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
+    g.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of groups held out as a test split that no training or model selection sees (the val "
+        "split keeps its membership)",
+    )
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     g.add_argument("--max-train-spreads", type=int, default=None, help="use at most this many training spreads")
     g.add_argument("--max-val-spreads", type=int, default=None, help="use at most this many validation spreads")
     g.add_argument(
@@ -185,6 +192,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if not 0.0 <= args.dropout < 1.0:
         raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if not 0.0 <= args.test_fraction < 1.0 or args.val_fraction + args.test_fraction >= 1.0:
+        raise ValueError(
+            f"--test-fraction must be in [0, 1) with --val-fraction + --test-fraction < 1, got {args.test_fraction}"
+        )
     if not 0.0 < args.val_fraction < 1.0:
         raise ValueError(
             f"--val-fraction must be in (0, 1) (a validation split is needed for best.pth), got {args.val_fraction}"
@@ -206,7 +217,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
 def _record_dataset(name: str, root: str, split: str, args: argparse.Namespace, limit: int | None):
     from datasets import build_dataset
 
-    kw: dict[str, Any] = {"val_fraction": args.val_fraction, "seed": args.split_seed}
+    kw: dict[str, Any] = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
+    kw["seed"] = args.split_seed
     if name == "synthetic":
         ds = build_dataset(name, None, split, n=args.synthetic_spreads, **kw)
     else:
@@ -226,6 +238,8 @@ def _cache_file(args: argparse.Namespace, name: str, root: str, split: str, limi
     tag = hashlib.sha256(str(Path(root).resolve() if root != "none" else root).encode()).hexdigest()[:8]
     n = "all" if limit is None else str(limit)
     extra = f"-n{args.synthetic_spreads}" if name == "synthetic" else ""
+    if args.test_fraction > 0:  # a test split takes groups out of train (val is unchanged); older names stay valid
+        extra += f"-tf{args.test_fraction:g}"
     fname = f"{name}-{tag}-{split}-vf{args.val_fraction:g}-s{args.split_seed}-max{n}{extra}-{args.crop_height}x{args.crop_width}.npz"
     return Path(args.cache_dir) / fname
 
@@ -306,7 +320,9 @@ def train_one_epoch(
         with autocast_context(device, amp):
             logits = model(crops, f)
             loss = criterion(logits.float(), labels)
-        check_finite({"loss": loss})
+        # checked after the all-reduce: a NaN on one rank is seen by every rank, so all stop together
+        # (a rank raising alone would leave the others waiting in the next collective)
+        check_finite(reduce_dict({"loss": loss.detach()}))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if clip_grad_norm > 0:
@@ -325,19 +341,25 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict_dataset(
-    model: nn.Module, ds: Any, device: torch.device, *, batch_size: int, amp: bool, use_features: bool, workers: int = 0
+    model: nn.Module, ds: Any, device: torch.device, *, batch_size: int, use_features: bool, workers: int = 0
 ) -> np.ndarray:
-    """Softmax probabilities float32 [M, 24] of every sample of ``ds`` (in order)."""
-    from engine import autocast_context
+    """Softmax probabilities float32 [M, 24] of every sample of ``ds`` (in order), computed in float32.
+
+    In a distributed run every rank must call it: each predicts its share (``engine.shard_indices``) and the
+    shares are gathered, so every rank returns the whole array and none waits for rank 0 in a barrier.
+    """
+    from engine import gather_rows, shard_indices
 
     model.eval()
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    idx = shard_indices(len(ds))
+    sub = torch.utils.data.Subset(ds, idx.tolist())
+    loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=workers)
     out = []
     for crops, feats, _ in loader:
-        with autocast_context(device, amp):
-            logits = model(crops.to(device), feats.to(device) if use_features else None)
+        logits = model(crops.to(device), feats.to(device) if use_features else None)
         out.append(torch.softmax(logits.float(), 1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 24), np.float32)
+    mine = np.concatenate(out) if out else np.zeros((0, 24), np.float32)
+    return gather_rows(idx, mine, len(ds))
 
 
 def val_summary(probs: np.ndarray, labels: np.ndarray, smoothing: float) -> dict[str, float]:
@@ -562,18 +584,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             clip_grad_norm=args.clip_grad_norm,
             progress=progress,
         )
+        # every rank scores its share of val in float32; all get the same figures
+        probs = predict_dataset(
+            model_without_ddp, val_ds, device, batch_size=args.batch_size * 2, use_features=use_features
+        )
+        stats |= val_summary(probs, val_ds.labels, args.label_smoothing)
+        improved = stats["val_accuracy"] > best
+        best = max(best, stats["val_accuracy"])
         if is_main:
-            probs = predict_dataset(
-                model_without_ddp,
-                val_ds,
-                device,
-                batch_size=args.batch_size * 2,
-                amp=args.amp,
-                use_features=use_features,
-            )
-            stats |= val_summary(probs, val_ds.labels, args.label_smoothing)
-            improved = stats["val_accuracy"] > best
-            best = max(best, stats["val_accuracy"])
             ck = {"model": model_without_ddp, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
             ck |= {"epoch": epoch, "args": args, "config": config, "best_metric": best}
             engine.save_checkpoint(out_dir / "last.pth", **ck, extra={"val_accuracy": stats["val_accuracy"]})
@@ -589,12 +607,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     # -- the best model on val: metrics and per-instance probabilities for karyotype assignment
     summary: dict[str, Any] = {"best_val_accuracy": best, "epochs": args.epochs, "output_dir": str(out_dir)}
-    if is_main and (out_dir / "best.pth").exists():
+    if (out_dir / "best.pth").exists():  # every rank (the val prediction is sharded); rank 0 writes
         best_ckpt = engine.load_checkpoint(out_dir / "best.pth", "cpu")
         model_without_ddp.load_state_dict(best_ckpt["model"])
         probs = predict_dataset(
-            model_without_ddp, val_ds, device, batch_size=args.batch_size * 2, amp=args.amp, use_features=use_features
+            model_without_ddp, val_ds, device, batch_size=args.batch_size * 2, use_features=use_features
         )
+    if is_main and (out_dir / "best.pth").exists():
         m = write_val_outputs(out_dir, val_ds, probs)
         summary |= {"best_epoch": int(best_ckpt["epoch"]), "val_cell_exact_rate": m.get("cell_exact_rate")}
         print(
