@@ -102,13 +102,16 @@ def _dataset(args: argparse.Namespace):
             kw["config"] = SyntheticConfig(image_size=(args.synthetic_size, args.synthetic_size))
     elif args.data_root is None:
         raise PipelineError(f"--data-root is required for --dataset {args.dataset}")
-    if split == "test" and args.test_fraction <= 0:
-        raise PipelineError(
-            "--split test needs --test-fraction > 0: the fraction of groups the trainers held out with their own "
-            "--test-fraction (the split is made by group, after the val split, whose membership it leaves unchanged)"
-        )
     args.resolved_split = split
-    ds = build_dataset(args.dataset, args.data_root, split, **kw)
+    try:
+        ds = build_dataset(args.dataset, args.data_root, split, **kw)
+    except ValueError as exc:
+        if split == "test" and args.test_fraction <= 0:  # (a YOLO data.yaml may list a test split of its own)
+            raise PipelineError(
+                f"{exc}. --split test needs --test-fraction > 0: the fraction of groups the trainers held out with "
+                "their own --test-fraction (made by group after the val split, whose membership it leaves unchanged)"
+            ) from None
+        raise
     n = len(ds) if not args.max_images else min(args.max_images, len(ds))
     return ds, n
 

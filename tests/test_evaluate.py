@@ -158,3 +158,100 @@ def test_full_stage_counts_without_classes(weights, tmp_path, capsys, gt_segment
     assert "accuracy" not in line and "system_bbox_AP50" not in line and "mPQ" not in line
     assert line["agnostic_bbox_AP50"] == pytest.approx(1.0)  # the image with instances is still scored
     assert not any(isinstance(v, float) and math.isnan(v) for k, v in line.items() if k != "ap_score")
+
+
+# ---------------------------------------------------------------------------------------------- --split test
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+def _write_formats(root, kind: str):
+    """Three small synthetic spreads written as a ``kind`` dataset (coco, labelme or yolo) under ``root``."""
+    import cv2
+    import yaml
+
+    from datasets.coco import write_coco
+    from datasets.synthetic import SyntheticConfig, SyntheticDataset
+
+    ds = SyntheticDataset(None, "all", n=3, seed=5, config=SyntheticConfig(image_size=(128, 128)))
+    recs = [ds[i] for i in range(len(ds))]
+    img_dir = root / ("images" if kind != "labelme" else "")
+    img_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"s{i}.png" for i in range(len(recs))]
+    for name, rec in zip(names, recs):
+        assert cv2.imwrite(str(img_dir / name), np.round(rec.image * 255).astype(np.uint8))
+    if kind == "coco":
+        write_coco(root / "annotations.json", recs, names)
+    elif kind == "yolo":
+        order = sorted([str(i) for i in range(1, 23)] + ["X", "Y"])
+        (root / "data.yaml").write_text(yaml.safe_dump({"names": order, "nc": 24}))
+        (root / "labels").mkdir()
+        for name, rec in zip(names, recs):
+            lines = []
+            for (x1, y1, x2, y2), lab in zip(rec.boxes, rec.labels):
+                cx, cy, w, h = (x1 + x2) / 256, (y1 + y2) / 256, (x2 - x1) / 128, (y2 - y1) / 128
+                lines.append(f"{order.index(['X', 'Y'][lab - 23] if lab > 22 else str(lab))} {cx} {cy} {w} {h}")
+            (root / "labels" / name.replace(".png", ".txt")).write_text("\n".join(lines))
+    else:  # labelme rectangles
+        for name, rec in zip(names, recs):
+            shapes = [
+                {"label": str(int(lab)) if lab <= 22 else "XY"[lab - 23], "shape_type": "rectangle",
+                 "points": [[float(b[0]), float(b[1])], [float(b[2]), float(b[3])]]}
+                for b, lab in zip(rec.boxes, rec.labels)
+            ]  # fmt: skip
+            doc = {"shapes": shapes, "imagePath": name, "imageData": None, "imageHeight": 128, "imageWidth": 128}
+            (root / name.replace(".png", ".json")).write_text(json.dumps(doc))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("kind", "root", "fraction"),
+    [
+        ("voc", "cil", 0.5),
+        ("mfish", "mfish", 0.6),
+        ("crops", "bioimlab", 0.6),
+        ("crops_cells", "bioimlab", 0.6),
+        ("coco", None, 0.34),
+        ("labelme", None, 0.34),
+        ("yolo", None, 0.34),
+        ("synthetic", None, 0.34),
+    ],
+)
+def test_split_test_works_on_every_dataset_kind(kind, root, fraction, weights, tmp_path, capsys):  # noqa: F811
+    """--split test --test-fraction F: a non-empty test split, disjoint from train and val, scored end to end."""
+    if root is not None:
+        data = FIXTURES / root
+    elif kind != "synthetic":
+        data = _write_formats(tmp_path / kind, kind)
+    argv = ["--dataset", kind, "--split", "test", "--test-fraction", str(fraction), "--val-fraction", "0.1"]
+    if kind == "synthetic":  # the trainers' own generation seed, so --split applies (not the unseen default)
+        argv += ["--synthetic-n", "3", "--synthetic-size", "128", "--synthetic-seed", "0"]
+    else:
+        argv += ["--data-root", str(data)]
+    argv += ["--stage", "seg", "--score-thresh", "0.5", "--max-images", "1", "--out", str(tmp_path / "e")]
+    argv += ["--seg-weights", str(weights[0]), "--cls-weights", str(weights[1]), "--device", "cpu", "--quiet"]
+    args = evaluate.get_args_parser().parse_args(argv)
+    ds, n = evaluate._dataset(args)
+    assert n == 1 and len(ds) >= 1
+    from datasets import build_dataset
+
+    kw = {"val_fraction": 0.1, "test_fraction": fraction, "seed": args.split_seed}
+    if kind == "synthetic":
+        kw |= {"n": 3, "config": __import__("datasets.synthetic").synthetic.SyntheticConfig(image_size=(128, 128))}
+    root_arg = None if kind == "synthetic" else data
+    test_ids = {r.image_id for r in (ds[i] for i in range(len(ds)))}
+    for other in ("train", "val"):
+        try:
+            o = build_dataset(kind, root_arg, other, **kw)
+        except ValueError:  # an empty split of a one-group fixture
+            continue
+        assert not test_ids & {o[i].image_id for i in range(len(o))}, f"{other} and test share images"
+    res = evaluate.main(args)
+    assert res["split"] == "test" and res["images"] == 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["split"] == "test"
+
+
+def test_split_test_without_test_fraction_says_what_to_do(weights, tmp_path):  # noqa: F811
+    argv = ["--dataset", "voc", "--data-root", str(FIXTURES / "cil"), "--split", "test", "--stage", "seg"]
+    args = evaluate.get_args_parser().parse_args([*argv, "--out", str(tmp_path / "e")])
+    with pytest.raises(evaluate.PipelineError, match="--test-fraction > 0"):
+        evaluate._dataset(args)
