@@ -23,7 +23,7 @@ import os
 from typing import Any
 
 from .errors import AnnotationError, DataError, ImageReadError
-from .record import KaryoRecord, collate_records
+from .record import KaryoRecord
 
 DATASETS: dict[str, tuple[str, str]] = {
     "voc": ("datasets.voc", "VOCDataset"),
@@ -56,6 +56,5 @@ __all__ = [
     "ImageReadError",
     "KaryoRecord",
     "build_dataset",
-    "collate_records",
     "dataset_class",
 ]

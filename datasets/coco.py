@@ -1,4 +1,4 @@
-"""COCO instance-segmentation JSON: a loader (:class:`COCODataset`) and a writer (:func:`write_coco`).
+"""COCO instance-segmentation JSON: a loader (:class:`COCODataset`) and writers (:func:`records_to_coco`).
 
 Reading
 -------
@@ -24,9 +24,9 @@ Extra fields written by :func:`records_to_coco` are read back: ``centromere: [x,
 
 Writing
 -------
-:func:`records_to_coco` / :func:`write_coco` write ground truth or predictions as a COCO instance
-file (compressed RLE masks), :func:`records_to_coco_results` the COCO *results* list that
-``pycocotools.cocoeval`` reads.
+:func:`records_to_coco` writes ground truth or predictions as a COCO instance document (compressed RLE
+masks, :func:`encode_masks`, the project's one RLE encoder), :func:`records_to_coco_results` the COCO
+*results* list that ``pycocotools.cocoeval`` reads (``inference_pipeline.py``'s ``coco_results.json``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from karyogram.labels import CLASS_NAMES, NUM_CLASSES, UnknownClassError, denver
 
 from .base import RecordDataset
 from .errors import AnnotationError, DataError
-from .io import atomic_write_json, read_image
+from .io import read_image
 from .record import KaryoRecord, boxes_to_masks, masks_to_boxes
 
 #: category names that mean "a chromosome of unknown class" (label 0)
@@ -515,13 +515,6 @@ def records_to_coco(
     return {"images": images, "annotations": anns, "categories": cats}
 
 
-def write_coco(
-    path: str | os.PathLike, records: Sequence[KaryoRecord], file_names: Sequence[str], *, include_masks: bool = True
-) -> None:
-    """Write :func:`records_to_coco` of ``records`` to ``path`` atomically."""
-    atomic_write_json(path, records_to_coco(records, file_names, include_masks=include_masks))
-
-
 def records_to_coco_results(
     records: Sequence[KaryoRecord], image_ids: Sequence[int], *, include_masks: bool = True
 ) -> list[dict[str, Any]]:
@@ -555,5 +548,4 @@ __all__ = [
     "load_json",
     "records_to_coco",
     "records_to_coco_results",
-    "write_coco",
 ]

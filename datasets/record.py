@@ -209,8 +209,3 @@ def boxes_to_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
         xb, yb = min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2)))
         out[i, ya:yb, xa:xb] = 1
     return out
-
-
-def collate_records(batch: list) -> list:
-    """DataLoader collate function that keeps records (or (image, target) pairs) as a list."""
-    return list(batch)

@@ -660,7 +660,7 @@ def main(args: argparse.Namespace) -> Path:
     ds = SyntheticDataset(None, "all", n=args.n, seed=args.seed, config=cfg, karyotypes=args.karyotypes)
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    # converted one record at a time (a spread's masks take ~40 MB), numbered exactly as write_coco would
+    # converted one record at a time (a spread's masks take ~40 MB), numbered exactly as records_to_coco numbers a list
     coco: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
     for i in tqdm(range(len(ds)), desc="synthetic spreads", disable=args.quiet):
         rec = ds[i]

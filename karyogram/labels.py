@@ -84,7 +84,3 @@ def denver_group(class_id: int) -> str:
     if int(class_id) not in DENVER_GROUPS:
         raise UnknownClassError(f"chromosome class id {class_id} is outside 1..{NUM_CLASSES}")
     return DENVER_GROUPS[int(class_id)]
-
-
-def is_autosome(class_id: int) -> bool:
-    return 1 <= int(class_id) <= 22

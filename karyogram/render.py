@@ -6,10 +6,11 @@
   at the bottom, the ISCN string as the title. PNG, SVG or PDF by the file suffix.
 * :func:`render_overlay`: the spread with each mask tinted by its class (:data:`PALETTE`, the same
   colours as the karyogram's baselines), its contour and its name.
-* :func:`simple_crop` / :func:`upright_crop`: an upright crop from an image and a mask (principal axis
-  vertical, white outside the mask) for when no straightened features are available.
+* :func:`upright_crop`: an upright crop from an image and a mask (principal axis vertical, white outside
+  the mask) for when no straightened features are available.
 
-Every file is written atomically (:mod:`datasets.io`).
+Every file is written atomically (:mod:`fileio`). This package imports no loader (``datasets``): the label
+vocabulary (:mod:`karyogram.labels`) sits below the loaders, which import it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datasets.io import atomic_save_figure, atomic_write_image
+from fileio import atomic_save_figure, atomic_write_image
 
 from .iscn import iscn_string
 from .labels import NUM_CLASSES, X_ID, Y_ID, name_of
@@ -138,13 +139,6 @@ def upright_crop(
     return np.clip(crop, 0.0, 1.0), row
 
 
-def simple_crop(image: np.ndarray, mask: np.ndarray, box: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
-    """Fallback crop without features: float32 [h, w], the masked box region rotated upright by the mask's
-    principal axis, white background (polarity unknown; see :func:`upright_crop` to use a centromere)."""
-    return upright_crop(image, mask, box)[0]
-
-
-# ----------------------------------------------------------------------------------------------- karyogram
 def _check_lengths(n: int, **arrays: object) -> None:
     for name, a in arrays.items():
         if a is not None and len(a) != n:  # type: ignore[arg-type]
@@ -417,31 +411,3 @@ def render_overlay(
         cv2.putText(out, s, org, font, fs, (255, 255, 255), thick, cv2.LINE_AA)
     atomic_write_image(path, out)
     return path
-
-
-def karyogram_crops(
-    image: np.ndarray,
-    masks: np.ndarray,
-    *,
-    boxes: np.ndarray | None = None,
-    centromeres: np.ndarray | None = None,
-    p_dir: np.ndarray | None = None,
-) -> tuple[list[np.ndarray], list[float | None]]:
-    """Upright crops and centromere rows of all N instances via :func:`upright_crop` (no features needed).
-
-    Args:
-        image: float32 [H, W]; masks: [N, H, W]; boxes: [N, 4] xyxy or None; centromeres: [N, 2] ``(x, y)``
-            (NaN rows unknown) or None; p_dir: [N, 2] or None.
-    """
-    crops, rows = [], []
-    for i in range(len(masks)):
-        c, r = upright_crop(
-            image,
-            masks[i],
-            None if boxes is None else boxes[i],
-            centromere=None if centromeres is None else centromeres[i],
-            p_dir=None if p_dir is None else p_dir[i],
-        )
-        crops.append(c)
-        rows.append(r)
-    return crops, rows

@@ -1,8 +1,8 @@
 """Metrics for every stage: detection AP (COCO), instance matching / PQ / AJI, identification, karyotype sanity."""
 
-from .detection import COCOEvaluator, coco_evaluate, records_from_predictions
+from .detection import coco_evaluate
 from .identification import identification_metrics, plot_confusion, plot_per_class
-from .karyotype import count_error, sanity_score, sanity_terms
+from .karyotype import sanity_score, sanity_terms
 from .matching import (
     Matching,
     aggregated_jaccard_index,
@@ -16,12 +16,10 @@ from .matching import (
 )
 
 __all__ = [
-    "COCOEvaluator",
     "Matching",
     "aggregated_jaccard_index",
     "box_iou",
     "coco_evaluate",
-    "count_error",
     "identification_metrics",
     "iou_matrix",
     "matching",
@@ -31,7 +29,6 @@ __all__ = [
     "panoptic_quality_all",
     "plot_confusion",
     "plot_per_class",
-    "records_from_predictions",
     "sanity_score",
     "sanity_terms",
 ]

@@ -39,7 +39,7 @@ from datasets.coco import encode_masks
 from datasets.record import KaryoRecord, boxes_to_masks
 from karyogram.labels import NUM_CLASSES, name_of
 
-__all__ = ["coco_evaluate", "COCOEvaluator", "records_from_predictions", "DEFAULT_MAX_DETS"]
+__all__ = ["coco_evaluate", "DEFAULT_MAX_DETS"]
 
 #: detection caps per image used by :func:`coco_evaluate`; AP is read at the last one
 DEFAULT_MAX_DETS: tuple[int, ...] = (1, 10, 100, 300)
@@ -214,102 +214,3 @@ def coco_evaluate(
     if need_segm:
         out["segm_gt_from_boxes"] = 1.0 if gt_from_boxes else 0.0
     return out
-
-
-class COCOEvaluator:
-    """detectron2-style evaluator: ``reset()``, then ``process(gt, pred)`` per batch, then ``evaluate()``.
-
-    Records are kept (masks included) until :meth:`evaluate`, which calls :func:`coco_evaluate` on all of
-    them; use one evaluator per evaluation pass.
-    """
-
-    def __init__(
-        self,
-        *,
-        agnostic: bool = False,
-        iou_types: Sequence[str] = _IOU_TYPES,
-        max_dets: Sequence[int] = DEFAULT_MAX_DETS,
-    ) -> None:
-        self.agnostic = agnostic
-        self.iou_types = tuple(iou_types)
-        self.max_dets = tuple(max_dets)
-        self._gt: list[KaryoRecord] = []
-        self._pred: list[KaryoRecord] = []
-
-    def reset(self) -> None:
-        """Forget everything processed so far."""
-        self._gt, self._pred = [], []
-
-    def process(self, gt_records: Sequence[KaryoRecord], pred_records: Sequence[KaryoRecord]) -> None:
-        """Add one batch: ``gt_records[i]`` and ``pred_records[i]`` describe the same image."""
-        gt_records, pred_records = list(gt_records), list(pred_records)
-        if len(gt_records) != len(pred_records):
-            raise ValueError(f"process() got {len(gt_records)} ground-truth and {len(pred_records)} predicted records")
-        self._gt.extend(gt_records)
-        self._pred.extend(pred_records)
-
-    def __len__(self) -> int:
-        return len(self._gt)
-
-    def evaluate(self) -> dict[str, Any]:
-        """The :func:`coco_evaluate` dict over every processed image."""
-        return coco_evaluate(
-            self._gt, self._pred, agnostic=self.agnostic, iou_types=self.iou_types, max_dets=self.max_dets
-        )
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def records_from_predictions(
-    outputs: Sequence[dict[str, Any]],
-    images: Sequence[Any],
-    mask_thresh: float = 0.5,
-) -> list[KaryoRecord]:
-    """Convert torchvision Mask R-CNN outputs into predicted :class:`KaryoRecord` objects.
-
-    Args:
-        outputs: one dict per image with ``boxes`` FloatTensor[M, 4] (xyxy pixels), ``labels``
-            Int64Tensor[M], ``scores`` FloatTensor[M] and optionally ``masks`` FloatTensor[M, 1, H, W]
-            (probabilities in [0, 1]); numpy arrays work too.
-        images: per image, either the input :class:`KaryoRecord` (its image and ``meta`` are copied),
-            a grey image [H, W], or a tensor [1, H, W] / [3, H, W] (first channel used).
-        mask_thresh: a mask pixel is foreground when its probability is > ``mask_thresh``.
-
-    Returns:
-        Records with ``masks`` uint8 [M, H, W] in {0, 1} (None if the outputs carry no masks) and
-        ``scores`` float32 [M]; ``meta["image_id"]`` is the input record's, else the list position.
-    """
-    outputs, images = list(outputs), list(images)
-    if len(outputs) != len(images):
-        raise ValueError(f"{len(outputs)} outputs but {len(images)} images")
-    if not 0.0 <= mask_thresh < 1.0:
-        raise ValueError(f"mask_thresh must be in [0, 1), got {mask_thresh}")
-    recs = []
-    for i, (out, img) in enumerate(zip(outputs, images)):
-        if isinstance(img, KaryoRecord):
-            image, meta = img.image, dict(img.meta)
-        else:
-            image = _to_numpy(img).astype(np.float32)
-            if image.ndim == 3:
-                image = image[0]
-            meta = {"image_id": str(i)}
-        if image.ndim != 2:
-            raise ValueError(f"image {i}: expected [H, W] or [C, H, W], got shape {image.shape}")
-        meta.setdefault("image_id", str(i))
-        h, w = image.shape
-        boxes = _to_numpy(out["boxes"]).astype(np.float32).reshape(-1, 4)
-        labels = _to_numpy(out["labels"]).astype(np.int64).reshape(-1)
-        scores = _to_numpy(out["scores"]).astype(np.float32).reshape(-1)
-        m = len(boxes)
-        if labels.shape != (m,) or scores.shape != (m,):
-            raise ValueError(f"output {i}: {m} boxes but {labels.shape[0]} labels and {scores.shape[0]} scores")
-        masks = None
-        if "masks" in out and out["masks"] is not None:
-            prob = _to_numpy(out["masks"]).reshape(m, h, w)
-            masks = (prob > mask_thresh).astype(np.uint8)
-        recs.append(KaryoRecord(image=image, boxes=boxes, labels=labels, masks=masks, scores=scores, meta=meta))
-    return recs

@@ -32,7 +32,7 @@ import numpy as np
 
 from karyogram.labels import CLASS_NAMES, NUM_CLASSES, X_ID, Y_ID
 
-__all__ = ["sanity_score", "sanity_terms", "count_error", "NORMAL_COUNT"]
+__all__ = ["sanity_score", "sanity_terms", "NORMAL_COUNT"]
 
 #: chromosomes in a normal human somatic cell
 NORMAL_COUNT = 46
@@ -93,13 +93,3 @@ def sanity_score(labels: Any) -> float:
     1.0
     """
     return float(sanity_terms(labels)["score"])
-
-
-def count_error(n_pred: int, n_true: int) -> int:
-    """Signed chromosome count error ``n_pred - n_true`` (positive: too many instances, e.g. split
-    chromosomes or debris; negative: missed or merged chromosomes). Its absolute value is the count error.
-    """
-    for name, v in (("n_pred", n_pred), ("n_true", n_true)):
-        if isinstance(v, bool) or int(v) != v or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer count, got {v!r}")
-    return int(n_pred) - int(n_true)

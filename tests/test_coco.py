@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.coco import COCODataset, encode_mask, records_to_coco, records_to_coco_results, write_coco
+from datasets.coco import COCODataset, encode_mask, records_to_coco, records_to_coco_results
 from datasets.errors import AnnotationError, DataError
+from datasets.io import atomic_write_json
 from datasets.record import KaryoRecord, masks_to_boxes
 
 H, W = 20, 30
@@ -143,7 +144,7 @@ def test_write_then_load_round_trip(tmp_path):
     rec = _record()
     _write_image(tmp_path / "images" / "s1.png")
     out = tmp_path / "annotations.json"
-    write_coco(out, [rec], ["s1.png"])
+    atomic_write_json(out, records_to_coco([rec], ["s1.png"]))
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
     data = json.loads(out.read_text())
     assert [c["name"] for c in data["categories"]][-2:] == ["X", "Y"]
@@ -164,7 +165,7 @@ def test_write_then_load_round_trip(tmp_path):
 def test_round_trip_boxes_only_stays_derived(tmp_path):
     rec = _record(derived=True)
     _write_image(tmp_path / "x.png")
-    write_coco(tmp_path / "gt.json", [rec], ["x.png"])
+    atomic_write_json(tmp_path / "gt.json", records_to_coco([rec], ["x.png"]))
     back = COCODataset(tmp_path / "gt.json")[0]
     assert back.masks_derived
     np.testing.assert_allclose(back.boxes, rec.boxes)
@@ -296,7 +297,7 @@ def test_unknown_labels_round_trip_as_agnostic(tmp_path):
     rec = _record()
     rec.labels[1] = 0
     _write_image(tmp_path / "s.png")
-    write_coco(tmp_path / "gt.json", [rec], ["s.png"])
+    atomic_write_json(tmp_path / "gt.json", records_to_coco([rec], ["s.png"]))
     from datasets import build_dataset
 
     back = build_dataset("coco", tmp_path / "gt.json")[0]

@@ -169,7 +169,8 @@ def _write_formats(root, kind: str):
     import cv2
     import yaml
 
-    from datasets.coco import write_coco
+    from datasets.coco import records_to_coco
+    from datasets.io import atomic_write_json
     from datasets.synthetic import SyntheticConfig, SyntheticDataset
 
     ds = SyntheticDataset(None, "all", n=3, seed=5, config=SyntheticConfig(image_size=(128, 128)))
@@ -180,7 +181,7 @@ def _write_formats(root, kind: str):
     for name, rec in zip(names, recs):
         assert cv2.imwrite(str(img_dir / name), np.round(rec.image * 255).astype(np.uint8))
     if kind == "coco":
-        write_coco(root / "annotations.json", recs, names)
+        atomic_write_json(root / "annotations.json", records_to_coco(recs, names))
     elif kind == "yolo":
         order = sorted([str(i) for i in range(1, 23)] + ["X", "Y"])
         (root / "data.yaml").write_text(yaml.safe_dump({"names": order, "nc": 24}))

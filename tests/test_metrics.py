@@ -11,11 +11,9 @@ from hypothesis import strategies as st
 
 from datasets.record import KaryoRecord
 from metrics import (
-    COCOEvaluator,
     aggregated_jaccard_index,
     box_iou,
     coco_evaluate,
-    count_error,
     identification_metrics,
     iou_matrix,
     matching,
@@ -25,7 +23,6 @@ from metrics import (
     panoptic_quality_all,
     plot_confusion,
     plot_per_class,
-    records_from_predictions,
     sanity_score,
     sanity_terms,
 )
@@ -240,18 +237,13 @@ def test_coco_known_partial_ap_and_labels():
     assert res["per_class_bbox_AP50"] == {"1": 0.0, "X": 1.0}
 
 
-def test_coco_empty_and_evaluator():
+def test_coco_empty():
     gt = record(GT_SPEC, [1, 23])
     empty = record([], [])
     res = coco_evaluate([gt], [empty])
     assert res["bbox_AP"] == 0.0 and res["segm_AP50"] == 0.0
     # an image without gt adds only false positives; images are paired by position
-    ev = COCOEvaluator(agnostic=True)
-    ev.process([gt], [record(GT_SPEC, [1, 1])])
-    ev.process([empty], [empty])
-    assert len(ev) == 2 and ev.evaluate()["segm_AP50"] == 1.0
-    ev.reset()
-    assert len(ev) == 0
+    assert coco_evaluate([gt, empty], [record(GT_SPEC, [1, 1]), empty], agnostic=True)["segm_AP50"] == 1.0
     assert math.isnan(coco_evaluate([empty], [empty])["bbox_AP"])  # nothing to find: undefined
     with pytest.raises(ValueError, match="agnostic"):
         coco_evaluate([record(GT_SPEC, [0, 1])], [gt])
@@ -269,12 +261,16 @@ def test_coco_more_than_100_detections_per_image():
     assert capped["bbox_AP50"] < 1.0
 
 
-def test_records_from_predictions():
+def test_detections_to_record():
+    """The one conversion of a detector's output into a record (karyotyping.detection), masks at > 0.5."""
     torch = pytest.importorskip("torch")
+    from karyotyping.detection import MASK_THRESH, detections_to_record
+
     probs = torch.zeros(2, 1, H, W)
     probs[0, 0, 0:10, 0:10] = 0.9
     probs[1, 0, 20:30, 20:30] = 0.6
     probs[1, 0, 0:2, 0:2] = 0.4  # below the threshold
+    probs[1, 0, 2:4, 0:2] = MASK_THRESH  # at the threshold: not foreground
     out = {
         "boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]),
         "labels": torch.tensor([1, 23]),
@@ -282,15 +278,14 @@ def test_records_from_predictions():
         "masks": probs,
     }
     src = record(GT_SPEC, [1, 23])
-    src.meta["image_id"] = "cell-7"
-    (rec,) = records_from_predictions([out], [src])
+    rec = detections_to_record(out, src.image, meta={"image_id": "cell-7"})
     assert rec.masks.dtype == np.uint8 and rec.masks.shape == (2, H, W)
-    assert rec.masks.sum() == 200 and rec.image_id == "cell-7"
+    assert rec.masks.sum() == 200 and rec.image_id == "cell-7" and rec.image is src.image
     assert rec.labels.tolist() == [1, 23] and rec.scores.tolist() == pytest.approx([0.9, 0.8])
     assert coco_evaluate([src], [rec])["segm_AP50"] == 1.0
     empty_out = {k: v[:0] for k, v in out.items()}
-    (rec,) = records_from_predictions([empty_out], [torch.zeros(1, H, W)])
-    assert len(rec) == 0 and rec.masks.shape == (0, H, W) and rec.image_id == "0"
+    rec = detections_to_record(empty_out, np.zeros((H, W), np.float32))
+    assert len(rec) == 0 and rec.masks.shape == (0, H, W)
 
 
 # ------------------------------------------------------------------------------------------ identification
@@ -346,10 +341,3 @@ def test_sanity_score_exact_values():
     assert t["copies"]["3"] == 3 and t["copies"]["Y"] == 1
     with pytest.raises(ValueError, match="0..24"):
         sanity_score([1, 25])
-
-
-def test_count_error():
-    assert count_error(47, 46) == 1
-    assert count_error(44, 46) == -2
-    with pytest.raises(ValueError):
-        count_error(-1, 46)

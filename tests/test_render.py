@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from karyogram.render import PALETTE, class_colour, render_karyogram, render_overlay, simple_crop, upright_crop
+from karyogram.render import PALETTE, class_colour, render_karyogram, render_overlay, upright_crop
 
 TRUTH_46XY = [k for k in range(1, 23) for _ in (0, 1)] + [23, 24]
 
@@ -100,7 +100,7 @@ def test_overlay(tmp_path):
         render_overlay(img, masks[:2], [1, 2, 3], path=tmp_path / "bad.png")
 
 
-def test_simple_crop_upright_and_white():
+def test_upright_crop_without_centromere_is_upright_and_white():
     H, W = 200, 200
     img = np.ones((H, W), np.float32)
     mask = np.zeros((H, W), np.uint8)
@@ -110,7 +110,7 @@ def test_simple_crop_upright_and_white():
     img[mask > 0] = 0.4
     ys, xs = np.nonzero(mask)
     box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    crop = simple_crop(img, mask, box)
+    crop = upright_crop(img, mask, box)[0]
     assert crop.dtype == np.float32 and crop.ndim == 2
     h, w = crop.shape
     assert 95 <= h <= 112 and 12 <= w <= 26  # principal axis vertical, no scaling
