@@ -24,7 +24,7 @@ from karyogram.render import FLAG_WORDS, LAYOUT, class_colour
 from .edits import NOT_CHROMOSOME
 from .imagery import png_bytes, thumbnail_png
 from .result import CellError
-from .store import REVIEWED_SUFFIX, NotFoundError, ResultsFolder, ReviewError
+from .store import REVIEWED_SUFFIX, NotFoundError, ResultsFolder, ReviewError, sha256_of
 
 #: index orders: key -> (row sort key, reverse); "doubt" puts the cells most in need of a look first
 SORTS: dict[str, Any] = {
@@ -126,6 +126,12 @@ def create_app(
             raise CellError(
                 folder.reviewed_path(stem), f"its saved edits no longer fit {cell.path.name} ({exc}); move it away"
             ) from None
+        notes = []
+        if rv and rv["review"].get("source_sha256") != sha256_of(cell.path):
+            notes.append(
+                f"{cell.path.name} has changed since this review was saved ({rv['review'].get('saved_at')}): "
+                "check the saved edits against the new result"
+            )
         order = [r["stem"] for r in sorted_rows(folder.index(), "doubt")]
         pos = order.index(stem) if stem in order else -1
         chroms = []
@@ -165,6 +171,7 @@ def create_app(
             prev=order[pos - 1] if pos > 0 else None,
             next=order[pos + 1] if 0 <= pos < len(order) - 1 else None,
             not_chromosome=NOT_CHROMOSOME,
+            notes=notes,
         )
 
     @app.post("/api/cell/<stem>/state")

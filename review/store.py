@@ -86,7 +86,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -316,7 +317,7 @@ class ResultsFolder:
                 "saved_at": now,
                 "accepted": bool(accepted),
                 "source": f"{stem}.json",
-                "source_sha256": _sha256(cell.path),
+                "source_sha256": sha256_of(cell.path),
                 "pipeline_karyotype": cell.data.get("karyotype"),
                 "pipeline_sanity_score": cell.data.get("sanity_score"),
                 "edits": kept,
@@ -351,7 +352,7 @@ class ResultsFolder:
             )
 
     def _copy_image(self, src: Path, dst: Path) -> None:
-        if dst.is_file() and dst.stat().st_size == src.stat().st_size and _sha256(dst) == _sha256(src):
+        if dst.is_file() and dst.stat().st_size == src.stat().st_size and sha256_of(dst) == sha256_of(src):
             return
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)

@@ -386,3 +386,48 @@ def _script():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_concurrent_saves_of_one_cell_one_wins(results):
+    """Two saves from revision 0 at the same moment: exactly one is written, the other refused."""
+    import threading
+
+    from review.store import ConflictError, ResultsFolder
+
+    folder = ResultsFolder(results)
+    edits = _edits_for(_cell(results, "cellA"))[0]
+    outcome: list[str] = []
+
+    def save(k: int) -> None:
+        try:
+            folder.save("cellA", edits[k : k + 1], base_revision=0, reviewer=f"t{k}", accepted=False)
+            outcome.append("saved")
+        except ConflictError:
+            outcome.append("refused")
+
+    threads = [threading.Thread(target=save, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcome) == ["refused", "saved"]
+    rv = json.loads((results / "cellA.reviewed.json").read_text())
+    assert rv["review"]["revision"] == 1 and len(rv["review"]["edits"]) == 1
+
+
+def test_empty_cell_and_a_changed_pipeline_result(client, results):
+    d = _cell(results, "cellA")
+    empty = d | {"chromosomes": [], "karyotype": None, "sex": None, "count": 0, "detections": 0}
+    (results / "empty_cell.json").write_text(json.dumps(empty))
+    r = client.get("/api/cell/empty_cell")
+    assert r.status_code == 200 and r.get_json()["state"]["karyotype"] is None
+    r = client.post("/api/cell/empty_cell/save", json={"edits": [], "base_revision": 0, "reviewer": "a"})
+    assert r.status_code == 200, r.get_json()
+    assert (results / "empty_cell_karyogram.reviewed.png").is_file()
+    coco = json.loads((results / "reviewed_coco.json").read_text())
+    assert coco["images"][0]["review_stem"] == "empty_cell" and coco["annotations"] == []
+    # the pipeline ran again on cellA after its review: the page says so
+    r = client.post("/api/cell/cellA/save", json={"edits": [], "base_revision": 0, "reviewer": "a"})
+    assert r.status_code == 200 and client.get("/api/cell/cellA").get_json()["notes"] == []
+    (results / "cellA.json").write_text(json.dumps(d | {"notes": ["re-run"]}))
+    assert "has changed since this review was saved" in client.get("/api/cell/cellA").get_json()["notes"][0]

@@ -232,3 +232,75 @@ def test_review_a_cell_in_the_browser(browser, server, results, tmp_path):
     assert [im["review_stem"] for im in coco["images"]] == [stem, "synthetic_46XY"]
     smoke_train_both(results / "reviewed_coco.json", tmp_path / "runs")
     assert (tmp_path / "runs" / "seg" / "last.pth").is_file() and (tmp_path / "runs" / "cls" / "best.pth").is_file()
+
+
+def test_keyboard_swap_drag_to_debris_and_back(browser, server, results):
+    """On the synthetic cell (one chromosome 1 labelled 3, one speck of debris): keys and drags."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    d = browser
+    stem = "synthetic_46XY"
+    cell = json.loads((results / f"{stem}.json").read_text())
+    ch = cell["chromosomes"]
+    wrong = next(c["id"] for c in ch if "extra" in c["flags"])
+    speck = next(c["id"] for c in ch if c["label"] == 0)
+    four = next(c["id"] for c in ch if c["label"] == 4)
+    five = next(c["id"] for c in ch if c["label"] == 5)
+    d.get(f"{server}/cell/{stem}")
+    _wait(d, lambda d: d.execute_script("return document.body.dataset.ready === '1'"), what="cell page ready")
+    body = d.find_element(By.TAG_NAME, "body")
+    iscn = lambda: d.find_element(By.ID, "iscn").text  # noqa: E731
+
+    def chrom(i):
+        return d.find_element(By.CSS_SELECTOR, f'.chrom[data-id="{i}"]')
+
+    def slot_of(i):
+        return d.execute_script(
+            f"const e = document.querySelector('.chrom[data-id=\"{i}\"]').closest('.drop');"
+            "return e.dataset.debris ? 'debris' : e.dataset.class;"
+        )
+
+    assert iscn() == "46,XY,-1,+3"
+    # type the class: 1 Enter
+    chrom(wrong).click()
+    body.send_keys("1", Keys.ENTER)
+    _wait(d, lambda d: iscn() == "46,XY", what="moved to 1 by keys")
+    assert d.find_element(By.ID, "sanity").text == "1.000" and slot_of(wrong) == "1"
+    assert "flagged" not in chrom(wrong).get_attribute("class")  # a person placed it: no longer in doubt
+    # swap a 4 and a 5 with s ... s, then undo with Ctrl+Z
+    chrom(four).click()
+    body.send_keys("s")
+    chrom(five).click()
+    body.send_keys("s")
+    _wait(d, lambda d: slot_of(four) == "5" and slot_of(five) == "4", what="swapped")
+    assert iscn() == "46,XY"
+    ActionChains(d).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+    _wait(d, lambda d: slot_of(four) == "4" and slot_of(five) == "5", what="swap undone")
+    # drag the speck from "unassigned" onto "not a chromosome", and back
+    assert slot_of(speck) == "0"
+    ActionChains(d).move_to_element(chrom(speck)).click_and_hold().move_by_offset(8, 8).move_to_element(
+        d.find_element(By.CSS_SELECTOR, "#debris h3")
+    ).pause(0.2).release().perform()
+    _wait(d, lambda d: slot_of(speck) == "debris", what="speck in debris")
+    ActionChains(d).move_to_element(chrom(speck)).click_and_hold().move_by_offset(8, 8).move_to_element(
+        d.find_element(By.CSS_SELECTOR, "#unassigned h3")
+    ).pause(0.2).release().perform()
+    _wait(d, lambda d: slot_of(speck) == "0", what="speck restored")
+    # x moves to X; arrows walk the chromosomes; undo all: the fix, the drag to debris and back
+    chrom(wrong).click()
+    body.send_keys("x")
+    _wait(d, lambda d: slot_of(wrong) == "23", what="moved to X")
+    assert iscn() == "46,XXY,-1"
+    body.send_keys("z")
+    _wait(d, lambda d: slot_of(wrong) == "1", what="undo x")
+    body.send_keys(Keys.ARROW_RIGHT)
+    assert d.find_elements(By.CSS_SELECTOR, ".chrom.selected") and f"#{wrong}" not in d.find_element(By.ID, "info").text
+    body.send_keys("z", "z")
+    _wait(d, lambda d: slot_of(speck) == "0" and iscn() == "46,XY", what="drags undone")
+    body.send_keys("z")
+    _wait(d, lambda d: iscn() == "46,XY,-1,+3", what="back to the pipeline's labels")
+    assert "Nothing to undo" not in d.find_element(By.ID, "message").text
+    body.send_keys("z")
+    _wait(d, lambda d: "Nothing to undo" in d.find_element(By.ID, "message").text, what="empty undo stack")

@@ -468,6 +468,7 @@
     }
     draw();
     document.body.dataset.ready = "1";
-    message(cell.review.revision ? "Loaded revision " + revision + " (" + savedCount + " edits)" : "");
+    if (cell.notes.length) message(cell.notes.join(" "), "error");
+    else message(cell.review.revision ? "Loaded revision " + revision + " (" + savedCount + " edits)" : "");
   })();
 })();
