@@ -24,7 +24,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from fileio import atomic_write, atomic_write_json
 from karyogram.labels import name_of
 
 from .edits import EditError, apply_edits, n_flagged, summary
@@ -326,8 +326,6 @@ class ResultsFolder:
             coco = self._coco_with(stem, out, loaded, files["image"])  # before writing: a bad COCO file stops all
             self._render(stem, loaded, st, state, files)
             self._copy_image(loaded.image_path, self.root / files["image"])
-            from datasets.io import atomic_write_json
-
             atomic_write_json(self.reviewed_path(stem), out)
             atomic_write_json(self.root / COCO_NAME, coco)
         return {"revision": revision, "saved_at": now, "files": files, "accepted": bool(accepted)}
@@ -354,16 +352,8 @@ class ResultsFolder:
     def _copy_image(self, src: Path, dst: Path) -> None:
         if dst.is_file() and dst.stat().st_size == src.stat().st_size and sha256_of(dst) == sha256_of(src):
             return
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
 
     def _coco_with(self, stem: str, reviewed: dict[str, Any], loaded: LoadedCell, image_rel: str) -> dict[str, Any]:
         """``reviewed_coco.json`` with this cell's image and instances replaced by the reviewed ones."""
