@@ -1,0 +1,2 @@
+"""The browser review app of review.py: see review/app.py (routes), store.py (the results folder and
+what a save writes), edits.py (edits and what follows from them), result.py (reading the pipeline's files)."""

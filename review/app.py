@@ -24,7 +24,7 @@ from karyogram.render import FLAG_WORDS, LAYOUT, class_colour
 from .edits import NOT_CHROMOSOME
 from .imagery import png_bytes, thumbnail_png
 from .result import CellError
-from .store import REVIEWED_SUFFIX, NotFoundError, ResultsFolder, ReviewError, sha256_of
+from .store import REVIEWED_SUFFIX, NotFoundError, OutsideError, ResultsFolder, ReviewError, sha256_of
 
 #: index orders: key -> (row sort key, reverse); "doubt" puts the cells most in need of a look first
 SORTS: dict[str, Any] = {
@@ -76,6 +76,13 @@ def create_app(
 
     def is_api() -> bool:
         return request.path.startswith("/api/")
+
+    @app.before_request
+    def _local_only():
+        # the server binds 127.0.0.1; a page of another site that resolves its own name to 127.0.0.1
+        # (DNS rebinding) still sends its name as Host: refuse it
+        if request.host.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "[::1]"):
+            raise OutsideError(f"refused: this review app answers only to 127.0.0.1, not to host {request.host!r}")
 
     @app.errorhandler(ReviewError)
     def _review_error(exc: ReviewError):

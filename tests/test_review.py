@@ -351,6 +351,10 @@ def test_paths_outside_the_results_folder_are_refused(client, results, tmp_path)
     assert client.get("/files/%2e%2e/secret.txt").status_code == 403
     for url in ("/api/cell/..", "/api/cell/..%2f..%2fetc%2fpasswd", "/cell/%2e%2e/image.png"):
         assert client.get(url).status_code in (403, 404), url
+    # a request naming another host (DNS rebinding) is refused
+    r = client.get("/api/cell/cellA", headers={"Host": "evil.example:8765"})
+    assert r.status_code == 403 and "answers only to 127.0.0.1" in r.get_json()["error"]
+    assert client.get("/", headers={"Host": "127.0.0.1:8765"}).status_code == 200
 
 
 def test_port_in_use_and_bad_folders_give_clear_errors(results, capsys, tmp_path):

@@ -463,6 +463,8 @@
     const img = $("spread-img");
     img.src = "/cell/" + encodeURIComponent(STEM) + "/image.png";
     $("spread-svg").setAttribute("viewBox", "0 0 " + cell.width + " " + cell.height);
+    // a tall spread must leave room for the chromosome's details below it
+    $("spread").style.maxWidth = "calc(60vh * " + (cell.width / cell.height).toFixed(4) + ")";
     for (const [id, s] of [["prev", cell.prev], ["next", cell.next]]) {
       if (s) $(id).href = "/cell/" + encodeURIComponent(s); else $(id).classList.add("disabled");
     }
