@@ -93,9 +93,12 @@ class DistInfo:
 def init_distributed(*, device: str = "auto") -> DistInfo:
     """Initialise ``torch.distributed`` from torchrun's environment variables, if present.
 
-    ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` are set by ``torchrun``. Without them (or with
-    ``WORLD_SIZE=1``) this is a single-process run and nothing is initialised. The backend is NCCL
-    when CUDA is used (``device`` is "auto"/"cuda*" and CUDA is available), gloo otherwise.
+    ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` are set by ``torchrun``. Without them this is a
+    single-process run and nothing is initialised. Under torchrun a process group is initialised even
+    for one process (as torchvision's references do), so ``torchrun --nproc_per_node=1`` runs the very
+    DDP code paths of a multi-GPU run; ``WORLD_SIZE=1`` without torchrun's ``MASTER_ADDR`` stays a plain
+    single process. The backend is NCCL when CUDA is used (``device`` is "auto"/"cuda*" and CUDA is
+    available), gloo otherwise.
 
     Args:
         device: the ``--device`` flag of the trainer ("auto", "cpu", "cuda", "cuda:N").
@@ -108,7 +111,7 @@ def init_distributed(*, device: str = "auto") -> DistInfo:
     rank = int(os.environ["RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size <= 1:
+    if world_size <= 1 and "MASTER_ADDR" not in os.environ:
         return DistInfo(rank=rank, world_size=1, local_rank=local_rank, distributed=False)
     use_cuda = device != "cpu" and torch.cuda.is_available()
     backend = "nccl" if use_cuda else "gloo"
@@ -237,10 +240,23 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+#: environment variable that forces the autocast dtype of ``--amp`` ("bfloat16" or "float16"), e.g. to test the
+#: float16 + GradScaler path on a GPU that supports bfloat16 (``benchmarks/gpu_check.py`` does)
+AMP_DTYPE_ENV = "KARYO_AMP_DTYPE"
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype used on ``device``: bfloat16 where the GPU supports it, else float16; None on CPU."""
+    """The autocast dtype used on ``device``: bfloat16 where the GPU supports it, else float16; None on CPU.
+
+    ``$KARYO_AMP_DTYPE`` (``bfloat16`` | ``float16``) overrides the choice on CUDA.
+    """
     if torch.device(device).type != "cuda":
         return None
+    forced = os.environ.get(AMP_DTYPE_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("bfloat16", "float16"):
+            raise ValueError(f"${AMP_DTYPE_ENV}={forced!r}: use bfloat16 or float16")
+        return getattr(torch, forced)
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 

@@ -235,3 +235,34 @@ def test_inference_shards_files_by_rank(monkeypatch):
     assert (rank, world) == (1, 2) and shard == files[1::2]
     monkeypatch.setenv("RANK", "0")
     assert ip._shard(files)[0] == files[0::2]
+
+
+def test_torchrun_with_one_process_still_initialises_ddp(monkeypatch):
+    """``torchrun --nproc_per_node=1`` runs the DDP code paths (a process group of one), as torchvision's do."""
+    import engine
+
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    info = engine.init_distributed(device="cpu")
+    try:
+        assert info.distributed and info.world_size == 1 and engine.get_world_size() == 1
+        np.testing.assert_array_equal(engine.gather_rows(np.array([1, 0]), np.array([5.0, 7.0]), 2), [7.0, 5.0])
+    finally:
+        engine.cleanup_distributed()
+    monkeypatch.delenv("MASTER_ADDR")  # RANK/WORLD_SIZE=1 set by hand, no torchrun: a plain process
+    assert not engine.init_distributed(device="cpu").distributed
+
+
+def test_amp_dtype_can_be_forced(monkeypatch):
+    import engine
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    cuda = torch.device("cuda:0")
+    assert engine.amp_dtype(cuda) == torch.bfloat16
+    monkeypatch.setenv("KARYO_AMP_DTYPE", "float16")
+    assert engine.amp_dtype(cuda) == torch.float16
+    assert engine.amp_dtype(torch.device("cpu")) is None
+    monkeypatch.setenv("KARYO_AMP_DTYPE", "fp8")
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        engine.amp_dtype(cuda)
