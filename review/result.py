@@ -95,7 +95,7 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
 
 
-def _check(data: Any, p: Path) -> None:
+def check_result(data: Any, p: Path) -> None:
     """What :meth:`KaryotypePrediction.from_json_dict` takes on trust, checked with the file's name."""
     if not isinstance(data, dict):
         raise CellError(p, f"a pipeline result must be a JSON object, got {type(data).__name__}")
@@ -149,7 +149,7 @@ def parse_cell(data: Any, path: str | os.PathLike) -> Cell:
     from karyotyping.core import KaryotypePrediction
 
     p = Path(path)
-    _check(data, p)
+    check_result(data, p)
     try:
         pred = KaryotypePrediction.from_json_dict(data)
     except (ValueError, TypeError) as exc:

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,7 +39,7 @@ from karyogram.labels import name_of
 
 from .edits import EditError, apply_edits, n_flagged, summary
 from .imagery import Crop, chromosome_crops, find_image, outlines, read_grey, turned
-from .result import Cell, CellError, load_cell, mask_area, read_json
+from .result import Cell, CellError, check_result, load_cell, mask_area, read_json
 
 REVIEW_FORMAT = "karyotype-review"
 REVIEW_VERSION = 1
@@ -79,7 +80,23 @@ class LoadedCell:
     image: np.ndarray
     crops: list[Crop]
     outlines: list[Any]
-    key: tuple[float, float]
+    key: tuple[int, ...]
+
+
+#: cells kept decoded in memory (masks, image, crops)
+CELLS_IN_MEMORY = 4
+
+
+def _version(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _remember(cache: OrderedDict, key: str, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > CELLS_IN_MEMORY:
+        cache.popitem(last=False)
 
 
 def _now() -> str:
@@ -108,8 +125,10 @@ class ResultsFolder:
             raise ReviewError(f"results folder {root} does not exist or is not a folder")
         self.image_dirs = tuple(Path(d) for d in image_dirs)
         self._lock = threading.Lock()
-        self._cache: dict[str, LoadedCell] = {}
-        self._cells: dict[str, tuple[tuple[int, int], Cell]] = {}
+        # the last few cells opened (a cell holds its masks and image: tens of MB), and the index rows of all
+        self._loaded: OrderedDict[str, LoadedCell] = OrderedDict()
+        self._cells: OrderedDict[str, tuple[tuple[int, int], Cell]] = OrderedDict()
+        self._rows: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ paths
     def resolve(self, rel: str) -> Path:
@@ -151,13 +170,13 @@ class ResultsFolder:
         p = self.json_path(stem)
         if not p.exists():
             raise NotFoundError(f"{p}: missing (no pipeline result for {stem!r}); run inference_pipeline.py on it")
-        st = p.stat()
-        key = (st.st_mtime_ns, st.st_size)
+        key = _version(p)
         hit = self._cells.get(stem)
         if hit is not None and hit[0] == key:
+            self._cells.move_to_end(stem)
             return hit[1]
         cell = load_cell(p)
-        self._cells[stem] = (key, cell)
+        _remember(self._cells, stem, (key, cell))
         return cell
 
     def reviewed(self, stem: str) -> dict[str, Any] | None:
@@ -184,15 +203,36 @@ class ResultsFolder:
         p = self.json_path(stem)
         cell = self.cell(stem)
         img_path = find_image(cell, self.root, self.image_dirs)
-        key = (p.stat().st_mtime, img_path.stat().st_mtime)
-        hit = self._cache.get(stem)
+        key = (*_version(p), *_version(img_path))
+        hit = self._loaded.get(stem)
         if hit is not None and hit.key == key:
+            self._loaded.move_to_end(stem)
             return hit
         image = read_grey(img_path, cell)
         masks = cell.prediction.masks
         loaded = LoadedCell(cell, img_path, image, chromosome_crops(image, masks), outlines(masks), key)
-        self._cache[stem] = loaded
+        _remember(self._loaded, stem, loaded)
         return loaded
+
+    def _pipeline_row(self, stem: str) -> dict[str, Any]:
+        """What the index shows of the pipeline's result (read and checked, masks not decoded)."""
+        p = self.json_path(stem)
+        if not p.exists():
+            raise NotFoundError(f"{p}: missing (no pipeline result for {stem!r}); run inference_pipeline.py on it")
+        key = _version(p)
+        hit = self._rows.get(stem)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        data = read_json(p)
+        check_result(data, p)
+        row = {
+            "karyotype": data.get("karyotype"),
+            "count": data.get("count"),
+            "sanity_score": data.get("sanity_score"),
+            "n_flagged": n_flagged([c["flags"] for c in data["chromosomes"]]),
+        }
+        self._rows[stem] = (key, row)
+        return row
 
     def index(self) -> list[dict[str, Any]]:
         """One row per cell: name, ISCN, count, sanity score, flagged chromosomes, review status, or the
@@ -201,13 +241,7 @@ class ResultsFolder:
         for stem in self.stems():
             row: dict[str, Any] = {"stem": stem, "error": None, "status": "not reviewed"}
             try:
-                cell = self.cell(stem)
-                pipe = {
-                    "karyotype": cell.data.get("karyotype"),
-                    "count": cell.data.get("count"),
-                    "sanity_score": cell.data.get("sanity_score"),
-                    "n_flagged": n_flagged(cell.flags),
-                }
+                pipe = self._pipeline_row(stem)
                 row |= pipe
                 row["pipeline_karyotype"] = pipe["karyotype"]
                 rv = self.reviewed(stem)

@@ -435,3 +435,20 @@ def test_empty_cell_and_a_changed_pipeline_result(client, results):
     assert r.status_code == 200 and client.get("/api/cell/cellA").get_json()["notes"] == []
     (results / "cellA.json").write_text(json.dumps(d | {"notes": ["re-run"]}))
     assert "has changed since this review was saved" in client.get("/api/cell/cellA").get_json()["notes"][0]
+
+
+def test_index_decodes_no_masks_and_few_cells_stay_in_memory(results, monkeypatch):
+    from review import store
+    from review.store import CELLS_IN_MEMORY, ResultsFolder
+
+    text = (results / "cellA.json").read_text()
+    for k in range(CELLS_IN_MEMORY + 2):
+        (results / f"copy{k}.json").write_text(text)
+    folder = ResultsFolder(results)
+    monkeypatch.setattr(store, "load_cell", lambda p: pytest.fail(f"the index decoded {p}"))
+    rows = folder.index()
+    assert len(rows) == CELLS_IN_MEMORY + 4 and all(r["error"] is None for r in rows)
+    monkeypatch.undo()
+    for k in range(CELLS_IN_MEMORY + 2):
+        folder.state(f"copy{k}", [])
+    assert len(folder._cells) == CELLS_IN_MEMORY and "copy0" not in folder._cells
