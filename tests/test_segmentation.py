@@ -52,7 +52,12 @@ def test_every_backbone_builds_and_runs_in_both_modes(backbone):
         n_cls = 2 if agnostic else 25
         assert model.roi_heads.box_predictor.cls_score.out_features == n_cls
         assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == n_cls
-        stem = model.backbone.body.conv1 if backbone.startswith("resnet") else model.backbone.body["0"][0]
+        if backbone.startswith("resnet"):
+            stem = model.backbone.body.conv1
+        elif backbone.startswith("efficientnet"):
+            stem = model.backbone.body.conv_stem
+        else:
+            stem = model.backbone.body["0"][0]
         assert stem.in_channels == 1  # a true grey stem
         assert model.rpn.head.cls_logits.out_channels == 5  # 1 size x 5 aspect ratios per level
         with torch.no_grad():
