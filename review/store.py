@@ -165,12 +165,16 @@ class ResultsFolder:
         return sorted(names)
 
     # ------------------------------------------------------------------ reading
-    def cell(self, stem: str) -> Cell:
-        """The pipeline's result for ``stem`` (read once per version of its file)."""
+    def _result_file(self, stem: str) -> tuple[Path, tuple[int, int]]:
+        """``<stem>.json`` and its version; :class:`NotFoundError` when it is missing."""
         p = self.json_path(stem)
         if not p.exists():
             raise NotFoundError(f"{p}: missing (no pipeline result for {stem!r}); run inference_pipeline.py on it")
-        key = _version(p)
+        return p, _version(p)
+
+    def cell(self, stem: str) -> Cell:
+        """The pipeline's result for ``stem`` (read once per version of its file)."""
+        p, key = self._result_file(stem)
         hit = self._cells.get(stem)
         if hit is not None and hit[0] == key:
             self._cells.move_to_end(stem)
@@ -216,10 +220,7 @@ class ResultsFolder:
 
     def _pipeline_row(self, stem: str) -> dict[str, Any]:
         """What the index shows of the pipeline's result (read and checked, masks not decoded)."""
-        p = self.json_path(stem)
-        if not p.exists():
-            raise NotFoundError(f"{p}: missing (no pipeline result for {stem!r}); run inference_pipeline.py on it")
-        key = _version(p)
+        p, key = self._result_file(stem)
         hit = self._rows.get(stem)
         if hit is not None and hit[0] == key:
             return hit[1]
