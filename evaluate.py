@@ -12,7 +12,8 @@
 
 It prints a readable table and, as its LAST stdout line, one JSON object with every figure; it also writes
 ``metrics.json``, ``confusion_*.png`` and ``per_class_*.png`` into ``--out``. Splits are the data layer's
-deterministic ones (``--val-fraction``, ``--split-seed``), the same the trainers use. ``--dataset synthetic``
+deterministic ones (``--val-fraction``, ``--test-fraction``, ``--split-seed``), the same the trainers use:
+``--split test --test-fraction F`` scores the groups a trainer run with ``--test-fraction F`` held out. ``--dataset synthetic``
 draws ``--synthetic-n`` fresh spreads with ``--synthetic-seed`` (a seed no trainer uses, so all are unseen
 and ``--split`` is ignored); ``--synthetic-size 384`` keeps them small.
 """

@@ -636,7 +636,7 @@ def predict(
     return out
 
 
-def suppress_overlapping_masks(masks: np.ndarray, scores: np.ndarray, thresh: float = 0.5) -> np.ndarray:
+def suppress_overlapping_masks(masks: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
     """Mask-level non-maximum suppression: drop duplicates and fragments of a better-scoring instance.
 
     Box NMS misses them for elongated, bent or diagonal chromosomes: a fragment's box can lie inside a
@@ -647,7 +647,8 @@ def suppress_overlapping_masks(masks: np.ndarray, scores: np.ndarray, thresh: fl
     Args:
         masks: bool/uint8 [M, H, W].
         scores: float [M].
-        thresh: fraction of an instance's area; >= 1 keeps every non-empty instance.
+        thresh: fraction of an instance's area; >= 1 keeps every non-empty instance (no default: the pipeline's
+            is :data:`karyotyping.detection.MASK_OVERLAP`).
 
     Returns:
         int64 indices of the kept instances (never an empty mask), in descending score order.

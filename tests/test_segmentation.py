@@ -360,6 +360,6 @@ def test_suppress_overlapping_masks_known_answers():
     assert suppress_overlapping_masks(m, scores, 1.0).tolist() == [0, 1, 2, 3]  # off: only empties go
     # the fragment survives when the bar is above its coverage... never: it is 100 % covered
     assert 1 not in suppress_overlapping_masks(m, scores, 0.99).tolist()
-    assert suppress_overlapping_masks(m[:0], scores[:0]).tolist() == []
+    assert suppress_overlapping_masks(m[:0], scores[:0], 0.5).tolist() == []
     with pytest.raises(ValueError, match="scores"):
-        suppress_overlapping_masks(m, scores[:2])
+        suppress_overlapping_masks(m, scores[:2], 0.5)
