@@ -212,6 +212,28 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     )
 
 
+# ---------------------------------------------------------------------------------------------- splits
+
+
+def add_test_fraction_argument(group: Any) -> None:
+    """The trainers' ``--test-fraction`` flag (``evaluate.py`` has the same one; see :mod:`datasets.splits`)."""
+    group.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of groups held out as a test split that no training or model selection sees (the val "
+        "split keeps its membership)",
+    )
+
+
+def check_test_fraction(val_fraction: float, test_fraction: float) -> None:
+    """Raise ``ValueError`` unless ``0 <= test_fraction < 1`` and ``val_fraction + test_fraction < 1``."""
+    if not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"--test-fraction must be in [0, 1) with --val-fraction + --test-fraction < 1, got {test_fraction}"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- devices, seeds
 
 

@@ -41,6 +41,8 @@ FEATURE_CHOICES = ("none", "geometry", "scale", "texture", "all")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    import engine
+
     p = argparse.ArgumentParser(description="Train the hybrid chromosome classifier", add_help=add_help)
 
     g = p.add_argument_group("Data")
@@ -54,13 +56,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="one root per --dataset ('none' for synthetic); default ../shared/data/cil54816 for a single voc",
     )
     g.add_argument("--val-fraction", type=float, default=0.1, help="fraction of groups (images/slides/cells) for val")
-    g.add_argument(
-        "--test-fraction",
-        type=float,
-        default=0.0,
-        help="fraction of groups held out as a test split that no training or model selection sees (the val "
-        "split keeps its membership)",
-    )
+    engine.add_test_fraction_argument(g)
     g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     g.add_argument("--max-train-spreads", type=int, default=None, help="use at most this many training spreads")
     g.add_argument("--max-val-spreads", type=int, default=None, help="use at most this many validation spreads")
@@ -145,6 +141,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------- checks
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Apply --smoke and defaults, and reject bad flag values with a ValueError naming the flag."""
+    import engine
     from models.classifier import ARCHS, STEMS
 
     if args.smoke:
@@ -211,10 +208,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if not 0.0 <= args.dropout < 1.0:
         raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if not 0.0 <= args.test_fraction < 1.0 or args.val_fraction + args.test_fraction >= 1.0:
-        raise ValueError(
-            f"--test-fraction must be in [0, 1) with --val-fraction + --test-fraction < 1, got {args.test_fraction}"
-        )
+    engine.check_test_fraction(args.val_fraction, args.test_fraction)
     if not 0.0 < args.val_fraction < 1.0:
         raise ValueError(
             f"--val-fraction must be in (0, 1) (a validation split is needed for best.pth), got {args.val_fraction}"

@@ -38,6 +38,7 @@ DEFAULT_VOC_ROOT = Path(__file__).resolve().parent.parent / "shared" / "data" / 
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    import engine
     from models.segmentation import BACKBONES, NORMS
 
     p = argparse.ArgumentParser(description="Train the Mask R-CNN chromosome segmentation model", add_help=add_help)
@@ -55,13 +56,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument(
         "--val-fraction", type=float, default=0.1, help="fraction of groups (images/slides) held out for val"
     )
-    g.add_argument(
-        "--test-fraction",
-        type=float,
-        default=0.0,
-        help="fraction of groups held out as a test split that no training or model selection sees (the val "
-        "split keeps its membership)",
-    )
+    engine.add_test_fraction_argument(g)
     g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     g.add_argument("--synthetic-spreads", type=int, default=100, help="spreads generated for --dataset synthetic")
     from datasets import add_train_only_data_argument
@@ -215,6 +210,8 @@ def _resolve_roots(args: argparse.Namespace) -> list[str | None]:
 
 def check_args(args: argparse.Namespace) -> list[str | None]:
     """Validate flags before anything heavy happens; returns the dataset roots. Raises ValueError."""
+    import engine
+
     _apply_smoke(args)
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
@@ -231,10 +228,7 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
         raise ValueError(f"--fixed-scale must be in [0.05, 4], got {args.fixed_scale}")
     if args.crop_size is not None and (args.fixed_scale is None or args.crop_size < 64):
         raise ValueError("--crop-size needs --fixed-scale and at least 64 pixels")
-    if not 0.0 <= args.test_fraction < 1.0 or args.val_fraction + args.test_fraction >= 1.0:
-        raise ValueError(
-            f"--test-fraction must be in [0, 1) with --val-fraction + --test-fraction < 1, got {args.test_fraction}"
-        )
+    engine.check_test_fraction(args.val_fraction, args.test_fraction)
     if args.eval_score_thresh is None:
         from karyotyping.detection import AP_SCORE_THRESH
 
@@ -255,8 +249,6 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
         )
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    import engine
-
     engine.resolve_device(args.device)  # --device cuda without CUDA fails here
     from datasets import check_train_only_data
 
