@@ -85,23 +85,30 @@
     const what = "chromosome " + i + " \u2192 " + cell.names[k];
     return act(() => commit(moveEdits(i, k), what));
   }
+  // each action reads the state when its turn comes (keys pressed quickly queue up in act)
   function toggleDebris(i) {
     if (i < 0) return;
-    const d = state.debris[i];
-    return act(() => commit([stamp({ op: "debris", id: i, before: d, after: !d })],
-      "chromosome " + i + (d ? " restored" : " marked not a chromosome")));
+    return act(() => {
+      const d = state.debris[i];
+      return commit([stamp({ op: "debris", id: i, before: d, after: !d })],
+        "chromosome " + i + (d ? " restored" : " marked not a chromosome"));
+    });
   }
   function flip(i) {
     if (i < 0) return;
-    const f = state.flipped[i];
-    return act(() => commit([stamp({ op: "flip", id: i, before: f, after: !f })], "chromosome " + i + " turned"));
+    return act(() => {
+      const f = state.flipped[i];
+      return commit([stamp({ op: "flip", id: i, before: f, after: !f })], "chromosome " + i + " turned");
+    });
   }
   function swap(i, j) {
     if (i < 0 || j < 0 || i === j) return;
-    if (state.debris[i] || state.debris[j]) { message("Restore a 'not a chromosome' before swapping it", "error"); return; }
-    const a = state.labels[i], b = state.labels[j];
-    return act(() => commit([stamp({ op: "swap", ids: [i, j], before: [a, b], after: [b, a] })],
-      "swapped " + i + " (" + cell.names[a] + ") and " + j + " (" + cell.names[b] + ")"));
+    return act(() => {
+      if (state.debris[i] || state.debris[j]) { message("Restore a 'not a chromosome' before swapping it", "error"); return; }
+      const a = state.labels[i], b = state.labels[j];
+      return commit([stamp({ op: "swap", ids: [i, j], before: [a, b], after: [b, a] })],
+        "swapped " + i + " (" + cell.names[a] + ") and " + j + " (" + cell.names[b] + ")");
+    });
   }
   function undo() {
     return act(async () => {
