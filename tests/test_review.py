@@ -180,6 +180,10 @@ def test_save_writes_review_karyogram_and_coco_without_touching_pipeline_files(c
         assert _sha(results / name) == sha, name
     rv = json.loads((results / "cellA.reviewed.json").read_text())
     assert set(cell) - {"chromosomes"} <= set(rv)  # the same schema, plus the review
+    from karyotyping.core import KaryotypePrediction
+
+    pred = KaryotypePrediction.from_json_dict(rv)  # the core reads a reviewed file as it reads its own
+    assert pred.karyotype == "46,XY" and int(pred.labels[wrong]) == 1 and pred.count == 46
     assert rv["karyotype"] == "46,XY" and rv["count"] == 46 and rv["sanity_score"] == 1.0
     assert rv["chromosomes"][wrong]["label"] == 1 and rv["chromosomes"][wrong]["pipeline_label"] == 3
     assert rv["chromosomes"][wrong]["flags"] == [] and rv["chromosomes"][wrong]["pipeline_flags"] == [
