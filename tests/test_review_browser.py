@@ -228,6 +228,7 @@ def test_review_a_cell_in_the_browser(browser, server, results, tmp_path):
     _wait(d, lambda d: d.execute_script("return document.body.dataset.ready === '1'"), what="second cell ready")
     d.find_element(By.TAG_NAME, "body").send_keys("a")
     _wait(d, lambda d: "Accepted and saved" in d.find_element(By.ID, "message").text, what="accepted")
+    assert "1 still unassigned" in d.find_element(By.ID, "message").text  # the speck, left as it is
     coco = json.loads((results / "reviewed_coco.json").read_text())
     assert [im["review_stem"] for im in coco["images"]] == [stem, "synthetic_46XY"]
     smoke_train_both(results / "reviewed_coco.json", tmp_path / "runs")

@@ -159,6 +159,10 @@
           a.href = "/files/" + f[k]; a.textContent = label; a.target = "_blank";
           m.append(a, " ");
         }
+        if (state.n_unassigned) {
+          m.append("\u2014 " + state.n_unassigned + " still unassigned: in the training file as class-unknown " +
+            "'chromosome' (the detector learns them, the classifier skips them)");
+        }
       } catch (err) {
         message((err.status === 409 ? "Conflict: " : "Not saved: ") + err.message, "error");
       }
