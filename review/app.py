@@ -24,7 +24,7 @@ from karyogram.render import FLAG_WORDS, LAYOUT, class_colour
 from .edits import NOT_CHROMOSOME
 from .imagery import png_bytes, thumbnail_png
 from .result import CellError
-from .store import REVIEWED_SUFFIX, NotFoundError, OutsideError, ResultsFolder, ReviewError, sha256_of
+from .store import NotFoundError, OutsideError, ResultsFolder, ReviewError, sha256_of
 
 #: index orders: key -> (row sort key, reverse); "doubt" puts the cells most in need of a look first
 SORTS: dict[str, Any] = {
@@ -231,7 +231,6 @@ def create_app(
         resp.headers["Cache-Control"] = "no-cache"
         return resp
 
-    app.jinja_env.globals["REVIEWED_SUFFIX"] = REVIEWED_SUFFIX
     return app
 
 
