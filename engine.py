@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 from datasets.io import atomic_torch_save, atomic_write, load_torch_file
 from karyotyping.detection import evaluate_detection  # the one detection-evaluation loop (sharded under DDP)
-from karyotyping.runtime import resolve_device  # the one --device resolver (honours LOCAL_RANK)
+from karyotyping.runtime import env_rank, resolve_device  # the one --device resolver (honours LOCAL_RANK)
 
 __all__ = [
     "DistInfo",
@@ -108,9 +108,8 @@ def init_distributed(*, device: str = "auto") -> DistInfo:
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
-    rank = int(os.environ["RANK"])
-    world_size = int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    env = env_rank()  # the one reader of torchrun's variables (a clear error for a non-integer value)
+    rank, world_size, local_rank = env.rank, env.world_size, env.local_rank
     if world_size <= 1 and "MASTER_ADDR" not in os.environ:
         return DistInfo(rank=rank, world_size=1, local_rank=local_rank, distributed=False)
     use_cuda = device != "cpu" and torch.cuda.is_available()
