@@ -129,18 +129,21 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     """COCO AP for boxes and masks, 24-class (if the model has classes) and class-agnostic; PQ and AJI."""
     from karyotyping.detection import detect_dataset
     from karyotyping.runtime import resolve_device
-    from metrics.detection import coco_evaluate
+    from metrics.detection import coco_evaluate, encode_record
     from models.segmentation import load_segmentation_checkpoint
 
     device = resolve_device(args.device)
     model, cfg = load_segmentation_checkpoint(args.seg_weights, device)
     ds, n = _dataset(args)
-    gts, preds = [], []
+    gts, preds, kept = [], [], []
     for _, rec, pred in detect_dataset(
         model, ds, device, score_thresh=args.score_thresh, max_images=n, progress=not args.quiet
     ):
         gts.append(rec)
-        preds.append(pred)
+        # AP needs every detection but only as RLE; the matching figures need the masks above the pipeline's
+        # threshold only (keeping all of them at the AP threshold would take ~150 MB per CIL image)
+        kept.append(pred.masks[pred.scores >= args.pipeline_score_thresh])
+        preds.append(encode_record(pred))
     res: dict[str, Any] = {"images": n, "stage": "seg", "model_agnostic": bool(cfg.agnostic)}
     agn = coco_evaluate(gts, preds, agnostic=True)
     res.update({f"agnostic_{k}": v for k, v in agn.items() if not isinstance(v, dict)})
@@ -149,11 +152,7 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     else:
         res.update({k: v for k, v in agn.items() if not isinstance(v, dict)})
     # instance matching on the kept detections (pipeline threshold)
-    t_masks, p_masks = [], []
-    for g, p in zip(gts, preds):
-        keep = p.scores >= args.pipeline_score_thresh
-        t_masks.append(_gt_masks(g)[0])
-        p_masks.append(p.masks[keep])
+    t_masks, p_masks = [_gt_masks(g)[0] for g in gts], kept
     res.update(_instance_metrics(t_masks, p_masks))
     res.update(
         {

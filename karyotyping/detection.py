@@ -134,45 +134,6 @@ def detect_dataset(
         yield i, gt, pred
 
 
-# ------------------------------------------------------------------ merging shards
-def _compact(rec: KaryoRecord) -> dict[str, Any]:
-    """What AP needs of a record, small enough to send between ranks (masks as COCO RLE)."""
-    from datasets.coco import encode_masks
-
-    return {
-        "shape": (rec.height, rec.width),
-        "boxes": rec.boxes,
-        "labels": rec.labels,
-        "scores": rec.scores,
-        "masks": None if rec.masks is None else encode_masks(rec.masks),
-        "masks_derived": rec.masks_derived,
-        "meta": {"image_id": rec.image_id},
-    }
-
-
-def _expand(c: dict[str, Any]) -> KaryoRecord:
-    from pycocotools import mask as mask_utils
-
-    h, w = c["shape"]
-    masks = None
-    if c["masks"] is not None:
-        masks = (
-            np.ascontiguousarray(mask_utils.decode(c["masks"]).transpose(2, 0, 1))
-            if c["masks"]
-            else np.zeros((0, h, w), np.uint8)
-        )
-    image = np.broadcast_to(np.zeros(1, np.float32), (h, w))  # never read by AP: no copy of a blank image
-    return KaryoRecord(
-        image=image,
-        boxes=c["boxes"],
-        labels=c["labels"],
-        masks=masks,
-        masks_derived=c["masks_derived"],
-        scores=c["scores"],
-        meta=c["meta"],
-    )
-
-
 def evaluate_detection(
     model: torch.nn.Module,
     dataset: Sequence[KaryoRecord],
@@ -192,29 +153,26 @@ def evaluate_detection(
         the flat dict of :func:`metrics.detection.coco_evaluate` (``bbox_AP``, ``bbox_AP50``, ...,
         ``segm_AP50``, ...), values in [0, 1], or -1 where COCO has nothing to score.
     """
-    from metrics.detection import coco_evaluate
+    from metrics.detection import coco_evaluate, encode_record
 
     net = model.module if hasattr(model, "module") else model
     rank, world = _rank_world()
-    pairs = [
-        (i, gt, pred)
+    # each record is encoded as soon as it is detected (masks as RLE): a whole split fits in memory
+    mine = [
+        (i, encode_record(gt), encode_record(pred))
         for i, gt, pred in detect_dataset(
             net, dataset, device, score_thresh=score_thresh, max_images=max_images, progress=progress, shard=True
         )
     ]
     if world == 1:
-        gts, preds = [g for _, g, _ in pairs], [p for _, _, p in pairs]
-        return coco_evaluate(gts, preds, agnostic=agnostic)
-    mine = [(i, _compact(g), _compact(p)) for i, g, p in pairs]
-    del pairs
+        return coco_evaluate([g for _, g, _ in mine], [p for _, _, p in mine], agnostic=agnostic)
     shards: list[Any] = [None] * world
     dist.all_gather_object(shards, mine)
+    del mine
     result: list[Any] = [None]
     if rank == 0:
         merged = sorted((t for s in shards for t in s), key=lambda t: t[0])
-        gts = [_expand(g) for _, g, _ in merged]
-        preds = [_expand(p) for _, _, p in merged]
-        result[0] = coco_evaluate(gts, preds, agnostic=agnostic)
+        result[0] = coco_evaluate([g for _, g, _ in merged], [p for _, _, p in merged], agnostic=agnostic)
     del shards
     dist.broadcast_object_list(result, src=0)
     return result[0]

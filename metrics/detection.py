@@ -28,6 +28,7 @@ import contextlib
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from datasets.coco import encode_masks
 from datasets.record import KaryoRecord, boxes_to_masks
 from karyogram.labels import NUM_CLASSES, name_of
 
-__all__ = ["coco_evaluate", "DEFAULT_MAX_DETS"]
+__all__ = ["DEFAULT_MAX_DETS", "EncodedRecord", "coco_evaluate", "encode_record"]
 
 #: detection caps per image used by :func:`coco_evaluate`; AP is read at the last one
 DEFAULT_MAX_DETS: tuple[int, ...] = (1, 10, 100, 300)
@@ -47,14 +48,51 @@ DEFAULT_MAX_DETS: tuple[int, ...] = (1, 10, 100, 300)
 _IOU_TYPES = ("bbox", "segm")
 
 
-def _record_masks(rec: KaryoRecord) -> tuple[np.ndarray, bool]:
-    """Masks uint8 [N, H, W] of a record and whether they had to be filled in from the boxes."""
-    if rec.masks is not None:
-        return rec.masks, False
-    return boxes_to_masks(rec.boxes, rec.height, rec.width), True
+@dataclass
+class EncodedRecord:
+    """What AP needs of a :class:`KaryoRecord`, with its masks as COCO RLE: a few kB instead of N x H x W bytes.
+
+    An evaluation loop encodes each record as soon as it is made (:func:`encode_record`), so a split of
+    hundreds of images with ~150 detections each fits in memory; the ranks of a distributed evaluation send
+    these to each other.
+    """
+
+    height: int
+    width: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray | None
+    rles: list[dict[str, Any]]
+    masks_from_boxes: bool
+    image_id: str = ""
+
+    def __len__(self) -> int:
+        return int(len(self.labels))
 
 
-def _check_labels(rec: KaryoRecord, which: str, index: int, agnostic: bool) -> np.ndarray:
+def encode_record(rec: KaryoRecord | EncodedRecord) -> EncodedRecord:
+    """Encode a record's masks (filled boxes when it has none, flagged ``masks_from_boxes``)."""
+    if isinstance(rec, EncodedRecord):
+        return rec
+    filled = rec.masks is None
+    masks = boxes_to_masks(rec.boxes, rec.height, rec.width) if filled else rec.masks
+    if masks.shape != (len(rec), rec.height, rec.width):
+        raise ValueError(
+            f"record image_id={rec.image_id!r}: masks shape {masks.shape} != {(len(rec), rec.height, rec.width)}"
+        )
+    return EncodedRecord(
+        height=rec.height,
+        width=rec.width,
+        boxes=rec.boxes,
+        labels=rec.labels,
+        scores=rec.scores,
+        rles=encode_masks(masks),
+        masks_from_boxes=filled and len(rec) > 0,
+        image_id=rec.image_id,
+    )
+
+
+def _check_labels(rec: KaryoRecord | EncodedRecord, which: str, index: int, agnostic: bool) -> np.ndarray:
     labels = np.asarray(rec.labels, np.int64)
     if agnostic:
         return np.ones(len(labels), np.int64)
@@ -67,8 +105,11 @@ def _check_labels(rec: KaryoRecord, which: str, index: int, agnostic: bool) -> n
     return labels
 
 
-def _build_coco(records: Sequence[KaryoRecord], *, is_gt: bool, agnostic: bool, need_segm: bool) -> tuple[COCO, bool]:
-    """An in-memory COCO object for ``records`` (image ids are list positions + 1).
+def _build_coco(
+    records: Sequence[KaryoRecord | EncodedRecord], *, is_gt: bool, agnostic: bool, need_segm: bool
+) -> tuple[COCO, bool]:
+    """An in-memory COCO object for ``records`` (image ids are list positions + 1; masks encoded one record
+    at a time).
 
     Returns the COCO object and whether any record's masks were filled in from its boxes.
     """
@@ -95,11 +136,9 @@ def _build_coco(records: Sequence[KaryoRecord], *, is_gt: bool, agnostic: bool, 
         rles: list[dict[str, Any]] | None = None
         areas = (rec.boxes[:, 2] - rec.boxes[:, 0]) * (rec.boxes[:, 3] - rec.boxes[:, 1])
         if need_segm:
-            masks, filled = _record_masks(rec)
-            from_boxes |= filled
-            if masks.shape != (n, rec.height, rec.width):
-                raise ValueError(f"record {i}: masks shape {masks.shape} != {(n, rec.height, rec.width)}")
-            rles = encode_masks(masks)
+            enc = encode_record(rec)
+            from_boxes |= enc.masks_from_boxes
+            rles = enc.rles
             areas = mask_utils.area(rles).astype(np.float64)
         for j in range(n):
             x1, y1, x2, y2 = (float(v) for v in rec.boxes[j])
@@ -136,8 +175,8 @@ def _mean_valid(a: np.ndarray) -> float:
 
 
 def coco_evaluate(
-    gt: Sequence[KaryoRecord],
-    pred: Sequence[KaryoRecord],
+    gt: Sequence[KaryoRecord | EncodedRecord],
+    pred: Sequence[KaryoRecord | EncodedRecord],
     *,
     agnostic: bool = False,
     iou_types: Sequence[str] = _IOU_TYPES,
@@ -148,7 +187,7 @@ def coco_evaluate(
     Args:
         gt: ground-truth records; ``labels`` 1..24 (or anything when ``agnostic``), ``masks`` uint8
             [N, H, W] or None (then the filled boxes stand in for the masks, and the result carries
-            ``"segm_gt_from_boxes": 1.0``).
+            ``"segm_gt_from_boxes": 1.0``). Either list may hold :class:`EncodedRecord` instead.
         pred: one predicted record per ground-truth record, same image size; ``scores`` float32 [M]
             (None means 1.0 for every detection); ``masks`` None means filled boxes.
         agnostic: score detection only: every label becomes 1 (one "chromosome" category).

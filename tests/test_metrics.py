@@ -341,3 +341,19 @@ def test_sanity_score_exact_values():
     assert t["copies"]["3"] == 3 and t["copies"]["Y"] == 1
     with pytest.raises(ValueError, match="0..24"):
         sanity_score([1, 25])
+
+
+def test_coco_evaluate_on_encoded_records_equals_records():
+    """An evaluation loop may keep each record as RLE (encode_record): the figures do not change."""
+    from metrics.detection import encode_record
+
+    gt = [record(GT_SPEC, [1, 23]), record([], [])]
+    pred = [record(GT_SPEC, [1, 1], scores=[0.9, 0.4]), record(GT_SPEC[:1], [2], scores=[0.3])]
+    for agnostic in (True, False):
+        direct = coco_evaluate(gt, pred, agnostic=agnostic)
+        enc = coco_evaluate([encode_record(g) for g in gt], [encode_record(p) for p in pred], agnostic=agnostic)
+        assert enc == direct
+    boxes_only = record(GT_SPEC, [1, 23])
+    boxes_only.masks = None
+    assert encode_record(boxes_only).masks_from_boxes and not encode_record(gt[0]).masks_from_boxes
+    assert coco_evaluate([encode_record(boxes_only)], [pred[0]], agnostic=True)["segm_gt_from_boxes"] == 1.0
