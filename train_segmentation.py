@@ -270,33 +270,15 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
     from torch.utils.data import ConcatDataset
 
     from datasets import build_dataset
+    from datasets.transforms import detector_transforms
 
-    train_tf = val_tf = None
-    resize = None
-    if args.resize_longest:
-        from datasets.transforms import ResizeLongest
-
-        resize = ResizeLongest(args.resize_longest)
-        val_tf = resize
-    if args.fixed_scale is not None:
-        from datasets.transforms import RandomCrop, ScaleBy
-
-        # the model scales val/test images itself; training images come scaled (and cropped) by the loader
-        resize = ScaleBy(args.fixed_scale, args.max_size)
-    if args.augment:
-        from datasets.transforms import Compose, default_train_transforms
-
-        train_tf = default_train_transforms()
-        if resize is not None:
-            train_tf = Compose([resize, train_tf])
-    else:
-        train_tf = resize
-    if args.fixed_scale is not None:
-        val_tf = None
-        if args.crop_size is not None:
-            from datasets.transforms import Compose
-
-            train_tf = Compose([train_tf, RandomCrop(args.crop_size)])
+    train_tf, val_tf = detector_transforms(
+        augment=args.augment,
+        resize_longest=args.resize_longest,
+        fixed_scale=args.fixed_scale,
+        max_size=args.max_size,
+        crop_size=args.crop_size,
+    )
 
     trains, vals = [], []
     for name, root in zip(args.dataset, roots):

@@ -1,8 +1,10 @@
 """Training throughput (images/s) and peak memory of the segmentation model, with and without ``--amp``.
 
-Every configuration runs in a fresh child process (so its peak memory is its own): it builds the
-training data and the model exactly as ``train_segmentation.py`` does from the same flags, runs
-``--warmup`` training steps that are not counted, then ``--steps`` timed steps (forward, backward,
+Every configuration runs in a fresh child process (so its peak memory is its own): it builds the model
+that a weights or checkpoint file describes (its ``SegConfig``, randomly initialised: the step cost does
+not depend on the values), the training split of a dataset with the detector trainer's own transforms
+(``datasets.transforms.detector_transforms``: augmentation, the model's fixed scale, ``--crop-size``),
+runs ``--warmup`` training steps that are not counted, then ``--steps`` timed steps (forward, backward,
 AdamW step; data loading included) and reports
 
 * images/s = batch size x timed steps / wall time of the timed steps;
@@ -13,14 +15,13 @@ AdamW step; data loading included) and reports
 ``--amp`` is mixed precision on CUDA only (see ``engine.autocast_context``); on a CPU it changes nothing,
 so the CPU is timed in float32 only and the table says so. Prints a table and, last, one JSON line.
 
-    python benchmarks/train_throughput.py                               # CIL at 640 px, light model, cpu
+    python benchmarks/train_throughput.py                               # weights/segmentation.pt's model, cpu
     python benchmarks/train_throughput.py --device cuda --steps 20      # cuda, float32 and --amp
-    python benchmarks/train_throughput.py --backbone resnet50_fpn --min-size 800 --max-size 1333 \\
-        --mask-head-layers 256 256 256 256 --box-head-dim 1024 --roi-batch-size 512 --device cuda
+    python benchmarks/train_throughput.py --seg-config runs/seg/best.pth --set min_size=800 max_size=1333 \\
+        --bench-device cuda
 
-Any flag of ``train_segmentation.py`` that shapes the data or the model is accepted (``--dataset``,
-``--data-root``, ``--backbone``, ``--agnostic``, ...). Without ``../shared/data`` use ``--dataset
-synthetic --data-root none``.
+``--set KEY=VALUE ...`` changes fields of the config (JSON values: ``mask_head_layers=[256,256]``). Without
+``../shared/data`` use ``--dataset synthetic``.
 """
 
 from __future__ import annotations
@@ -41,28 +42,21 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-import train_segmentation  # noqa: E402
-
-#: the light CPU model of the shipped weights (weights/MODEL_CARD.md)
-LIGHT_DEFAULTS = {
-    "backbone": "mobilenet_v3_fpn",
-    "agnostic": True,
-    "min_size": 640,
-    "max_size": 640,
-    "roi_batch_size": 128,
-    "mask_head_layers": [128, 128],
-    "box_head_dim": 256,
-    "workers": 1,
-    "optimizer": "adamw",
-    "lr": 3e-4,
-}
-
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parent = train_segmentation.get_args_parser(add_help=False)
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[parent]
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("Model and data")
+    m.add_argument("--seg-config", default=str(ROOT / "weights" / "segmentation.pt"), help="weights/checkpoint file")
+    m.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="change SegConfig fields")
+    m.add_argument("--dataset", default="voc", choices=("voc", "synthetic"))
+    m.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "cil54816"))
+    m.add_argument("--synthetic-spreads", type=int, default=8)
+    m.add_argument("--crop-size", type=int, default=None, help="training crops (with the model's fixed_scale)")
+    m.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    m.add_argument("--batch-size", type=int, default=2)
+    m.add_argument("--workers", type=int, default=1)
+    m.add_argument("--lr", type=float, default=3e-4, help="AdamW, the optimizer of the shipped runs")
+    m.add_argument("--seed", type=int, default=0)
     b = p.add_argument_group("Benchmark")
     b.add_argument("--steps", type=int, default=10, help="timed training steps per configuration")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -71,8 +65,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     b.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "device,amp": run one configuration
-    p.set_defaults(**LIGHT_DEFAULTS, augment=True, no_progress=True)
     return p
+
+
+def model_config(args: argparse.Namespace):
+    """The SegConfig of ``--seg-config`` with the ``--set`` changes (no pretrained file, no ImageNet load)."""
+    from datasets.io import load_torch_file
+    from models.segmentation import SegConfig
+
+    obj = load_torch_file(Path(args.seg_config))
+    if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict):
+        raise ValueError(f"{args.seg_config}: no model config in this file (a weights or checkpoint file is needed)")
+    d = dict(obj["config"])
+    trained = SegConfig.from_dict(d)
+    d |= {"pretrained_path": None, "imagenet": False, "norm": trained.resolved_norm}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            d[key] = json.loads(value)
+        except json.JSONDecodeError:
+            d[key] = value
+    return SegConfig.from_dict(d)
 
 
 def _rss_mib() -> float:
@@ -83,18 +98,27 @@ def _rss_mib() -> float:
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """One configuration in this process: build data + model as the trainer does, time the steps."""
     import engine
+    from datasets import build_dataset
     from datasets.base import DetectionView
+    from datasets.transforms import detector_transforms
     from models.segmentation import build_segmentation_model
 
     dev_name, amp = args.child.split(",")
     amp = amp == "1"
     torch.set_num_threads(args.threads)
-    args.device = dev_name
-    roots = train_segmentation.check_args(args)
     device = engine.resolve_device(dev_name)
     engine.seed_everything(args.seed, 0)
-    train_ds, _ = train_segmentation.build_datasets(args, roots)  # the trainer's split: training images only
-    view = DetectionView(train_ds, agnostic=args.agnostic)
+    config = model_config(args)
+    train_tf, _ = detector_transforms(
+        augment=args.augment,
+        fixed_scale=config.fixed_scale,
+        max_size=config.max_size,
+        crop_size=args.crop_size if config.fixed_scale is not None else None,
+    )
+    extra = {"n": args.synthetic_spreads} if args.dataset == "synthetic" else {}
+    root = None if args.dataset == "synthetic" else args.data_root
+    train_ds = build_dataset(args.dataset, root, "train", transforms=train_tf, **extra)
+    view = DetectionView(train_ds, agnostic=config.agnostic)
     n_batches = args.warmup + args.steps
     sampler = torch.utils.data.RandomSampler(view, replacement=True, num_samples=n_batches * args.batch_size)
     loader = torch.utils.data.DataLoader(
@@ -105,7 +129,9 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         collate_fn=engine.detection_collate,
         pin_memory=device.type == "cuda",
     )
-    model = build_segmentation_model(train_segmentation.build_model_config(args)).to(device)
+    model = build_segmentation_model(config).to(device)
+    if config.fixed_scale is not None:
+        model.transform._skip_resize = True  # the loader scaled the images, as in the trainer
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr)  # the optimizer of the shipped runs; the step cost is what counts
@@ -189,10 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         print("(--amp is mixed precision on CUDA only; on a CPU it changes nothing, so only float32 is timed)")
     summary = {
         "benchmark": "train_throughput",
-        "model": {k: getattr(args, k) for k in ("backbone", "agnostic", "min_size", "max_size", "roi_batch_size")},
-        "mask_head_layers": args.mask_head_layers,
-        "box_head_dim": args.box_head_dim,
+        "model": model_config(args).to_dict(),
         "dataset": args.dataset,
+        "crop_size": args.crop_size,
         "results": results,
     }
     print(json.dumps(summary))

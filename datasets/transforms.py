@@ -35,6 +35,7 @@ __all__ = [
     "VerticalFlip",
     "affine_record",
     "default_train_transforms",
+    "detector_transforms",
 ]
 
 
@@ -447,3 +448,38 @@ def default_train_transforms(max_side: int | None = None) -> Compose:
         ts.append(ResizeLongest(max_side))
         ps.append(1.0)
     return Compose(ts, ps)
+
+
+def detector_transforms(
+    *,
+    augment: bool = True,
+    resize_longest: int | None = None,
+    fixed_scale: float | None = None,
+    max_size: int = 1333,
+    crop_size: int | None = None,
+) -> tuple[Compose | None, Compose | ResizeLongest | None]:
+    """The detector trainer's (train, val) record transforms.
+
+    Args:
+        augment: :func:`default_train_transforms` on training records.
+        resize_longest: shrink every record to this longer side when loading (train and val).
+        fixed_scale: the model's ``SegConfig.fixed_scale``: training records are scaled by it here (the model
+            skips its own resize in training), val records stay as they are (the model scales them).
+        max_size: the model's cap on the longer side, applied with ``fixed_scale``.
+        crop_size: with ``fixed_scale``, random square crops of training records of this many pixels.
+    """
+    if fixed_scale is not None and resize_longest is not None:
+        raise ValueError("fixed_scale and resize_longest both set the scale: give one")
+    if crop_size is not None and fixed_scale is None:
+        raise ValueError("crop_size needs fixed_scale")
+    resize = None
+    val_tf: ResizeLongest | None = None
+    if resize_longest:
+        resize = val_tf = ResizeLongest(resize_longest)
+    if fixed_scale is not None:
+        resize = ScaleBy(fixed_scale, max_size)
+    steps: list = [t for t in (resize, default_train_transforms() if augment else None) if t is not None]
+    if crop_size is not None:
+        steps.append(RandomCrop(crop_size))
+    train_tf = Compose(steps) if steps else None
+    return train_tf, val_tf

@@ -22,9 +22,10 @@ def _load():
 def test_train_throughput_child_measures_a_step():
     mod = _load()
     args = mod.get_args_parser().parse_args(
-        ["--dataset", "synthetic", "--data-root", "none", "--synthetic-spreads", "2", "--min-size", "96",
-         "--max-size", "96", "--steps", "1", "--warmup", "0", "--workers", "0", "--child", "cpu,0"]
+        ["--dataset", "synthetic", "--synthetic-spreads", "2", "--set", "min_size=96", "max_size=96",
+         "rpn_post_nms_top_n_train=100", "--steps", "1", "--warmup", "0", "--workers", "0", "--child", "cpu,0"]
     )  # fmt: skip
+    assert mod.model_config(args).min_size == 96 and mod.model_config(args).backbone  # the shipped file's model
     res = mod.run_child(args)
     assert res["device"] == "cpu" and res["amp_dtype"] == "float32" and res["steps"] == 1
     assert res["images_per_s"] > 0 and math.isfinite(res["images_per_s"])
@@ -33,5 +34,5 @@ def test_train_throughput_child_measures_a_step():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_train_throughput_cuda_without_cuda_is_an_error(capsys):
-    rc = _load().main(["--dataset", "synthetic", "--data-root", "none", "--bench-device", "cuda"])
+    rc = _load().main(["--dataset", "synthetic", "--bench-device", "cuda"])
     assert rc == 2 and "CUDA is not available" in capsys.readouterr().err
