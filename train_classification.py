@@ -223,6 +223,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--amp needs CUDA; drop --amp or use --device cuda/auto")
     if args.pretrained is not None and not Path(args.pretrained).is_file():  # before the (long) cache building
         raise FileNotFoundError(f"--pretrained {args.pretrained}: file does not exist (weights are never downloaded)")
+    if args.pretrained is not None:  # a foreign, unsafe or broken file is refused now, not after the caches
+        from models.classifier import read_classifier_file
+
+        read_classifier_file(args.pretrained)
     if args.imagenet:
         if not args.arch.startswith("efficientnet"):
             raise ValueError(f"--imagenet needs an efficientnet_lite* --arch, got {args.arch}")
@@ -655,5 +659,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    summary = main(get_args_parser().parse_args())
+    try:
+        summary = main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError, ImportError) as exc:  # bad input: one line, no traceback
+        sys.exit(f"error: {exc}")
     print(json.dumps(summary, default=str))

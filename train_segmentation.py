@@ -542,5 +542,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         sys.exit(f"error: {exc}")

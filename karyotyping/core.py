@@ -195,7 +195,8 @@ class KaryotypePipeline:
             self.seg_model, self.seg_config = load_segmentation_checkpoint(seg_weights, self.device)
             self.cls_model, self.cls_config = load_classifier_checkpoint(cls_weights, self.device)
         except (ValueError, FileNotFoundError) as exc:
-            raise PipelineError(f"{exc}. Pass a checkpoint written by the training scripts.") from None
+            msg = str(exc).rstrip(".")
+            raise PipelineError(f"{msg}. Pass a checkpoint written by the training scripts.") from None
         self.seg_model.eval()
         self.cls_model.eval()
         self.score_thresh = score_thresh
