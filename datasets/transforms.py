@@ -251,6 +251,19 @@ def _resize(rec: KaryoRecord, nw: int, nh: int) -> KaryoRecord:
     return _finish(out)
 
 
+def fixed_scale_factor(height: int, width: int, scale: float, max_side: int | None = None) -> float:
+    """The factor an image of ``height x width`` is resized by at a fixed ``scale``, the longer side capped at
+    ``max_side`` pixels (the data pipeline's and the detector's ``FixedScaleTransform``'s one rule)."""
+    return scale if max_side is None else min(scale, max_side / max(height, width))
+
+
+def _scale_record(rec: KaryoRecord, f: float) -> KaryoRecord:
+    """Resize by ``f`` and record the factor (times any earlier one) in ``meta["resize_factor"]``."""
+    out = _resize(rec, max(1, round(rec.width * f)), max(1, round(rec.height * f)))
+    out.meta["resize_factor"] = f * float(rec.meta.get("resize_factor", 1.0))
+    return out
+
+
 class RandomScale:
     """Resize the whole record by a factor drawn uniformly from ``[lo, hi]`` (same factor both axes)."""
 
@@ -278,10 +291,7 @@ class ResizeLongest:
         long = max(rec.width, rec.height)
         if long == self.max_side or (long < self.max_side and not self.upscale):
             return rec.copy()
-        f = self.max_side / long
-        out = _resize(rec, max(1, round(rec.width * f)), max(1, round(rec.height * f)))
-        out.meta["resize_factor"] = f * float(rec.meta.get("resize_factor", 1.0))
-        return out
+        return _scale_record(rec, self.max_side / long)
 
 
 class ScaleBy:
@@ -297,12 +307,7 @@ class ScaleBy:
         self.max_side = max_side
 
     def __call__(self, rec: KaryoRecord, rng: np.random.Generator | None = None) -> KaryoRecord:
-        f = self.factor
-        if self.max_side is not None:
-            f = min(f, self.max_side / max(rec.width, rec.height))
-        out = _resize(rec, max(1, round(rec.width * f)), max(1, round(rec.height * f)))
-        out.meta["resize_factor"] = f * float(rec.meta.get("resize_factor", 1.0))
-        return out
+        return _scale_record(rec, fixed_scale_factor(rec.height, rec.width, self.factor, self.max_side))
 
 
 class RandomCrop:

@@ -256,7 +256,7 @@ def _build_backbone(config: SegConfig) -> nn.Module:
     body = mobilenet_v3_large(weights=None, norm_layer=norm)
     body.features[0][0] = _grey_conv(body.features[0][0])
     n_stages = 2 + sum(1 for b in body.features if getattr(b, "_is_cn", False))
-    # three feature maps (strides 8, 16, 32) + the pool level: small chromosomes need the stride-8 map
+    # the last three stages' maps (strides 16, 32, 32 at this depth) + the pool level
     returned = [n_stages - 3, n_stages - 2, n_stages - 1]
     return _mobilenet_extractor(body, True, _trainable_layers(config, n_stages), returned_layers=returned)
 
@@ -377,7 +377,9 @@ class FixedScaleTransform(GeneralizedRCNNTransform):
 
     def factor(self, height: int, width: int) -> float:
         """The resize factor of an image of ``height x width`` pixels."""
-        return min(self.scale, self.max_size / max(height, width))
+        from datasets.transforms import fixed_scale_factor
+
+        return fixed_scale_factor(height, width, self.scale, self.max_size)
 
     def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None):
         if self.training and self._skip_resize:
