@@ -80,6 +80,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="with --fixed-scale: train on random square crops of this many pixels (after scaling); "
         "validation and inference see whole spreads",
     )
+    g.add_argument(
+        "--copy-paste",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --augment: paste up to N whole chromosomes cut from earlier training spreads into each one "
+        "(simple copy-paste; needs masks; default 0: off)",
+    )
 
     g = p.add_argument_group("Model")
     g.add_argument("--backbone", default="resnet50_fpn", choices=BACKBONES)
@@ -228,6 +236,8 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
         raise ValueError(f"--fixed-scale must be in [0.05, 4], got {args.fixed_scale}")
     if args.crop_size is not None and (args.fixed_scale is None or args.crop_size < 64):
         raise ValueError("--crop-size needs --fixed-scale and at least 64 pixels")
+    if args.copy_paste < 0 or (args.copy_paste and not args.augment):
+        raise ValueError(f"--copy-paste must be >= 0 and needs --augment, got {args.copy_paste}")
     engine.check_test_fraction(args.val_fraction, args.test_fraction)
     if args.eval_score_thresh is None:
         from karyotyping.detection import AP_SCORE_THRESH
@@ -278,6 +288,7 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
         fixed_scale=args.fixed_scale,
         max_size=args.max_size,
         crop_size=args.crop_size,
+        copy_paste=args.copy_paste if args.augment else 0,
     )
 
     trains, vals = [], []

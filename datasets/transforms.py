@@ -462,6 +462,7 @@ def detector_transforms(
     fixed_scale: float | None = None,
     max_size: int = 1333,
     crop_size: int | None = None,
+    copy_paste: int = 0,
 ) -> tuple[Compose | None, Compose | ResizeLongest | None]:
     """The detector trainer's (train, val) record transforms.
 
@@ -472,6 +473,8 @@ def detector_transforms(
             skips its own resize in training), val records stay as they are (the model scales them).
         max_size: the model's cap on the longer side, applied with ``fixed_scale``.
         crop_size: with ``fixed_scale``, random square crops of training records of this many pixels.
+        copy_paste: paste up to this many chromosomes from earlier spreads into each training record, last
+            (:class:`datasets.copy_paste.CopyPaste`; 0: off).
     """
     if fixed_scale is not None and resize_longest is not None:
         raise ValueError("fixed_scale and resize_longest both set the scale: give one")
@@ -486,5 +489,9 @@ def detector_transforms(
     steps: list = [t for t in (resize, default_train_transforms() if augment else None) if t is not None]
     if crop_size is not None:
         steps.append(RandomCrop(crop_size))
+    if copy_paste:
+        from .copy_paste import CopyPaste
+
+        steps.append(CopyPaste(copy_paste))
     train_tf = Compose(steps) if steps else None
     return train_tf, val_tf
