@@ -181,11 +181,20 @@ class CopyPaste:
             return rec
         stack = np.stack(masks).astype(np.uint8)
         seen = stack.reshape(len(stack), -1).sum(1)
+        boxes = masks_to_boxes(stack)
+        if "box_margin" in rec.meta:  # annotated boxes (see datasets.transforms._finish): the untouched stay
+            m = float(rec.meta["box_margin"])
+            boxes = boxes + np.array([-m, -m, m, m], np.float32)
+            boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w)
+            boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h)
+            n0 = len(rec)
+            same = seen[:n0] == full[:n0]
+            boxes[:n0][same] = rec.boxes[same]
         with np.errstate(invalid="ignore", divide="ignore"):
             keep = (seen > 0) & (seen >= self.min_visible * full)
         out = KaryoRecord(
             image=np.clip(image, 0.0, 1.0).astype(np.float32),
-            boxes=masks_to_boxes(stack),
+            boxes=boxes.astype(np.float32),
             labels=np.asarray(labels, rec.labels.dtype),
             masks=stack,
             masks_derived=rec.masks_derived,

@@ -40,15 +40,28 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _finish(rec: KaryoRecord) -> KaryoRecord:
-    """Recompute boxes from masks, drop vanished instances, NaN centromeres outside the image."""
+def _finish(rec: KaryoRecord, *, boxes_moved: bool = False) -> KaryoRecord:
+    """Recompute boxes from masks, drop vanished instances, NaN centromeres outside the image.
+
+    A record whose boxes were annotated around derived masks carries the annotation's margin in
+    ``meta["box_margin"]`` (pixels, see :func:`box_margin`): its boxes become the masks' tight boxes grown by
+    that margin, so that the detector learns the annotators' boxes and not the masks' tight ones. With
+    ``boxes_moved`` the transform has already moved such boxes exactly (a resize, a crop): they are only
+    clipped to the image.
+    """
+    margin = rec.meta.get("box_margin")
     if rec.masks is not None:
         keep = rec.masks.reshape(len(rec), -1).any(1) if len(rec) else np.zeros(0, bool)
-        rec.boxes = masks_to_boxes(rec.masks)
+        if margin is None:
+            rec.boxes = masks_to_boxes(rec.masks)
+        else:
+            if not boxes_moved:
+                m = float(margin)
+                rec.boxes = masks_to_boxes(rec.masks) + np.array([-m, -m, m, m], np.float32)
+            rec.boxes = _clip_boxes(rec.boxes, rec.width, rec.height)
+            keep &= (rec.boxes[:, 2] - rec.boxes[:, 0] >= 1) & (rec.boxes[:, 3] - rec.boxes[:, 1] >= 1)
     else:
-        b = rec.boxes
-        b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, rec.width)
-        b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, rec.height)
+        b = rec.boxes = _clip_boxes(rec.boxes, rec.width, rec.height)
         keep = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)
     if rec.centromeres is not None and len(rec):
         c = rec.centromeres
@@ -60,6 +73,13 @@ def _finish(rec: KaryoRecord) -> KaryoRecord:
     if not keep.all():
         rec = rec.select(keep)
     return rec
+
+
+def _clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    b = np.asarray(boxes, np.float32).copy()
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
+    return b
 
 
 def _warp_masks(masks: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -239,8 +259,10 @@ def _resize(rec: KaryoRecord, nw: int, nh: int) -> KaryoRecord:
             chunk = np.ascontiguousarray(np.moveaxis(rec.masks[i : i + 4], 0, -1))
             r = cv2.resize(chunk, (nw, nh), interpolation=cv2.INTER_NEAREST)
             out.masks[i : i + 4] = np.moveaxis(r.reshape(nh, nw, -1), -1, 0)
-    else:
+    if rec.masks is None or "box_margin" in rec.meta:
         out.boxes = rec.boxes * np.array([sx, sy, sx, sy], np.float32)
+    if "box_margin" in rec.meta:
+        out.meta["box_margin"] = float(rec.meta["box_margin"]) * (sx + sy) / 2.0
     if rec.centromeres is not None:
         # pixel centre x maps to (x + 0.5) * sx - 0.5, as in cv2.resize
         out.centromeres = ((rec.centromeres + 0.5) * np.array([sx, sy], np.float32) - 0.5).astype(np.float32)
@@ -248,7 +270,7 @@ def _resize(rec: KaryoRecord, nw: int, nh: int) -> KaryoRecord:
         d = rec.p_dir * np.array([sx, sy], np.float32)
         with np.errstate(invalid="ignore", divide="ignore"):
             out.p_dir = (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
-    return _finish(out)
+    return _finish(out, boxes_moved=True)
 
 
 def fixed_scale_factor(height: int, width: int, scale: float, max_side: int | None = None) -> float:
@@ -345,6 +367,8 @@ class RandomCrop:
             full = rec.masks.reshape(len(rec), -1).sum(1).astype(np.float64)
             out.masks = np.ascontiguousarray(rec.masks[:, y0 : y0 + ch, x0 : x0 + cw])
             seen = out.masks.reshape(len(rec), -1).sum(1)
+            if "box_margin" in rec.meta:  # annotated boxes move with the window (and are clipped to it)
+                out.boxes = (rec.boxes - np.array([x0, y0, x0, y0], np.float32)).astype(np.float32)
         else:
             b = rec.boxes.astype(np.float64)
             full = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
@@ -360,7 +384,7 @@ class RandomCrop:
             keep = (seen > 0) & (seen >= self.min_visible * full)
         if len(rec) and not keep.all():
             out = out.select(keep)
-        return _finish(out)
+        return _finish(out, boxes_moved=True)
 
 
 # ---------------------------------------------------------------------------------------------- photometric

@@ -28,7 +28,7 @@ import numpy as np
 from karyogram.labels import UnknownClassError, id_of
 
 from .base import RecordDataset
-from .derive_masks import derive_masks
+from .derive_masks import box_margin, derive_masks
 from .errors import AnnotationError
 from .io import IMAGE_EXTENSIONS, read_image
 from .record import KaryoRecord
@@ -220,6 +220,8 @@ class VOCDataset(RecordDataset):
             st: dict[str, Any] = {}
             masks = derive_masks(image, boxes_a, stats=st)
             meta["mask_fallbacks"] = st["ellipse_fallback"]
+            # the annotated boxes stand a few pixels outside the derived masks: transforms keep that margin
+            meta["box_margin"] = box_margin(boxes_a, masks)
             self.derive_counts["ellipse_fallback"] += st["ellipse_fallback"]
             self.derive_counts["boxes"] += len(boxes_a)
         return KaryoRecord(

@@ -155,3 +155,17 @@ def test_trainer_smoke_with_copy_paste(tmp_path):
     assert isinstance(train.transforms.transforms[-1], CopyPaste)
     summary = train_segmentation.main(args)
     assert (tmp_path / "last.pth").is_file() and summary["last_epoch"] == 0
+
+
+def test_annotated_boxes_stay_and_pasted_ones_get_the_margin():
+    cp = CopyPaste(1, max_overlap=0.0)
+    cp(_spread([(10, 10, 16, 30)]), np.random.default_rng(0))
+    target = _spread([(2, 2, 8, 8)], bg=0.8, value=0.3)
+    target.boxes[0] = [0.0, 0.0, 10.0, 11.0]  # annotated a little loosely
+    target.meta["box_margin"] = 2.0
+    out = cp(target, np.random.default_rng(1))
+    assert len(out) == 2
+    np.testing.assert_array_equal(out.boxes[0], [0.0, 0.0, 10.0, 11.0])
+    ys, xs = np.nonzero(out.masks[1])
+    grown = np.array([xs.min() - 2, ys.min() - 2, xs.max() + 3, ys.max() + 3], np.float32)
+    np.testing.assert_allclose(out.boxes[1], np.clip(grown, 0, 64))  # clipped to the image

@@ -183,3 +183,70 @@ def test_default_train_transforms(spread):
         r = t(spread, np.random.default_rng(seed))
         assert max(r.image.shape) <= 256 and len(r) == len(spread)
         _check_aligned(r)
+
+
+# ---------------------------------------------------------------------------------------------- annotated boxes
+def _annotated(margin: float = 3.0) -> KaryoRecord:
+    """Two rods with derived-style tight masks and annotated boxes ``margin`` px outside them."""
+    from datasets.derive_masks import box_margin
+
+    h, w = 60, 80
+    masks = np.zeros((2, h, w), np.uint8)
+    masks[0, 10:40, 10:18] = 1
+    masks[1, 20:30, 40:70] = 1
+    m = np.array([-margin, -margin, margin, margin], np.float32)
+    boxes = masks_to_boxes(masks) + m
+    boxes[1, 2] += 2.0  # annotators are not exact: this box stands out 5 px on its right
+    rec = KaryoRecord(image=np.ones((h, w), np.float32), boxes=boxes, labels=np.array([1, 2]), masks=masks)
+    rec.meta["box_margin"] = box_margin(rec.boxes, rec.masks)
+    return rec.validate()
+
+
+def test_box_margin_is_the_median_outward_distance():
+    from datasets.derive_masks import box_margin
+
+    rec = _annotated(3.0)
+    assert rec.meta["box_margin"] == 3.0  # 7 sides at 3 px, one at 5 px
+    assert box_margin(np.zeros((0, 4), np.float32), np.zeros((0, 5, 5), np.uint8)) == 0.0
+    # boxes inside their masks' tight boxes give no negative margin
+    assert box_margin(masks_to_boxes(rec.masks) + np.array([1, 1, -1, -1], np.float32), rec.masks) == 0.0
+
+
+def test_transforms_keep_annotated_boxes_around_masks():
+    from datasets.transforms import RandomCrop, ScaleBy
+
+    rec = _annotated(3.0)
+    flipped = HorizontalFlip()(rec)  # exact: the annotated boxes mirror
+    np.testing.assert_allclose(flipped.boxes[:, [0, 2]], 80 - rec.boxes[:, [2, 0]])
+    half = ScaleBy(0.5)(rec)  # exact: the annotated boxes scale, and so does the margin
+    np.testing.assert_allclose(half.boxes, rec.boxes * 0.5)
+    assert half.meta["box_margin"] == pytest.approx(1.5)
+    turned = FreeRotation(angle=90.0)(rec)  # recomputed: the masks' tight boxes grown by the margin
+    np.testing.assert_allclose(turned.boxes, masks_to_boxes(turned.masks) + np.array([-3, -3, 3, 3]), atol=1e-5)
+    crop = RandomCrop(32)(rec, None)  # centre window x 24..56, y 14..46: the boxes move and are clipped
+    assert crop.meta["crop_offset"] == (24, 14)
+    np.testing.assert_allclose(crop.boxes, np.clip(rec.boxes[1] - [24, 14, 24, 14], 0, 32)[None])
+    # without an annotation margin, boxes are the masks' tight boxes as before
+    plain = rec.copy()
+    del plain.meta["box_margin"]
+    np.testing.assert_allclose(ScaleBy(0.5)(plain).boxes, masks_to_boxes(ScaleBy(0.5)(plain).masks))
+
+
+def test_voc_records_carry_the_annotation_margin(tmp_path):
+    import cv2
+
+    from datasets.voc import VOCDataset
+
+    (tmp_path / "JEPG").mkdir()
+    (tmp_path / "annotations").mkdir()
+    img = np.full((60, 80), 230, np.uint8)
+    img[10:40, 10:18] = 60
+    cv2.imwrite(str(tmp_path / "JEPG" / "a.jpg"), img)
+    (tmp_path / "annotations" / "a.xml").write_text(
+        "<annotation><size><width>80</width><height>60</height></size><object><name>1</name><bndbox>"
+        "<xmin>6</xmin><ymin>6</ymin><xmax>22</xmax><ymax>44</ymax></bndbox></object></annotation>"
+    )
+    rec = VOCDataset(tmp_path, "all", val_fraction=0.0)[0]
+    tight = masks_to_boxes(rec.masks)[0]
+    assert rec.meta["box_margin"] == pytest.approx(np.median(np.abs(rec.boxes[0] - tight)))
+    assert rec.meta["box_margin"] > 0
