@@ -36,3 +36,28 @@ def test_train_throughput_child_measures_a_step():
 def test_train_throughput_cuda_without_cuda_is_an_error(capsys):
     rc = _load().main(["--dataset", "synthetic", "--bench-device", "cuda"])
     assert rc == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_box_margin_benchmark_on_a_known_margin(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("box_margin", ROOT / "benchmarks" / "box_margin.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (tmp_path / "JEPG").mkdir()
+    (tmp_path / "annotations").mkdir()
+    for k in range(2):
+        img = np.full((80, 100), 230, np.uint8)
+        img[10:50, 20 + 30 * k : 30 + 30 * k] = 60  # a dark rod, 10 x 40 px
+        cv2.imwrite(str(tmp_path / "JEPG" / f"s{k}.png"), img)
+        x1, x2 = 20 + 30 * k - 4, 30 + 30 * k + 4 - 1  # VOC boxes are inclusive: 4 px outside the rod
+        (tmp_path / "annotations" / f"s{k}.xml").write_text(
+            f"<annotation><object><name>1</name><bndbox><xmin>{x1}</xmin><ymin>6</ymin><xmax>{x2}</xmax>"
+            "<ymax>53</ymax></bndbox></object></annotation>"
+        )
+    res = mod.main(mod.get_args_parser().parse_args(["--data-root", str(tmp_path), "--split", "all"]))
+    assert res["images"] == 2 and res["boxes"] == 2
+    assert res["margin_px_p5_p25_p50_p75_p95"][2] == pytest.approx(4.0, abs=1.0)
+    assert res["iou_tight_median"] < 0.75 < res["iou_grown_median"]
+    assert "| the mask's tight box |" in capsys.readouterr().out
