@@ -13,7 +13,8 @@
 # of their name, so with --val-fraction N_VAL/(N_VAL+N_TRAIN) the subset's val images are exactly those.
 # The run starts from weights/segmentation.pt (--pretrained: the flags below must be the shipped model's),
 # trains with --amp for TRAIN_S seconds in epochs of STEPS steps (each checkpointed and validated), then
-# writes $OUT/segmentation_gpu.pt (fp16, for `--pretrained` back on the CPU) and $OUT/train.log, and prints
+# writes $OUT/segmentation_gpu.pt.part-00 and -01 (fp16, in two parts under the 16 MiB limit; `cat` them into
+# segmentation_gpu.pt for `--pretrained` back on the CPU) and $OUT/train.log, and prints
 # the trainer's s/step and val figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +27,10 @@ STEPS=${STEPS:-100}
 BATCH=${BATCH:-8}
 WORKERS=${WORKERS:-12}
 DEVICE=${DEVICE:-cuda}
-# the shipped detector's model flags (weights/MODEL_CARD.md)
-SEG_ARGS=(--backbone mobilenet_v3_fpn --agnostic --box-head-dim 256 --mask-head-layers 128 128
-  --min-size 640 --max-size 640 --roi-batch-size 128 --norm batch --trainable-layers 6)
+# the shipped detector's model flags (weights/MODEL_CARD.md); --trainable-layers 5 and the default frozen
+# BatchNorm of a --pretrained run are what its ImageNet start trained with
+SEG_ARGS=(--backbone efficientnet_lite0_fpn --agnostic --box-head-dim 256 --mask-head-layers 128 128
+  --roi-batch-size 128 --fixed-scale 0.75 --crop-size 512 --max-size 1333 --trainable-layers 5)
 
 if [[ "${1:-}" == "--pack" ]]; then
   grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
@@ -84,6 +86,9 @@ timeout "$TRAIN_S" python3 train_segmentation.py --dataset voc --data-root "$PAC
 set -e
 [[ -f "$run/best.pth" ]] || { echo "no checkpoint written (see $OUT/train.log)" >&2; exit 1; }
 python3 -m models.export --seg "$run/best.pth" --out "$run/export"
-cp "$run/export/segmentation.pt" "$OUT/segmentation_gpu.pt"
+# the device tool returns files of at most 16 MiB: the fp16 file (~18 MB) comes back in two parts;
+# join them here with: cat segmentation_gpu.pt.part-* > segmentation_gpu.pt
+split -b 15M -d "$run/export/segmentation.pt" "$OUT/segmentation_gpu.pt.part-"
+md5sum "$run/export/segmentation.pt"
 grep -E "val bbox_AP50|s/step" "$OUT/train.log" | tail -n 20
 ls -la "$OUT"

@@ -1,4 +1,4 @@
-"""Choose the pipeline's ``--mask-overlap`` (and ``--score-thresh``) on a validation split.
+"""Choose the pipeline's ``--mask-overlap`` (and ``--score-thresh``, and the mask threshold) on a validation split.
 
 Runs the detector once per image (as the pipeline does, at the lowest detection score asked for), then for
 each detection score threshold applies :func:`models.segmentation.suppress_overlapping_masks` at each
@@ -7,6 +7,10 @@ mean absolute count error and the mean number of instances kept. Use a validatio
 
     python benchmarks/tune_mask_overlap.py --seg-weights weights/segmentation.pt --max-images 30
     python benchmarks/tune_mask_overlap.py --score-thresh 0.3 0.4 0.5 --thresholds 0.5 --max-images 30
+    python benchmarks/tune_mask_overlap.py --mask-thresh 0.4 0.5 --max-images 30
+
+``--mask-thresh`` values are tried in turn as :data:`karyotyping.detection.MASK_THRESH` (the probability a
+mask pixel must exceed), detecting again for each.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from karyotyping.core import DEFAULT_SEG_WEIGHTS  # noqa: E402
-from karyotyping.detection import SCORE_THRESH  # noqa: E402
+from karyotyping.detection import MASK_THRESH, SCORE_THRESH  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,6 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=[1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
         help="--mask-overlap values to try (1 = off)",
     )
+    p.add_argument("--mask-thresh", type=float, nargs="+", default=[MASK_THRESH], help="mask probability threshold(s)")
     p.add_argument("--device", default="cpu")
     return p
 
@@ -59,30 +64,38 @@ def main(argv: list[str] | None = None) -> int:
     ds = build_dataset(args.dataset, args.data_root, args.split, val_fraction=args.val_fraction, seed=args.split_seed)
     device = resolve_device(args.device)
     model, _ = load_segmentation_checkpoint(args.seg_weights, device)
-    truth, dets = [], []
-    # the detector once per image at the lowest threshold asked for (the one detection loop of the project)
-    for _, rec, det in detect_dataset(
-        model, ds, device, score_thresh=min(args.score_thresh), max_images=args.max_images
-    ):
-        if rec.masks is None:
-            continue
-        truth.append(rec.masks)
-        dets.append((det.masks, det.scores))
-    print(f"{len(truth)} images of {args.dataset}/{args.split}")
     print(
-        f"{'score':>6} {'mask-overlap':>12} {'precision':>9} {'recall':>7} {'F1':>6} {'PQ_all':>7} {'count err':>9} {'kept':>6}"
+        f"{'mask':>5} {'score':>6} {'mask-overlap':>12} {'precision':>9} {'recall':>7} {'F1':>6} {'PQ_all':>7} "
+        f"{'count err':>9} {'kept':>6}"
     )
-    for st in sorted(args.score_thresh):
-        above = [(m[s >= st], s[s >= st]) for m, s in dets]
-        for th in args.thresholds:
-            pred = [m[suppress_overlapping_masks(m, s, th)] for m, s in above]
-            r = matching_dataset(truth, pred, thresh=0.5)
-            count = np.mean([abs(len(p) - len(t)) for p, t in zip(pred, truth)])
-            kept = np.mean([len(p) for p in pred])
-            pq = panoptic_quality_all(truth, pred)
-            print(
-                f"{st:>6.2f} {th:>12.2f} {r.precision:>9.3f} {r.recall:>7.3f} {r.f1:>6.3f} {pq:>7.3f} {count:>9.1f} {kept:>6.1f}"
-            )
+    import karyotyping.detection as detection
+
+    for mt in args.mask_thresh:
+        if not 0.0 < mt < 1.0:
+            sys.exit(f"error: --mask-thresh {mt} must lie in (0, 1)")
+        detection.MASK_THRESH = mt
+        truth, dets = [], []
+        # the detector once per image at the lowest threshold asked for (the one detection loop of the project)
+        for _, rec, det in detect_dataset(
+            model, ds, device, score_thresh=min(args.score_thresh), max_images=args.max_images
+        ):
+            if rec.masks is None:
+                continue
+            truth.append(rec.masks)
+            dets.append((det.masks, det.scores))
+        for st in sorted(args.score_thresh):
+            above = [(m[s >= st], s[s >= st]) for m, s in dets]
+            for th in args.thresholds:
+                pred = [m[suppress_overlapping_masks(m, s, th)] for m, s in above]
+                r = matching_dataset(truth, pred, thresh=0.5)
+                count = np.mean([abs(len(p) - len(t)) for p, t in zip(pred, truth)])
+                kept = np.mean([len(p) for p in pred])
+                pq = panoptic_quality_all(truth, pred)
+                print(
+                    f"{mt:>5.2f} {st:>6.2f} {th:>12.2f} {r.precision:>9.3f} {r.recall:>7.3f} {r.f1:>6.3f} {pq:>7.3f} "
+                    f"{count:>9.1f} {kept:>6.1f}"
+                )
+    print(f"{len(truth)} images of {args.dataset}/{args.split}")
     return 0
 
 

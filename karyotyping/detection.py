@@ -2,13 +2,14 @@
 
 The owners of the detection thresholds (everything else reads them here):
 
-* :data:`SCORE_THRESH` (0.3): the pipeline's operating point, the lowest detection score of a chromosome it
+* :data:`SCORE_THRESH` (0.6): the pipeline's operating point, the lowest detection score of a chromosome it
   reports (``inference_pipeline.py --score-thresh``, ``evaluate.py --pipeline-score-thresh``); chosen on the
   CIL val split (README, "The whole pipeline").
 * :data:`AP_SCORE_THRESH` (0.05): the lowest score kept when measuring AP (so the precision-recall curve is
   seen whole): the trainer's validation, ``evaluate.py --stage seg``.
-* :data:`MASK_THRESH` (0.5): a pixel belongs to an instance when its mask probability is *above* it.
-* :data:`MASK_OVERLAP` (0.4): the pipeline drops a detection when more than this fraction of its mask is
+* :data:`MASK_THRESH` (0.4): a pixel belongs to an instance when its mask probability is *above* it (chosen
+  with the two pipeline thresholds for the shipped detector; its masks come out a little under-confident).
+* :data:`MASK_OVERLAP` (0.6): the pipeline drops a detection when more than this fraction of its mask is
   covered by better-scoring ones (:func:`models.segmentation.suppress_overlapping_masks`; 1 = off).
 
 :func:`detections_to_record` is the one conversion of a model's output into a :class:`KaryoRecord`;
@@ -42,10 +43,10 @@ __all__ = [
     "evaluate_detection",
 ]
 
-SCORE_THRESH = 0.3
+SCORE_THRESH = 0.6
 AP_SCORE_THRESH = 0.05
-MASK_THRESH = 0.5
-MASK_OVERLAP = 0.4
+MASK_THRESH = 0.4
+MASK_OVERLAP = 0.6
 
 
 def binarize_masks(prob: torch.Tensor | np.ndarray, height: int, width: int) -> np.ndarray:
