@@ -46,7 +46,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from datasets.derive_masks import box_margin
+    from datasets.derive_masks import box_margin, outward_margins
     from datasets.record import masks_to_boxes
     from datasets.voc import VOCDataset
 
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> dict:
             if not len(rec):
                 continue
             tight = masks_to_boxes(rec.masks)
-            out = np.concatenate([tight[:, :2] - rec.boxes[:, :2], rec.boxes[:, 2:] - tight[:, 2:]], 1)
+            out = outward_margins(rec.boxes, rec.masks)
             m = box_margin(rec.boxes, rec.masks)
             margins.append(out.ravel())
             per_image.append(m)

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from .record import KaryoRecord, masks_to_boxes
+from .transforms import grown_mask_boxes
 
 __all__ = ["CopyPaste"]
 
@@ -183,10 +184,7 @@ class CopyPaste:
         seen = stack.reshape(len(stack), -1).sum(1)
         boxes = masks_to_boxes(stack)
         if "box_margin" in rec.meta:  # annotated boxes (see datasets.transforms._finish): the untouched stay
-            m = float(rec.meta["box_margin"])
-            boxes = boxes + np.array([-m, -m, m, m], np.float32)
-            boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w)
-            boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h)
+            boxes = grown_mask_boxes(stack, rec.meta["box_margin"])
             n0 = len(rec)
             same = seen[:n0] == full[:n0]
             boxes[:n0][same] = rec.boxes[same]

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["box_margin", "derive_masks", "ellipse_mask"]
+__all__ = ["box_margin", "derive_masks", "ellipse_mask", "outward_margins"]
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -260,17 +260,22 @@ def _resolve_shared(masks: np.ndarray, boxes: np.ndarray, stats: dict[str, Any] 
             region[shw & (owner != k)] = 0
 
 
+def outward_margins(boxes: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """How far each annotated box [N, 4] stands outside its mask's tight box, per side: float32 [N, 4]
+    (left, top, right, bottom; negative where the mask reaches past the box)."""
+    from .record import masks_to_boxes
+
+    tight = masks_to_boxes(masks)
+    return np.concatenate([tight[:, :2] - boxes[:, :2], boxes[:, 2:] - tight[:, 2:]], 1).astype(np.float32)
+
+
 def box_margin(boxes: np.ndarray, masks: np.ndarray) -> float:
     """How far annotated ``boxes`` [N, 4] stand out from the tight boxes of their ``masks`` [N, H, W]: the
-    median over instances and sides, in pixels (0 for no instances).
+    median of :func:`outward_margins` over instances and sides, in pixels (0 for no instances).
 
-    CIL's boxes are drawn a few pixels outside the chromosome (median 6 px a side), while masks derived from
+    CIL's boxes are drawn a few pixels outside the chromosome (median 5 px a side), while masks derived from
     them are tight; ``datasets.transforms`` keep that margin when a transform recomputes boxes from masks.
     """
     if not len(boxes):
         return 0.0
-    from .record import masks_to_boxes
-
-    tight = masks_to_boxes(masks)
-    out = np.concatenate([tight[:, :2] - boxes[:, :2], boxes[:, 2:] - tight[:, 2:]], 1)
-    return float(max(0.0, np.median(out)))
+    return float(max(0.0, np.median(outward_margins(boxes, masks))))

@@ -55,10 +55,10 @@ def _finish(rec: KaryoRecord, *, boxes_moved: bool = False) -> KaryoRecord:
         if margin is None:
             rec.boxes = masks_to_boxes(rec.masks)
         else:
-            if not boxes_moved:
-                m = float(margin)
-                rec.boxes = masks_to_boxes(rec.masks) + np.array([-m, -m, m, m], np.float32)
-            rec.boxes = _clip_boxes(rec.boxes, rec.width, rec.height)
+            if boxes_moved:
+                rec.boxes = _clip_boxes(rec.boxes, rec.width, rec.height)
+            else:
+                rec.boxes = grown_mask_boxes(rec.masks, float(margin))
             keep &= (rec.boxes[:, 2] - rec.boxes[:, 0] >= 1) & (rec.boxes[:, 3] - rec.boxes[:, 1] >= 1)
     else:
         b = rec.boxes = _clip_boxes(rec.boxes, rec.width, rec.height)
@@ -73,6 +73,13 @@ def _finish(rec: KaryoRecord, *, boxes_moved: bool = False) -> KaryoRecord:
     if not keep.all():
         rec = rec.select(keep)
     return rec
+
+
+def grown_mask_boxes(masks: np.ndarray, margin: float) -> np.ndarray:
+    """The tight boxes of ``masks`` [N, H, W] grown by ``margin`` pixels a side, clipped to the image."""
+    m = float(margin)
+    boxes = masks_to_boxes(masks) + np.array([-m, -m, m, m], np.float32)
+    return _clip_boxes(boxes, masks.shape[2], masks.shape[1])
 
 
 def _clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
