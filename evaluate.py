@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from karyotyping.core import DEFAULT_CLS_WEIGHTS, DEFAULT_SEG_WEIGHTS, PipelineError
+from karyotyping.core import DEFAULT_CLS_WEIGHTS, DEFAULT_SEG_WEIGHTS, PipelineError, add_mask_args
 from karyotyping.detection import AP_SCORE_THRESH, SCORE_THRESH
 
 #: generation seed of the synthetic evaluation spreads; the trainers generate theirs with --split-seed (0)
@@ -76,6 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=SCORE_THRESH,
         help="detection threshold of the full pipeline (default: the pipeline's)",
     )
+    add_mask_args(m)
     h = p.add_argument_group("Output / hardware")
     h.add_argument("--out", type=Path, required=True)
     h.add_argument("--device", default="auto")
@@ -313,7 +314,13 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     pipe = KaryotypePipeline(
-        args.seg_weights, args.cls_weights, device=args.device, score_thresh=args.pipeline_score_thresh
+        args.seg_weights,
+        args.cls_weights,
+        device=args.device,
+        score_thresh=args.pipeline_score_thresh,
+        mask_overlap=args.mask_overlap,
+        mask_thresh=args.mask_thresh,
+        exclusive_masks=args.exclusive_masks,
     )
     ds, n = _dataset(args)
     # instance-level lists (images with ground-truth instances)
@@ -370,6 +377,9 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
         "count_error_mean_abs": float(np.mean(count_err)) if count_err else float("nan"),
         "count_exact_rate": float(np.mean([e == 0 for e in count_err])) if count_err else float("nan"),
         "pipeline_score_thresh": args.pipeline_score_thresh,
+        "pipeline_mask_overlap": args.mask_overlap,
+        "pipeline_mask_thresh": args.mask_thresh,
+        "pipeline_exclusive_masks": args.exclusive_masks,
         "ap_score": "detection score x assignment confidence (system_*); detection score (agnostic_*)",
     }
     if t_masks:

@@ -25,8 +25,9 @@ from karyotyping.core import (
     DEFAULT_SEG_WEIGHTS,
     KaryotypePipeline,
     PipelineError,
+    add_mask_args,
 )
-from karyotyping.detection import MASK_OVERLAP, SCORE_THRESH
+from karyotyping.detection import SCORE_THRESH
 
 DEFAULT_EXAMPLE = Path(__file__).resolve().parent / "examples" / "cil_104023.jpg"
 
@@ -45,12 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--seg-weights", type=Path, default=DEFAULT_SEG_WEIGHTS)
     m.add_argument("--cls-weights", type=Path, default=DEFAULT_CLS_WEIGHTS)
     m.add_argument("--score-thresh", type=float, default=SCORE_THRESH, help="minimum detection score of a chromosome")
-    m.add_argument(
-        "--mask-overlap",
-        type=float,
-        default=MASK_OVERLAP,
-        help="drop a detection whose mask is more than this fraction covered by better ones (1 = off)",
-    )
+    add_mask_args(m)
     m.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="downscale larger images to this side")
     h = p.add_argument_group("Hardware")
     h.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -96,6 +92,8 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         score_thresh=args.score_thresh,
         mask_overlap=args.mask_overlap,
+        mask_thresh=args.mask_thresh,
+        exclusive_masks=args.exclusive_masks,
         max_side=args.max_side,
     )
     args.out.mkdir(parents=True, exist_ok=True)

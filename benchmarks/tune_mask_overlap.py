@@ -8,9 +8,11 @@ mean absolute count error and the mean number of instances kept. Use a validatio
     python benchmarks/tune_mask_overlap.py --seg-weights weights/segmentation.pt --max-images 30
     python benchmarks/tune_mask_overlap.py --score-thresh 0.3 0.4 0.5 --thresholds 0.5 --max-images 30
     python benchmarks/tune_mask_overlap.py --mask-thresh 0.4 0.5 --max-images 30
+    python benchmarks/tune_mask_overlap.py --exclusive off on --max-images 30
 
-``--mask-thresh`` values are tried in turn as :data:`karyotyping.detection.MASK_THRESH` (the probability a
-mask pixel must exceed), detecting again for each.
+``--mask-thresh`` values (the probability a mask pixel must exceed) binarize the same soft masks in turn;
+``--exclusive on`` then gives each pixel that several kept detections claim to the surest of them, as the
+pipeline does (:func:`models.segmentation.exclusive_masks`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -47,6 +50,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="--mask-overlap values to try (1 = off)",
     )
     p.add_argument("--mask-thresh", type=float, nargs="+", default=[MASK_THRESH], help="mask probability threshold(s)")
+    p.add_argument(
+        "--exclusive",
+        nargs="+",
+        choices=("on", "off"),
+        default=["on"],
+        help="exclusive masks after the suppression (the pipeline's default: on)",
+    )
     p.add_argument("--device", default="cpu")
     return p
 
@@ -54,47 +64,56 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from datasets import build_dataset
-    from karyotyping.detection import detect_dataset
+    from karyotyping.detection import binarize_masks, detect_soft
     from karyotyping.runtime import resolve_device
     from metrics.matching import matching_dataset, panoptic_quality_all
-    from models.segmentation import load_segmentation_checkpoint, suppress_overlapping_masks
+    from models.segmentation import exclusive_masks, load_segmentation_checkpoint, suppress_overlapping_masks
 
     if args.split == "test":
         sys.exit("error: choose thresholds on a validation split, never on the test split")
-    ds = build_dataset(args.dataset, args.data_root, args.split, val_fraction=args.val_fraction, seed=args.split_seed)
-    device = resolve_device(args.device)
-    model, _ = load_segmentation_checkpoint(args.seg_weights, device)
-    print(
-        f"{'mask':>5} {'score':>6} {'mask-overlap':>12} {'precision':>9} {'recall':>7} {'F1':>6} {'PQ_all':>7} "
-        f"{'count err':>9} {'kept':>6}"
-    )
-    import karyotyping.detection as detection
-
     for mt in args.mask_thresh:
         if not 0.0 < mt < 1.0:
             sys.exit(f"error: --mask-thresh {mt} must lie in (0, 1)")
-        detection.MASK_THRESH = mt
-        truth, dets = [], []
-        # the detector once per image at the lowest threshold asked for (the one detection loop of the project)
-        for _, rec, det in detect_dataset(
-            model, ds, device, score_thresh=min(args.score_thresh), max_images=args.max_images
-        ):
-            if rec.masks is None:
-                continue
-            truth.append(rec.masks)
-            dets.append((det.masks, det.scores))
-        for st in sorted(args.score_thresh):
-            above = [(m[s >= st], s[s >= st]) for m, s in dets]
-            for th in args.thresholds:
-                pred = [m[suppress_overlapping_masks(m, s, th)] for m, s in above]
-                r = matching_dataset(truth, pred, thresh=0.5)
-                count = np.mean([abs(len(p) - len(t)) for p, t in zip(pred, truth)])
-                kept = np.mean([len(p) for p in pred])
-                pq = panoptic_quality_all(truth, pred)
-                print(
-                    f"{mt:>5.2f} {st:>6.2f} {th:>12.2f} {r.precision:>9.3f} {r.recall:>7.3f} {r.f1:>6.3f} {pq:>7.3f} "
-                    f"{count:>9.1f} {kept:>6.1f}"
-                )
+    ds = build_dataset(args.dataset, args.data_root, args.split, val_fraction=args.val_fraction, seed=args.split_seed)
+    device = resolve_device(args.device)
+    model, _ = load_segmentation_checkpoint(args.seg_weights, device)
+    # the detector once per image at the lowest score asked for; soft masks kept as float16 to bound memory
+    truth, dets = [], []
+    n = min(args.max_images, len(ds)) if args.max_images else len(ds)
+    for i in range(n):
+        rec = ds[i]
+        if rec.masks is None:
+            continue
+        out = detect_soft(model, rec.image, score_thresh=min(args.score_thresh), device=device)
+        truth.append(rec.masks)
+        dets.append((out["masks"][:, 0].half(), out["scores"].numpy()))
+    print(
+        f"{'mask':>5} {'excl':>4} {'score':>6} {'mask-overlap':>12} {'precision':>9} {'recall':>7} {'F1':>6} "
+        f"{'PQ_all':>7} {'count err':>9} {'kept':>6}"
+    )
+    for mt in args.mask_thresh:
+        binary = [(binarize_masks(p, *t.shape[1:], mt), p, s) for (p, s), t in zip(dets, truth)]
+        for ex in args.exclusive:
+            for st in sorted(args.score_thresh):
+                for th in args.thresholds:
+                    pred = []
+                    for m, p, s in binary:
+                        above = s >= st
+                        m, p, s2 = m[above], p[above], s[above]
+                        keep = suppress_overlapping_masks(m, s2, th)
+                        m = m[keep]
+                        if ex == "on" and len(keep) > 1:
+                            m = exclusive_masks(m, p[torch.as_tensor(keep)].float())
+                            m = m[m.reshape(len(m), -1).any(1)]
+                        pred.append(m)
+                    r = matching_dataset(truth, pred, thresh=0.5)
+                    count = np.mean([abs(len(p) - len(t)) for p, t in zip(pred, truth)])
+                    kept = np.mean([len(p) for p in pred])
+                    pq = panoptic_quality_all(truth, pred)
+                    print(
+                        f"{mt:>5.2f} {ex:>4} {st:>6.2f} {th:>12.2f} {r.precision:>9.3f} {r.recall:>7.3f} {r.f1:>6.3f} "
+                        f"{pq:>7.3f} {count:>9.1f} {kept:>6.1f}"
+                    )
     print(f"{len(truth)} images of {args.dataset}/{args.split}")
     return 0
 

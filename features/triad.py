@@ -194,10 +194,19 @@ def instance_features(image: np.ndarray, mask: np.ndarray) -> InstanceFeatures:
         :class:`InstanceFeatures`; an empty mask gives zero length, CI 0.5 and zero confidences.
     """
     img = np.asarray(image, np.float32)
-    m = (np.asarray(mask) > 0).astype(np.uint8)
-    area = float(m.sum())
-    if area == 0 or img.shape != m.shape:
+    full = np.asarray(mask) > 0
+    if img.shape != full.shape or not full.any():
         return _empty_features()
+    # work on the mask's box grown by more than any sample of the straightened strip can reach (half the
+    # widest strip below, 2 * ceil(2 * half width) + 6 px, the half width being at most half the box's
+    # short side): the same figures as on the whole image, without whole-image passes per chromosome
+    rows, cols = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
+    reach = max(STRIP_WIDTH // 2, int(min(rows[-1] - rows[0], cols[-1] - cols[0])) + 6) + 6
+    oy, ox = max(0, int(rows[0]) - reach), max(0, int(cols[0]) - reach)
+    img = img[oy : int(rows[-1]) + 1 + reach, ox : int(cols[-1]) + 1 + reach]
+    m = full[oy : int(rows[-1]) + 1 + reach, ox : int(cols[-1]) + 1 + reach].astype(np.uint8)
+    shift = np.array([ox, oy], np.float64)
+    area = float(m.sum())
     line = centerline(m)
     length = line_length(line)
     if len(line) < 2 or length <= 0:
@@ -228,12 +237,12 @@ def instance_features(image: np.ndarray, mask: np.ndarray) -> InstanceFeatures:
     k = cen.pos * 100
     i0 = int(np.clip(np.floor(k), 0, 99))
     t = k - i0
-    cxy = ((1 - t) * pts[i0] + t * pts[i0 + 1]).astype(np.float32)
+    cxy = ((1 - t) * pts[i0] + t * pts[i0 + 1] + shift).astype(np.float32)
     p_len = cen.ci * length
     bs = band_stats(dprof)
     chord = float(np.linalg.norm(line[-1] - line[0]))
     return InstanceFeatures(
-        centerline=line,
+        centerline=(line + shift).astype(np.float32),  # in the image's pixels
         length_px=float(length),
         width_profile=wprof,
         density_profile=dprof,

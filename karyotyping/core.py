@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from datasets.record import KaryoRecord
-from karyotyping.detection import MASK_OVERLAP, SCORE_THRESH
+from karyotyping.detection import MASK_OVERLAP, MASK_THRESH, SCORE_THRESH
 
 __all__ = [
     "DEFAULT_CLS_WEIGHTS",
@@ -35,6 +35,7 @@ __all__ = [
     "KaryotypePipeline",
     "KaryotypePrediction",
     "PipelineError",
+    "add_mask_args",
 ]
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +133,29 @@ class KaryotypePrediction:
         return from_json_dict(d)
 
 
+def add_mask_args(group: Any) -> None:
+    """The pipeline's mask flags (``--mask-overlap``, ``--mask-thresh``, ``--[no-]exclusive-masks``), with its
+    defaults, on an argparse parser or group; read them back as ``mask_overlap``, ``mask_thresh``,
+    ``exclusive_masks`` (the :class:`KaryotypePipeline` arguments of the same names)."""
+    import argparse
+
+    group.add_argument(
+        "--mask-overlap",
+        type=float,
+        default=MASK_OVERLAP,
+        help="drop a detection whose mask is more than this fraction covered by better ones (1 = off)",
+    )
+    group.add_argument(
+        "--mask-thresh", type=float, default=MASK_THRESH, help="mask probability a chromosome pixel must exceed"
+    )
+    group.add_argument(
+        "--exclusive-masks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give a pixel that several chromosomes claim to the one whose mask is surest of it (default: on)",
+    )
+
+
 @contextmanager
 def _timer(timings: dict[str, float], stage: str) -> Iterator[None]:
     t0 = time.perf_counter()
@@ -152,6 +176,10 @@ class KaryotypePipeline:
         score_thresh: minimum detection score kept (default :data:`karyotyping.detection.SCORE_THRESH`).
         mask_overlap: drop a detection when more than this fraction of its mask is covered by better-scoring
             ones (:func:`models.segmentation.suppress_overlapping_masks`); 1 = off.
+        mask_thresh: a pixel belongs to a detection when its mask probability is above this (default
+            :data:`karyotyping.detection.MASK_THRESH`).
+        exclusive_masks: give each pixel that several kept detections claim to the one most sure of it
+            (:func:`models.segmentation.exclusive_masks`), so instances share no pixel, as annotated.
         max_side: images with a longer side are downscaled to it for processing (warned).
 
     Raises:
@@ -167,6 +195,8 @@ class KaryotypePipeline:
         device: str = "auto",
         score_thresh: float = SCORE_THRESH,
         mask_overlap: float = MASK_OVERLAP,
+        mask_thresh: float = MASK_THRESH,
+        exclusive_masks: bool = True,
         max_side: int = DEFAULT_MAX_SIDE,
     ) -> None:
         from karyogram.assign import config_for_classifier
@@ -185,6 +215,8 @@ class KaryotypePipeline:
             raise PipelineError(f"--score-thresh must be in [0, 1], got {score_thresh}")
         if not 0.0 < mask_overlap <= 1.0:
             raise PipelineError(f"--mask-overlap must be in (0, 1], got {mask_overlap}")
+        if not 0.0 < mask_thresh < 1.0:
+            raise PipelineError(f"--mask-thresh must be in (0, 1), got {mask_thresh}")
         if max_side < 32:
             raise PipelineError(f"--max-side must be >= 32 pixels, got {max_side}")
         try:
@@ -201,6 +233,8 @@ class KaryotypePipeline:
         self.cls_model.eval()
         self.score_thresh = score_thresh
         self.mask_overlap = mask_overlap
+        self.mask_thresh = mask_thresh
+        self.exclusive_masks = exclusive_masks
         self.max_side = max_side
         self.seg_weights = str(seg_weights)
         self.cls_weights = str(cls_weights)
@@ -210,14 +244,21 @@ class KaryotypePipeline:
     # ------------------------------------------------------------------ stages
     def segment(self, image: np.ndarray) -> KaryoRecord:
         """Image float32 [H, W] -> the kept detections (masks uint8 [M, H, W], unrounded scores, labels 0)."""
-        from karyotyping.detection import detect
-        from models.segmentation import suppress_overlapping_masks
+        import torch
 
-        det = detect(self.seg_model, image, score_thresh=self.score_thresh, device=self.device)
+        from karyotyping.detection import detect_soft, detections_to_record
+        from models.segmentation import exclusive_masks, suppress_overlapping_masks
+
+        out = detect_soft(self.seg_model, image, score_thresh=self.score_thresh, device=self.device)
+        det = detections_to_record(out, image, mask_thresh=self.mask_thresh)
         # empty masks go; duplicates and fragments of a better detection go (descending score order kept)
         keep = suppress_overlapping_masks(det.masks, det.scores, self.mask_overlap)
         det = det.select(keep)
-        det.labels = np.zeros(len(keep), np.int64)
+        if self.exclusive_masks and len(keep) > 1:
+            # a pixel claimed by several kept detections goes to the surest; one left with nothing goes too
+            det.masks = exclusive_masks(det.masks, out["masks"][torch.as_tensor(keep)])
+            det = det.select(np.flatnonzero(det.masks.reshape(len(keep), -1).any(1)))
+        det.labels = np.zeros(len(det.scores), np.int64)
         return det
 
     # ------------------------------------------------------------------ one image

@@ -11,6 +11,9 @@ The owners of the detection thresholds (everything else reads them here):
   with the two pipeline thresholds for the shipped detector; its masks come out a little under-confident).
 * :data:`MASK_OVERLAP` (0.6): the pipeline drops a detection when more than this fraction of its mask is
   covered by better-scoring ones (:func:`models.segmentation.suppress_overlapping_masks`; 1 = off).
+* The pipeline then makes the kept masks exclusive (:func:`models.segmentation.exclusive_masks`): a pixel that
+  several of them claim goes to the one with the highest mask probability, as in the annotations, where
+  touching and crossing chromosomes share no pixel (``--no-exclusive-masks`` turns it off).
 
 :func:`detections_to_record` is the one conversion of a model's output into a :class:`KaryoRecord`;
 :func:`detect` runs the model on one image in float32 (never under autocast: torchvision decodes boxes in the
@@ -39,6 +42,7 @@ __all__ = [
     "binarize_masks",
     "detect",
     "detect_dataset",
+    "detect_soft",
     "detections_to_record",
     "evaluate_detection",
 ]
@@ -49,18 +53,24 @@ MASK_THRESH = 0.4
 MASK_OVERLAP = 0.6
 
 
-def binarize_masks(prob: torch.Tensor | np.ndarray, height: int, width: int) -> np.ndarray:
-    """Soft masks [M, 1, H, W] (or [M, H, W]) in [0, 1] -> uint8 [M, H, W], foreground where ``> MASK_THRESH``."""
+def binarize_masks(prob: torch.Tensor | np.ndarray, height: int, width: int, thresh: float = MASK_THRESH) -> np.ndarray:
+    """Soft masks [M, 1, H, W] (or [M, H, W]) in [0, 1] -> uint8 [M, H, W], foreground where ``> thresh``."""
+    if not 0.0 < thresh < 1.0:
+        raise ValueError(f"the mask threshold must lie in (0, 1), got {thresh}")
     p = torch.as_tensor(prob)
     if p.ndim == 4:
         p = p[:, 0]
     if len(p) == 0:
         return np.zeros((0, height, width), np.uint8)
-    return (p > MASK_THRESH).to(torch.uint8).cpu().numpy()
+    return (p > thresh).to(torch.uint8).cpu().numpy()
 
 
 def detections_to_record(
-    out: dict[str, torch.Tensor], image: np.ndarray, *, meta: dict[str, Any] | None = None
+    out: dict[str, torch.Tensor],
+    image: np.ndarray,
+    *,
+    meta: dict[str, Any] | None = None,
+    mask_thresh: float = MASK_THRESH,
 ) -> KaryoRecord:
     """One image's output of :func:`models.segmentation.predict` -> a prediction :class:`KaryoRecord`.
 
@@ -71,26 +81,28 @@ def detections_to_record(
 
     Returns:
         a record with boxes, labels (1..24, or 1 for a class-agnostic model), unrounded float32 scores and
-        binary masks uint8 [M, H, W] (:func:`binarize_masks`).
+        binary masks uint8 [M, H, W] (:func:`binarize_masks` at ``mask_thresh``).
     """
     h, w = np.asarray(image).shape[:2]
     return KaryoRecord(
         image=image,
         boxes=out["boxes"].cpu().numpy(),
         labels=out["labels"].cpu().numpy(),
-        masks=binarize_masks(out["masks"], h, w),
+        masks=binarize_masks(out["masks"], h, w, mask_thresh),
         scores=out["scores"].cpu().numpy(),
         meta=dict(meta or {}),
     )
 
 
 @torch.no_grad()
-def detect(
+def detect_soft(
     model: torch.nn.Module, image: np.ndarray, *, score_thresh: float, device: torch.device | str | None = None
-) -> KaryoRecord:
-    """Detect and segment the chromosomes of one grey image float32 [H, W] in float32 (autocast off).
+) -> dict[str, torch.Tensor]:
+    """The model's own output for one grey image float32 [H, W], in float32 (autocast off), on the CPU.
 
-    Returns the detections with score >= ``score_thresh`` as a record (:func:`detections_to_record`).
+    Returns:
+        ``boxes`` [M, 4], ``labels`` [M], ``scores`` [M] (descending, >= ``score_thresh``) and ``masks``
+        [M, 1, H, W] probabilities (:func:`models.segmentation.predict`).
     """
     from models.segmentation import predict
 
@@ -98,7 +110,24 @@ def detect(
     # validation and inference always run in float32, also inside a training step's autocast region
     with torch.autocast(device_type=dev.type, enabled=False):
         out = predict(model, [image], score_thresh=score_thresh, device=dev)[0]
-    return detections_to_record(out, image)
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def detect(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    score_thresh: float,
+    device: torch.device | str | None = None,
+    mask_thresh: float = MASK_THRESH,
+) -> KaryoRecord:
+    """Detect and segment the chromosomes of one grey image float32 [H, W] (:func:`detect_soft`).
+
+    Returns the detections with score >= ``score_thresh`` as a record (:func:`detections_to_record`).
+    """
+    return detections_to_record(
+        detect_soft(model, image, score_thresh=score_thresh, device=device), image, mask_thresh=mask_thresh
+    )
 
 
 def _rank_world() -> tuple[int, int]:

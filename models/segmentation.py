@@ -672,3 +672,37 @@ def suppress_overlapping_masks(masks: np.ndarray, scores: np.ndarray, thresh: fl
         keep.append(int(i))
         covered |= m
     return np.asarray(keep, np.int64)
+
+
+def exclusive_masks(masks: np.ndarray, prob: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Give every pixel that several instances claim to the one with the highest mask probability.
+
+    Mask R-CNN predicts each instance's mask on its own, so the mask of a chromosome often takes in the part
+    of a touching or crossing neighbour that lies inside its box, although the neighbour has its own, surer
+    mask there. The annotations (and the masks derived from boxes) share no pixel between instances; this
+    makes the predictions do the same. Pixels that one instance alone claims are left as they are.
+
+    Args:
+        masks: bool/uint8 [M, H, W] binary masks (already thresholded).
+        prob: [M, H, W] or [M, 1, H, W] mask probabilities of the same instances; ties go to the earlier
+            instance (the better-scoring one in the pipeline's order).
+
+    Returns:
+        uint8 [M, H, W] disjoint masks, each a subset of its input (an instance may come out empty).
+    """
+    masks = np.asarray(masks).astype(np.uint8, copy=True)
+    p = prob.detach().cpu().numpy() if isinstance(prob, torch.Tensor) else np.asarray(prob)
+    if p.ndim == 4:
+        p = p[:, 0]
+    if p.shape != masks.shape:
+        raise ValueError(f"masks {masks.shape} and probabilities {p.shape} differ in shape")
+    if len(masks) < 2:
+        return masks
+    ys, xs = np.nonzero(masks.sum(0, dtype=np.int32) > 1)
+    if len(ys) == 0:
+        return masks
+    claim = masks[:, ys, xs].astype(bool)
+    winner = np.where(claim, p[:, ys, xs], -np.inf).argmax(0)
+    masks[:, ys, xs] = 0
+    masks[winner, ys, xs] = 1
+    return masks

@@ -61,3 +61,35 @@ def test_box_margin_benchmark_on_a_known_margin(tmp_path, capsys):
     assert res["margin_px_p5_p25_p50_p75_p95"][2] == pytest.approx(4.0, abs=1.0)
     assert res["iou_tight_median"] < 0.75 < res["iou_grown_median"]
     assert "| the mask's tight box |" in capsys.readouterr().out
+
+
+def test_tune_mask_overlap_on_perfect_detections(monkeypatch, capsys):
+    """With the true masks as the detector's output, every threshold row scores F1 1 and count error 0."""
+    import hashlib
+
+    import numpy as np
+
+    import karyotyping.detection as detection
+    from datasets import build_dataset
+
+    spec = importlib.util.spec_from_file_location("tune_mask_overlap", ROOT / "benchmarks" / "tune_mask_overlap.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ds = build_dataset("synthetic", None, "val", val_fraction=0.1, seed=0)
+    truth = {hashlib.sha1(ds[i].image.tobytes()).hexdigest(): ds[i].masks for i in range(2)}
+
+    def detect_soft(model, image, *, score_thresh, device=None):
+        m = torch.from_numpy(truth[hashlib.sha1(image.tobytes()).hexdigest()].astype(np.float32))
+        return {"boxes": torch.zeros(len(m), 4), "labels": torch.ones(len(m), dtype=torch.int64),
+                "scores": torch.full((len(m),), 0.9), "masks": 0.8 * m[:, None]}  # fmt: skip
+
+    monkeypatch.setattr(detection, "detect_soft", detect_soft)
+    monkeypatch.setattr("models.segmentation.load_segmentation_checkpoint", lambda path, device: (None, None))
+    argv = ["--dataset", "synthetic", "--data-root", "none", "--max-images", "2", "--mask-thresh", "0.4", "0.5",
+            "--exclusive", "off", "on", "--score-thresh", "0.5", "--thresholds", "1.0", "0.5"]  # fmt: skip
+    assert mod.main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:-1]]
+    assert len(rows) == 2 * 2 * 2 and {r[1] for r in rows} == {"on", "off"}
+    assert all(float(r[6]) == 1.0 and float(r[8]) == 0.0 for r in rows)  # F1 and count error
+    with pytest.raises(SystemExit, match="validation split"):
+        mod.main(["--dataset", "synthetic", "--split", "test"])

@@ -176,6 +176,26 @@ def test_centromere_position_and_polarity(cpos, angle):
     assert oriented_crop(f, height=50).shape == (50, 32)
 
 
+@pytest.mark.parametrize("angle", [0.0, 0.7])
+def test_instance_features_do_not_depend_on_where_the_chromosome_lies(angle):
+    """Measured on the mask's neighbourhood only: the same chromosome anywhere in a larger image (here
+    near a corner and far inside) gives the same figures, and its points move with it."""
+    img, m, _ = chromosome(angle=angle)
+    ref = instance_features(img, m)
+    for dy, dx, size in ((0, 0, 240), (150, 310, 700)):
+        big_img = np.full((size, size + 100), 0.95, np.float32)
+        big_m = np.zeros(big_img.shape, np.uint8)
+        big_img[dy : dy + 240, dx : dx + 240], big_m[dy : dy + 240, dx : dx + 240] = img, m
+        f = instance_features(big_img, big_m)
+        assert np.allclose(f.centerline, ref.centerline + [dx, dy], atol=1e-3)
+        assert np.allclose(f.centromere_xy, ref.centromere_xy + [dx, dy], atol=1e-3)
+        assert f.length_px == pytest.approx(ref.length_px, abs=1e-3)
+        assert f.straightened.shape == ref.straightened.shape
+        assert np.allclose(f.width_profile, ref.width_profile, atol=0.05)
+        assert np.allclose(f.density_profile, ref.density_profile, atol=0.01)
+        assert f.centromere_pos == pytest.approx(ref.centromere_pos, abs=0.01) and f.area_px == ref.area_px
+
+
 def test_locate_centromere_profiles():
     n = 64
     x = np.linspace(0, 1, n)

@@ -286,6 +286,11 @@ def test_detections_to_record():
     empty_out = {k: v[:0] for k, v in out.items()}
     rec = detections_to_record(empty_out, np.zeros((H, W), np.float32))
     assert len(rec) == 0 and rec.masks.shape == (0, H, W)
+    # another threshold: the 0.4 pixels of instance 1 join it, the 0.6 ones leave at 0.7
+    assert detections_to_record(out, src.image, mask_thresh=0.3).masks[1].sum() == 100 + 8
+    assert detections_to_record(out, src.image, mask_thresh=0.7).masks.sum() == 100
+    with pytest.raises(ValueError, match="mask threshold"):
+        detections_to_record(out, src.image, mask_thresh=1.0)
 
 
 # ------------------------------------------------------------------------------------------ identification

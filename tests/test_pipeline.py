@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import inference_pipeline as ip
-from karyotyping.core import KaryotypePipeline
+from karyotyping.core import KaryotypePipeline, PipelineError
 
 SIZE = (320, 352)  # (H, W) of the synthetic test spread
 
@@ -408,3 +408,39 @@ def test_core_downscales_and_maps_back(weights, spread, monkeypatch):
     assert seen["shape"] == (160, 176) and pred.scale == pytest.approx(0.5)
     np.testing.assert_allclose(pred.boxes[0], [100, 80, 120, 160])
     assert pred.masks.shape == (1, *SIZE) and pred.masks[0, 80:160, 100:120].all() and pred.masks.sum() == 80 * 20
+
+
+def test_segment_exclusive_masks_and_mask_thresh(weights, monkeypatch, capsys, tmp_path):
+    """segment(): masks at --mask-thresh, suppression, then shared pixels to the surest detection (or not)."""
+    import torch
+
+    import karyotyping.detection as detection
+
+    h = w = 32
+    prob = torch.zeros(3, 1, h, w)
+    prob[0, 0, 2:30, 10:14] = 0.9  # vertical chromosome
+    prob[1, 0, 12:16, 0:32] = 0.8  # horizontal one crossing it
+    prob[1, 0, 12:16, 10:14] = 0.95  # ... surer of the crossing than the vertical one
+    prob[2, 0, 0:2, 0:2] = 0.45  # a faint speck: kept at 0.4, gone at 0.5
+    out = {
+        "boxes": torch.tensor([[10.0, 2, 14, 30], [0, 12, 32, 16], [0, 0, 2, 2]]),
+        "labels": torch.ones(3, dtype=torch.int64),
+        "scores": torch.tensor([0.99, 0.9, 0.8]),
+        "masks": prob,
+    }
+    monkeypatch.setattr(detection, "detect_soft", lambda *a, **k: out)
+    image = np.ones((h, w), np.float32)
+    on = KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0).segment(image)
+    assert len(on) == 3 and on.masks.sum(0).max() == 1 and on.labels.tolist() == [0, 0, 0]
+    assert on.masks[1, 12:16, 10:14].all() and not on.masks[0, 12:16, 10:14].any()
+    off = KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0, exclusive_masks=False).segment(image)
+    assert off.masks.sum(0).max() == 2 and off.masks[0, 12:16, 10:14].all()
+    assert len(KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0, mask_thresh=0.5).segment(image)) == 2
+    # a detection left without a pixel goes: instance 1 covers all of a fully crossed duplicate
+    dup = dict(out, masks=torch.stack([prob[1], prob[1] * 0.5, prob[2]]))
+    monkeypatch.setattr(detection, "detect_soft", lambda *a, **k: dup)
+    assert len(KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0).segment(image)) == 2
+    with pytest.raises(PipelineError, match="--mask-thresh"):
+        KaryotypePipeline(*weights, device="cpu", mask_thresh=1.0)
+    assert ip.cli(_args(weights, "--mask-thresh", "0", "--out", str(tmp_path / "o"))) == 2
+    assert "--mask-thresh" in capsys.readouterr().err

@@ -387,3 +387,29 @@ def test_suppress_overlapping_masks_known_answers():
     assert suppress_overlapping_masks(m[:0], scores[:0], 0.5).tolist() == []
     with pytest.raises(ValueError, match="scores"):
         suppress_overlapping_masks(m, scores[:2], 0.5)
+
+
+def test_exclusive_masks_known_answers():
+    """Shared pixels go to the instance whose mask probability is highest there; the rest stay as they were."""
+    from models.segmentation import exclusive_masks
+
+    m = np.zeros((3, 20, 20), np.uint8)
+    m[0, 2:18, 8:12] = 1  # a vertical chromosome
+    m[1, 8:12, 0:20] = 1  # a horizontal one crossing it: 16 shared pixels
+    m[2, 0:2, 0:2] = 1  # alone
+    prob = np.full((3, 1, 20, 20), 0.1, np.float32)
+    prob[0, 0, :, 8:10] = 0.9  # instance 0 is surer of the left half of the crossing
+    prob[1, 0, :, 10:12] = 0.95  # instance 1 of the right half
+    out = exclusive_masks(m, prob)
+    assert out.dtype == np.uint8 and out.shape == m.shape
+    assert out.sum(0).max() == 1  # disjoint
+    assert np.all(out <= m)  # each a subset of its input
+    assert out[0, 8:12, 8:10].all() and not out[0, 8:12, 10:12].any()
+    assert out[1, 8:12, 10:12].all() and not out[1, 8:12, 8:10].any()
+    assert (out[0] != m[0]).sum() == 8 and (out[1] != m[1]).sum() == 8 and np.array_equal(out[2], m[2])
+    # ties go to the earlier (better-scoring) instance; the inputs are never changed in place
+    tie = exclusive_masks(m[:2], np.full((2, 20, 20), 0.5, np.float32))
+    assert tie[0, 8:12, 8:12].all() and not tie[1, 8:12, 8:12].any() and m[1, 8:12, 8:12].all()
+    assert exclusive_masks(m[:1], prob[:1]).sum() == m[0].sum() and exclusive_masks(m[:0], prob[:0]).shape[0] == 0
+    with pytest.raises(ValueError, match="shape"):
+        exclusive_masks(m, prob[:2])
