@@ -7,9 +7,10 @@ The owners of the detection thresholds (everything else reads them here):
   CIL val split (README, "The whole pipeline").
 * :data:`AP_SCORE_THRESH` (0.05): the lowest score kept when measuring AP (so the precision-recall curve is
   seen whole): the trainer's validation, ``evaluate.py --stage seg``.
-* :data:`MASK_THRESH` (0.4): a pixel belongs to an instance when its mask probability is *above* it (chosen
-  with the two pipeline thresholds for the shipped detector; its masks come out a little under-confident).
-* :data:`MASK_OVERLAP` (0.6): the pipeline drops a detection when more than this fraction of its mask is
+* :data:`MASK_THRESH` (0.25): a pixel belongs to an instance when its mask probability is *above* it (chosen
+  with the two pipeline thresholds for the shipped detector; its masks come out under-confident). Also the
+  threshold of the mask AP of the trainer's validation and ``evaluate.py --stage seg``.
+* :data:`MASK_OVERLAP` (0.8): the pipeline drops a detection when more than this fraction of its mask is
   covered by better-scoring ones (:func:`models.segmentation.suppress_overlapping_masks`; 1 = off).
 * The pipeline then makes the kept masks exclusive (:func:`models.segmentation.exclusive_masks`): a pixel that
   several of them claim goes to the one with the highest mask probability, as in the annotations, where
@@ -49,8 +50,8 @@ __all__ = [
 
 SCORE_THRESH = 0.6
 AP_SCORE_THRESH = 0.05
-MASK_THRESH = 0.4
-MASK_OVERLAP = 0.6
+MASK_THRESH = 0.25
+MASK_OVERLAP = 0.8
 
 
 def binarize_masks(prob: torch.Tensor | np.ndarray, height: int, width: int, thresh: float = MASK_THRESH) -> np.ndarray:

@@ -269,7 +269,7 @@ def test_detections_to_record():
     probs = torch.zeros(2, 1, H, W)
     probs[0, 0, 0:10, 0:10] = 0.9
     probs[1, 0, 20:30, 20:30] = 0.6
-    probs[1, 0, 0:2, 0:2] = 0.4  # below the threshold
+    probs[1, 0, 0:2, 0:2] = MASK_THRESH - 0.05  # below the threshold
     probs[1, 0, 2:4, 0:2] = MASK_THRESH  # at the threshold: not foreground
     out = {
         "boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]),
@@ -286,8 +286,8 @@ def test_detections_to_record():
     empty_out = {k: v[:0] for k, v in out.items()}
     rec = detections_to_record(empty_out, np.zeros((H, W), np.float32))
     assert len(rec) == 0 and rec.masks.shape == (0, H, W)
-    # another threshold: the 0.4 pixels of instance 1 join it, the 0.6 ones leave at 0.7
-    assert detections_to_record(out, src.image, mask_thresh=0.3).masks[1].sum() == 100 + 8
+    # another threshold: the faint pixels of instance 1 join it, the 0.6 ones leave at 0.7
+    assert detections_to_record(out, src.image, mask_thresh=MASK_THRESH - 0.1).masks[1].sum() == 100 + 8
     assert detections_to_record(out, src.image, mask_thresh=0.7).masks.sum() == 100
     with pytest.raises(ValueError, match="mask threshold"):
         detections_to_record(out, src.image, mask_thresh=1.0)
