@@ -7,7 +7,7 @@ The owners of the detection thresholds (everything else reads them here):
   CIL val split (README, "The whole pipeline").
 * :data:`AP_SCORE_THRESH` (0.05): the lowest score kept when measuring AP (so the precision-recall curve is
   seen whole): the trainer's validation, ``evaluate.py --stage seg``.
-* :data:`MASK_THRESH` (0.25): a pixel belongs to an instance when its mask probability is *above* it (chosen
+* :data:`MASK_THRESH` (0.3): a pixel belongs to an instance when its mask probability is *above* it (chosen
   with the two pipeline thresholds for the shipped detector; its masks come out under-confident). Also the
   threshold of the mask AP of the trainer's validation and ``evaluate.py --stage seg``.
 * :data:`MASK_OVERLAP` (0.8): the pipeline drops a detection when more than this fraction of its mask is
@@ -50,7 +50,7 @@ __all__ = [
 
 SCORE_THRESH = 0.6
 AP_SCORE_THRESH = 0.05
-MASK_THRESH = 0.25
+MASK_THRESH = 0.3
 MASK_OVERLAP = 0.8
 
 
