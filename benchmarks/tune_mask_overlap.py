@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from karyotyping.detection import binarize_masks, detect_soft
     from karyotyping.runtime import resolve_device
     from metrics.matching import matching_dataset, panoptic_quality_all
-    from models.segmentation import exclusive_masks, load_segmentation_checkpoint, suppress_overlapping_masks
+    from models.segmentation import keep_instances, load_segmentation_checkpoint
 
     if args.split == "test":
         sys.exit("error: choose thresholds on a validation split, never on the test split")
@@ -100,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                     for m, p, s in binary:
                         above = s >= st
                         m, p, s2 = m[above], p[above], s[above]
-                        keep = suppress_overlapping_masks(m, s2, th)
-                        m = m[keep]
-                        if ex == "on" and len(keep) > 1:
-                            m = exclusive_masks(m, p[torch.as_tensor(keep)].float())
-                            m = m[m.reshape(len(m), -1).any(1)]
-                        pred.append(m)
+                        pred.append(keep_instances(m, s2, p, th, ex == "on")[1])
                     r = matching_dataset(truth, pred, thresh=0.5)
                     count = np.mean([abs(len(p) - len(t)) for p, t in zip(pred, truth)])
                     kept = np.mean([len(p) for p in pred])

@@ -244,20 +244,16 @@ class KaryotypePipeline:
     # ------------------------------------------------------------------ stages
     def segment(self, image: np.ndarray) -> KaryoRecord:
         """Image float32 [H, W] -> the kept detections (masks uint8 [M, H, W], unrounded scores, labels 0)."""
-        import torch
-
         from karyotyping.detection import detect_soft, detections_to_record
-        from models.segmentation import exclusive_masks, suppress_overlapping_masks
+        from models.segmentation import keep_instances
 
         out = detect_soft(self.seg_model, image, score_thresh=self.score_thresh, device=self.device)
         det = detections_to_record(out, image, mask_thresh=self.mask_thresh)
-        # empty masks go; duplicates and fragments of a better detection go (descending score order kept)
-        keep = suppress_overlapping_masks(det.masks, det.scores, self.mask_overlap)
+        # empty masks go; duplicates and fragments of a better detection go (descending score order kept); then
+        # a pixel claimed by several kept detections goes to the surest, and one left with nothing goes too
+        keep, masks = keep_instances(det.masks, det.scores, out["masks"], self.mask_overlap, self.exclusive_masks)
         det = det.select(keep)
-        if self.exclusive_masks and len(keep) > 1:
-            # a pixel claimed by several kept detections goes to the surest; one left with nothing goes too
-            det.masks = exclusive_masks(det.masks, out["masks"][torch.as_tensor(keep)])
-            det = det.select(np.flatnonzero(det.masks.reshape(len(keep), -1).any(1)))
+        det.masks = masks
         det.labels = np.zeros(len(det.scores), np.int64)
         return det
 

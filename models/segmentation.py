@@ -706,3 +706,24 @@ def exclusive_masks(masks: np.ndarray, prob: np.ndarray | torch.Tensor) -> np.nd
     masks[:, ys, xs] = 0
     masks[winner, ys, xs] = 1
     return masks
+
+
+def keep_instances(
+    masks: np.ndarray, scores: np.ndarray, prob: np.ndarray | torch.Tensor, overlap: float, exclusive: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pipeline's instances from its detections: :func:`suppress_overlapping_masks` at ``overlap``, then
+    (with ``exclusive``) :func:`exclusive_masks`, dropping a detection left with no pixel.
+
+    Args:
+        masks: uint8 [M, H, W] binary masks; scores: [M]; prob: their mask probabilities [M, (1,) H, W].
+
+    Returns:
+        ``(indices into the M detections, in descending score order; uint8 [K, H, W] their final masks)``.
+    """
+    keep = suppress_overlapping_masks(masks, scores, overlap)
+    kept = np.asarray(masks)[keep].astype(np.uint8)
+    if exclusive and len(keep) > 1:
+        kept = exclusive_masks(kept, prob[torch.as_tensor(keep)] if isinstance(prob, torch.Tensor) else prob[keep])
+        nonempty = kept.reshape(len(keep), -1).any(1)
+        keep, kept = keep[nonempty], kept[nonempty]
+    return keep, kept
