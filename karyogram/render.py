@@ -310,9 +310,25 @@ def render_karyogram(
     fs_label = float(np.clip(0.75 * label_h * pt, 6, 40))
     fs_title = float(np.clip(0.7 * title_h * pt, 8, 60))
     fs_mark = float(np.clip(0.9 * mark_h * pt, 5, 30))
+    raster = fmt == "png"
+    if raster:
+        # PNG: the crops are resampled to output pixels and pasted into one picture, drawn once (one image
+        # element instead of one per chromosome: a third of the drawing time, the same picture)
+        canvas = np.ones((max(1, round(H * z)), max(1, round(W * z))), np.float32)
+        for i, x0, y0 in placements:
+            h, w = cr[i].shape
+            ow, oh = max(1, round(w * z)), max(1, round(h * z))
+            c = cv2.resize(cr[i], (ow, oh), interpolation=cv2.INTER_AREA if z < 1 else cv2.INTER_LINEAR)
+            cx, cy = round(x0 * z), round(y0 * z)
+            win = canvas[cy : cy + oh, cx : cx + ow]
+            np.minimum(win, c[: win.shape[0], : win.shape[1]], out=win)  # white backgrounds never hide ink
+        ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, extent=(0, canvas.shape[1] / z, canvas.shape[0] / z, 0),
+                  interpolation="nearest")  # fmt: skip
     for i, x0, y0 in placements:
         h, w = cr[i].shape
-        ax.imshow(cr[i], cmap="gray", vmin=0.0, vmax=1.0, extent=(x0, x0 + w, y0 + h, y0), interpolation="antialiased")
+        if not raster:
+            ax.imshow(cr[i], cmap="gray", vmin=0.0, vmax=1.0, extent=(x0, x0 + w, y0 + h, y0),
+                      interpolation="antialiased")  # fmt: skip
         if marks[i]:
             ink = np.argwhere(cr[i] < 0.95)
             (r0, c0), (r1, c1) = (ink.min(0), ink.max(0)) if len(ink) else ((0, 0), (h - 1, w - 1))
@@ -382,24 +398,30 @@ def render_overlay(
     _check_lengths(lab.size, flags=fl)
     H, W = img.shape
     rgb = np.repeat((img * 255.0)[..., None], 3, axis=2)
-    for i in range(lab.size):
-        mi = m[i] > 0
-        if mi.any():
-            rgb[mi] = (1 - alpha) * rgb[mi] + alpha * np.array(class_colour(int(lab[i])), np.float32)
+    # each mask is handled inside its own bounding box (cv2.boundingRect of its pixels): the same pixels,
+    # contours and label positions as whole-image passes, at a fraction of the cost
+    boxes = [cv2.boundingRect((m[i] > 0).view(np.uint8)) for i in range(lab.size)]
+    for i, (x, y, bw, bh) in enumerate(boxes):
+        if bw == 0:
+            continue
+        mi = m[i, y : y + bh, x : x + bw] > 0
+        win = rgb[y : y + bh, x : x + bw]
+        win[mi] = (1 - alpha) * win[mi] + alpha * np.array(class_colour(int(lab[i])), np.float32)
     out = np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8))
     thick = max(1, int(round(min(H, W) / 600)))
     font = cv2.FONT_HERSHEY_SIMPLEX
     fs = max(0.35, min(H, W) / 1400)
     texts = []
-    for i in range(lab.size):
-        mi = (m[i] > 0).astype(np.uint8)
-        if not mi.any():
+    for i, (x, y, bw, bh) in enumerate(boxes):
+        if bw == 0:
             continue
-        cnts, _ = cv2.findContours(mi, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        mi = (m[i, y : y + bh, x : x + bw] > 0).astype(np.uint8)
+        cnts, _ = cv2.findContours(mi, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(x, y))
         marked = any(f != "unassigned" for f in fl[i])
         col = (214, 39, 40) if marked else class_colour(int(lab[i]))
         cv2.drawContours(out, cnts, -1, col, thick + (1 if marked else 0), cv2.LINE_AA)
         ys, xs = np.nonzero(mi)
+        ys, xs = ys + y, xs + x
         # label at the mask pixel nearest the centroid (a bent chromosome's centroid can lie outside it)
         cy, cx = ys.mean(), xs.mean()
         j = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
