@@ -206,13 +206,18 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     cells, skipped = _gt_instances(ds, n, args.quiet, cfg.crop_height, cfg.crop_width)
     true, methods = [], {"argmax": [], "assignment": [], "rule_based": []}
     for x, crops, labels, lengths, ci in cells:
-        probs = np.asarray(predict_proba(model, cfg, crops, x))
+        probs = np.asarray(predict_proba(model, cfg, crops, x, flip=args.flip_tta))
         true.append(labels)
         methods["argmax"].append(np.asarray(argmax_labels(probs)))
         res_a = assign_karyotype(probs, lengths=lengths, centromere_index=ci, config=assign_cfg)
         methods["assignment"].append(np.asarray(res_a.labels))
         methods["rule_based"].append(np.asarray(rule_based_labels(lengths, ci)))
-    res: dict[str, Any] = {"images": len(cells), "stage": "cls", "chromosomes": int(sum(len(t) for t in true))}
+    res: dict[str, Any] = {
+        "images": len(cells),
+        "stage": "cls",
+        "chromosomes": int(sum(len(t) for t in true)),
+        "flip_tta": args.flip_tta,
+    }
     res["instances_left_out"] = dict(skipped)  # degenerate true masks: not scored (the trainer skips them too)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, pred in methods.items():
@@ -321,6 +326,8 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
         mask_overlap=args.mask_overlap,
         mask_thresh=args.mask_thresh,
         exclusive_masks=args.exclusive_masks,
+        trim_masks=args.trim_masks,
+        flip_tta=args.flip_tta,
     )
     ds, n = _dataset(args)
     # instance-level lists (images with ground-truth instances)
@@ -380,6 +387,8 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
         "pipeline_mask_overlap": args.mask_overlap,
         "pipeline_mask_thresh": args.mask_thresh,
         "pipeline_exclusive_masks": args.exclusive_masks,
+        "pipeline_trim_masks": args.trim_masks,
+        "pipeline_flip_tta": args.flip_tta,
         "ap_score": "detection score x assignment confidence (system_*); detection score (agnostic_*)",
     }
     if t_masks:

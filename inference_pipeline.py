@@ -94,6 +94,8 @@ def main(args: argparse.Namespace) -> int:
         mask_overlap=args.mask_overlap,
         mask_thresh=args.mask_thresh,
         exclusive_masks=args.exclusive_masks,
+        trim_masks=args.trim_masks,
+        flip_tta=args.flip_tta,
         max_side=args.max_side,
     )
     args.out.mkdir(parents=True, exist_ok=True)

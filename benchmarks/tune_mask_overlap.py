@@ -9,15 +9,18 @@ mean absolute count error and the mean number of instances kept. Use a validatio
     python benchmarks/tune_mask_overlap.py --score-thresh 0.3 0.4 0.5 --thresholds 0.5 --max-images 30
     python benchmarks/tune_mask_overlap.py --mask-thresh 0.4 0.5 --max-images 30
     python benchmarks/tune_mask_overlap.py --exclusive off on --max-images 30
+    python benchmarks/tune_mask_overlap.py --trim off on --max-images 30
 
 ``--mask-thresh`` values (the probability a mask pixel must exceed) binarize the same soft masks in turn;
 ``--exclusive on`` then gives each pixel that several kept detections claim to the surest of them, as the
-pipeline does (:func:`models.segmentation.exclusive_masks`).
+pipeline does (:func:`models.segmentation.exclusive_masks`); ``--trim on`` then keeps only each mask's
+chromosome pixels by the image's own contrast (:func:`models.segmentation.trim_to_foreground`).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -56,6 +59,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=["on"],
         help="exclusive masks after the suppression (the pipeline's default: on)",
     )
+    p.add_argument(
+        "--trim",
+        nargs="+",
+        choices=("on", "off"),
+        default=["on"],
+        help="trim the masks to the image's foreground at the end (the pipeline's default: on)",
+    )
     p.add_argument("--device", default="cpu")
     return p
 
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     model, _ = load_segmentation_checkpoint(args.seg_weights, device)
     # the detector once per image at the lowest score asked for; soft masks kept as float16 to bound memory
-    truth, dets = [], []
+    truth, dets, images = [], [], []
     n = min(args.max_images, len(ds)) if args.max_images else len(ds)
     for i in range(n):
         rec = ds[i]
@@ -85,28 +95,29 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = detect_soft(model, rec.image, score_thresh=min(args.score_thresh), device=device)
         truth.append(rec.masks)
+        images.append(rec.image)
         dets.append((out["masks"][:, 0].half(), out["scores"].numpy()))
     print(
-        f"{'mask':>5} {'excl':>4} {'score':>6} {'mask-overlap':>12} {'precision':>9} {'recall':>7} {'F1':>6} "
+        f"{'mask':>5} {'excl':>4} {'trim':>4} {'score':>6} {'mask-overlap':>12} {'precision':>9} {'recall':>7} {'F1':>6} "
         f"{'PQ_all':>7} {'count err':>9} {'kept':>6}"
     )
     for mt in args.mask_thresh:
         binary = [(binarize_masks(p, *t.shape[1:], mt), p, s) for (p, s), t in zip(dets, truth)]
-        for ex in args.exclusive:
+        for ex, tr in itertools.product(args.exclusive, args.trim):
             for st in sorted(args.score_thresh):
                 for th in args.thresholds:
                     pred = []
-                    for m, p, s in binary:
+                    for (m, p, s), image in zip(binary, images):
                         above = s >= st
                         m, p, s2 = m[above], p[above], s[above]
-                        pred.append(keep_instances(m, s2, p, th, ex == "on")[1])
+                        pred.append(keep_instances(m, s2, p, th, ex == "on", image if tr == "on" else None)[1])
                     r = matching_dataset(truth, pred, thresh=0.5)
                     count = np.mean([abs(len(p) - len(t)) for p, t in zip(pred, truth)])
                     kept = np.mean([len(p) for p in pred])
                     pq = panoptic_quality_all(truth, pred)
                     print(
-                        f"{mt:>5.2f} {ex:>4} {st:>6.2f} {th:>12.2f} {r.precision:>9.3f} {r.recall:>7.3f} {r.f1:>6.3f} "
-                        f"{pq:>7.3f} {count:>9.1f} {kept:>6.1f}"
+                        f"{mt:>5.2f} {ex:>4} {tr:>4} {st:>6.2f} {th:>12.2f} {r.precision:>9.3f} {r.recall:>7.3f} "
+                        f"{r.f1:>6.3f} {pq:>7.3f} {count:>9.1f} {kept:>6.1f}"
                     )
     print(f"{len(truth)} images of {args.dataset}/{args.split}")
     return 0

@@ -27,7 +27,7 @@ from scipy import ndimage
 from karyogram.labels import UnknownClassError, id_of
 
 from .base import RecordDataset
-from .derive_masks import _otsu
+from .derive_masks import otsu_threshold
 from .io import IMAGE_EXTENSIONS, read_image
 from .record import KaryoRecord, masks_to_boxes
 
@@ -65,7 +65,7 @@ def crop_mask(image: np.ndarray, *, bright_objects: bool) -> np.ndarray:
     if np.mean(obj == bg) >= 0.2 and np.mean(border == bg) >= 0.5 and bg == float(obj.min()):
         fg = obj > bg
     else:
-        fg = obj > _otsu(cv2.GaussianBlur(obj, (0, 0), 0.7).ravel())
+        fg = obj > otsu_threshold(cv2.GaussianBlur(obj, (0, 0), 0.7).ravel())
     fg = fg.astype(np.uint8)
     if not fg.any():
         return fg

@@ -28,11 +28,11 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["box_margin", "derive_masks", "ellipse_mask", "outward_margins"]
+__all__ = ["box_margin", "derive_masks", "ellipse_mask", "otsu_threshold", "outward_margins"]
 
 
-def _otsu(values: np.ndarray) -> float:
-    """Otsu threshold of float values in [0, 1] (256 bins)."""
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu threshold of float values in [0, 1] (256 bins; the middle of a plateau of maxima)."""
     hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
     hist = hist.astype(np.float64)
     total = hist.sum()
@@ -121,7 +121,7 @@ def derive_masks(
     for b in boxes:
         xa, ya, xb, yb = _int_box(b, h, w, grow=0.25 * max(b[2] - b[0], b[3] - b[1]))
         union[ya:yb, xa:xb] = True
-    t_global = _otsu(dark[union])
+    t_global = otsu_threshold(dark[union])
     kernel = np.ones((3, 3), np.uint8)
     fallback = 0
     for i, b in enumerate(boxes):
@@ -130,7 +130,7 @@ def derive_masks(
             continue
         nx1, ny1, nx2, ny2 = _int_box(b, h, w, grow=0.25 * max(bw, bh))
         neigh = dark[ny1:ny2, nx1:nx2]
-        t = _otsu(neigh)
+        t = otsu_threshold(neigh)
         # a box that is nearly all chromosome has an Otsu split *inside* the chromosome: clamp to the image's
         t = min(t, t_global + 0.05)
         contrast = float(neigh.max() - neigh.min())

@@ -134,9 +134,10 @@ class KaryotypePrediction:
 
 
 def add_mask_args(group: Any) -> None:
-    """The pipeline's mask flags (``--mask-overlap``, ``--mask-thresh``, ``--[no-]exclusive-masks``), with its
-    defaults, on an argparse parser or group; read them back as ``mask_overlap``, ``mask_thresh``,
-    ``exclusive_masks`` (the :class:`KaryotypePipeline` arguments of the same names)."""
+    """The pipeline's mask and crop flags (``--mask-overlap``, ``--mask-thresh``, ``--[no-]exclusive-masks``,
+    ``--[no-]trim-masks``, ``--[no-]flip-tta``), with its defaults, on an argparse parser or group; read them back
+    as ``mask_overlap``, ``mask_thresh``, ``exclusive_masks``, ``trim_masks``, ``flip_tta`` (the
+    :class:`KaryotypePipeline` arguments of the same names)."""
     import argparse
 
     group.add_argument(
@@ -153,6 +154,18 @@ def add_mask_args(group: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="give a pixel that several chromosomes claim to the one whose mask is surest of it (default: on)",
+    )
+    group.add_argument(
+        "--trim-masks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="trim each mask to the chromosome pixels by the image's own contrast (Otsu; default: on)",
+    )
+    group.add_argument(
+        "--flip-tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="classify each chromosome's crop also upside down and average the two (default: on)",
     )
 
 
@@ -180,6 +193,10 @@ class KaryotypePipeline:
             :data:`karyotyping.detection.MASK_THRESH`).
         exclusive_masks: give each pixel that several kept detections claim to the one most sure of it
             (:func:`models.segmentation.exclusive_masks`), so instances share no pixel, as annotated.
+        trim_masks: keep only each mask's chromosome pixels, by one Otsu threshold of the image around the
+            detections (:func:`models.segmentation.trim_to_foreground`); a detection left empty goes.
+        flip_tta: classify each crop also upside down and average (:func:`models.classifier.predict_proba`
+            ``flip``).
         max_side: images with a longer side are downscaled to it for processing (warned).
 
     Raises:
@@ -197,6 +214,8 @@ class KaryotypePipeline:
         mask_overlap: float = MASK_OVERLAP,
         mask_thresh: float = MASK_THRESH,
         exclusive_masks: bool = True,
+        trim_masks: bool = True,
+        flip_tta: bool = True,
         max_side: int = DEFAULT_MAX_SIDE,
     ) -> None:
         from karyogram.assign import config_for_classifier
@@ -235,6 +254,8 @@ class KaryotypePipeline:
         self.mask_overlap = mask_overlap
         self.mask_thresh = mask_thresh
         self.exclusive_masks = exclusive_masks
+        self.trim_masks = trim_masks
+        self.flip_tta = flip_tta
         self.max_side = max_side
         self.seg_weights = str(seg_weights)
         self.cls_weights = str(cls_weights)
@@ -250,8 +271,16 @@ class KaryotypePipeline:
         out = detect_soft(self.seg_model, image, score_thresh=self.score_thresh, device=self.device)
         det = detections_to_record(out, image, mask_thresh=self.mask_thresh)
         # empty masks go; duplicates and fragments of a better detection go (descending score order kept); then
-        # a pixel claimed by several kept detections goes to the surest, and one left with nothing goes too
-        keep, masks = keep_instances(det.masks, det.scores, out["masks"], self.mask_overlap, self.exclusive_masks)
+        # a pixel claimed by several kept detections goes to the surest, the masks are trimmed to the
+        # chromosome pixels, and a detection left with nothing goes too
+        keep, masks = keep_instances(
+            det.masks,
+            det.scores,
+            out["masks"],
+            self.mask_overlap,
+            self.exclusive_masks,
+            image if self.trim_masks else None,
+        )
         det = det.select(keep)
         det.masks = masks
         det.labels = np.zeros(len(det.scores), np.int64)
@@ -340,7 +369,7 @@ class KaryotypePipeline:
             # exactly the crops the classifier was trained on (straightened, p arm up, trimmed to the mask)
             crops = [tight_crop(f) for f in feats]
             probs = (
-                np.asarray(predict_proba(self.cls_model, self.cls_config, crops, x), np.float32)
+                np.asarray(predict_proba(self.cls_model, self.cls_config, crops, x, flip=self.flip_tta), np.float32)
                 if n
                 else np.zeros((0, 24), np.float32)
             )

@@ -2,19 +2,23 @@
 
 The owners of the detection thresholds (everything else reads them here):
 
-* :data:`SCORE_THRESH` (0.6): the pipeline's operating point, the lowest detection score of a chromosome it
+* :data:`SCORE_THRESH` (0.7): the pipeline's operating point, the lowest detection score of a chromosome it
   reports (``inference_pipeline.py --score-thresh``, ``evaluate.py --pipeline-score-thresh``); chosen on the
   CIL val split (README, "The whole pipeline").
 * :data:`AP_SCORE_THRESH` (0.05): the lowest score kept when measuring AP (so the precision-recall curve is
   seen whole): the trainer's validation, ``evaluate.py --stage seg``.
-* :data:`MASK_THRESH` (0.3): a pixel belongs to an instance when its mask probability is *above* it (chosen
-  with the two pipeline thresholds for the shipped detector; its masks come out under-confident). Also the
-  threshold of the mask AP of the trainer's validation and ``evaluate.py --stage seg``.
-* :data:`MASK_OVERLAP` (0.8): the pipeline drops a detection when more than this fraction of its mask is
+* :data:`MASK_THRESH` (0.2): in the pipeline a pixel belongs to an instance when its mask probability is
+  *above* it (chosen with the two pipeline thresholds for the shipped detector; low, because the pipeline then
+  trims each mask to the image's foreground).
+* :data:`AP_MASK_THRESH` (0.3): the same for the mask AP of the trainer's validation and ``evaluate.py --stage
+  seg`` (:func:`detect_dataset`), which score the detector's own masks, untrimmed; fixed, so that mask AP
+  figures of different dates compare.
+* :data:`MASK_OVERLAP` (0.9): the pipeline drops a detection when more than this fraction of its mask is
   covered by better-scoring ones (:func:`models.segmentation.suppress_overlapping_masks`; 1 = off).
 * The pipeline then makes the kept masks exclusive (:func:`models.segmentation.exclusive_masks`): a pixel that
   several of them claim goes to the one with the highest mask probability, as in the annotations, where
-  touching and crossing chromosomes share no pixel (``--no-exclusive-masks`` turns it off).
+  touching and crossing chromosomes share no pixel (``--no-exclusive-masks`` turns it off), and trims them to
+  the image's foreground (:func:`models.segmentation.trim_to_foreground`; ``--no-trim-masks``).
 
 :func:`detections_to_record` is the one conversion of a model's output into a :class:`KaryoRecord`;
 :func:`detect` runs the model on one image in float32 (never under autocast: torchvision decodes boxes in the
@@ -36,6 +40,7 @@ import torch.distributed as dist
 from datasets.record import KaryoRecord
 
 __all__ = [
+    "AP_MASK_THRESH",
     "AP_SCORE_THRESH",
     "MASK_OVERLAP",
     "MASK_THRESH",
@@ -48,10 +53,11 @@ __all__ = [
     "evaluate_detection",
 ]
 
-SCORE_THRESH = 0.6
+SCORE_THRESH = 0.7
 AP_SCORE_THRESH = 0.05
-MASK_THRESH = 0.3
-MASK_OVERLAP = 0.8
+MASK_THRESH = 0.2
+AP_MASK_THRESH = 0.3
+MASK_OVERLAP = 0.9
 
 
 def binarize_masks(prob: torch.Tensor | np.ndarray, height: int, width: int, thresh: float = MASK_THRESH) -> np.ndarray:
@@ -160,7 +166,7 @@ def detect_dataset(
         indices = tqdm(indices, desc="detecting", dynamic_ncols=True, leave=False)
     for i in indices:
         gt = dataset[i]
-        pred = detect(model, gt.image, score_thresh=score_thresh, device=device)
+        pred = detect(model, gt.image, score_thresh=score_thresh, device=device, mask_thresh=AP_MASK_THRESH)
         pred.meta["image_id"] = gt.image_id or str(i)
         yield i, gt, pred
 

@@ -327,6 +327,7 @@ def predict_proba(
     *,
     batch_size: int = 256,
     selected: bool = False,
+    flip: bool = False,
 ) -> np.ndarray:
     """Class probabilities of N chromosomes.
 
@@ -339,6 +340,10 @@ def predict_proba(
             ``config.feature_groups``), or already-selected [N, n_features] when ``selected``.
             May be None when ``config.n_features == 0``.
         batch_size: crops per forward pass.
+        flip: test-time augmentation: also classify each fitted crop turned upside down and average the two
+            probabilities. Crops are put p arm up by a guess from the centromere, which is wrong for some
+            chromosomes, in training too; the second view covers those. Twice the classifier's work; on the
+            CIL val split it adds 0.7 points of per-crop accuracy (README, "Test-time flip").
 
     Returns:
         float32 [N, 24]: softmax probabilities, rows sum to 1; column k is class id k + 1.
@@ -362,11 +367,13 @@ def predict_proba(
     model.eval()
     device = next(model.parameters()).device
     out = np.zeros((n, config.num_classes), np.float32)
+    views = (x, np.ascontiguousarray(x[:, ::-1])) if flip else (x,)
     for s in range(0, n, batch_size):
-        xb = torch.from_numpy(x[s : s + batch_size]).to(device)[:, None]
         fb = None if f is None else torch.from_numpy(np.ascontiguousarray(f[s : s + batch_size])).to(device)
-        out[s : s + batch_size] = torch.softmax(model(xb, fb).float(), dim=1).cpu().numpy()
-    return out
+        for v in views:
+            xb = torch.from_numpy(v[s : s + batch_size]).to(device)[:, None]
+            out[s : s + batch_size] += torch.softmax(model(xb, fb).float(), dim=1).cpu().numpy()
+    return out / len(views)
 
 
 __all__ = [

@@ -56,6 +56,8 @@ NORMS = ("auto", "batch", "frozen")
 RESNET_ANCHOR_SIZES: tuple[tuple[int, ...], ...] = ((16,), (32,), (64,), (128,), (256,))
 #: MobileNetV3-FPN and EfficientNet-Lite-FPN return 4 levels (strides 8, 16, 32 and the 64 pool level)
 MOBILENET_ANCHOR_SIZES: tuple[tuple[int, ...], ...] = ((16,), (32,), (64,), (128,))
+#: pixels around the detections whose grey levels set the foreground threshold of :func:`trim_to_foreground`
+TRIM_RADIUS = 15
 
 
 @dataclass
@@ -708,14 +710,77 @@ def exclusive_masks(masks: np.ndarray, prob: np.ndarray | torch.Tensor) -> np.nd
     return masks
 
 
+def trim_to_foreground(image: np.ndarray, masks: np.ndarray, *, radius: int = TRIM_RADIUS) -> np.ndarray:
+    """Keep only the pixels of each mask that are chromosome, not background, by the image's own contrast.
+
+    Mask R-CNN's masks are predicted at 28 x 28 per box and thresholded, so their edges are soft and often
+    take in a rim of background, or a light gap between two chromosomes. Here one threshold separates
+    chromosome from background: Otsu's method (:func:`datasets.derive_masks.otsu_threshold`) on the smoothed
+    image (Gaussian, 1 px) over the detections and ``radius`` px around them; the objects' polarity (dark on
+    light, as G-banding, or bright on dark, as fluorescence) is whichever side the masks' own pixels lie on.
+    Each mask keeps its foreground pixels (foreground closed 3 x 3) and then its enclosed holes, except
+    pixels another mask holds. This is also how the masks of boxes-only annotations are derived
+    (:mod:`datasets.derive_masks`), so predictions and training targets follow one rule.
+
+    Args:
+        image: float32 [H, W] grey in [0, 1], the image the masks belong to.
+        masks: bool/uint8 [K, H, W].
+        radius: pixels around the detections whose grey levels take part in the threshold.
+
+    Returns:
+        uint8 [K, H, W], each a subset of its input mask plus its own enclosed holes; pairwise disjoint when
+        the input masks are. A mask with no foreground pixel comes out empty.
+    """
+    import cv2
+    from scipy import ndimage
+
+    from datasets.derive_masks import otsu_threshold
+
+    m = np.asarray(masks).astype(bool)
+    img = np.asarray(image, np.float32)
+    if m.ndim != 3 or m.shape[1:] != img.shape:
+        raise ValueError(f"masks {m.shape} do not match the image {img.shape}")
+    out = np.zeros(m.shape, np.uint8)
+    union = m.any(0)
+    if not union.any():
+        return out
+    k = 2 * int(radius) + 1
+    near = cv2.dilate(union.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+    ring = near & ~union
+    smooth = cv2.GaussianBlur(img, (0, 0), 1.0)
+    # dark objects when the masks' pixels are darker than the background around them
+    dark = not ring.any() or float(smooth[union].mean()) <= float(smooth[ring].mean())
+    obj = 1.0 - smooth if dark else smooth
+    fg = (obj > otsu_threshold(np.clip(obj[near], 0.0, 1.0))).astype(np.uint8)
+    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)).astype(bool)
+    count = m.sum(0, dtype=np.int32)
+    for i in range(len(m)):
+        x, y, w, h = cv2.boundingRect(m[i].view(np.uint8))
+        if w == 0:
+            continue
+        own = m[i, y : y + h, x : x + w]
+        kept = ndimage.binary_fill_holes(own & fg[y : y + h, x : x + w])
+        # a hole may be another chromosome lying across this one: its pixels stay its own
+        others = (count[y : y + h, x : x + w] - own) > 0
+        out[i, y : y + h, x : x + w] = kept & ~others
+    return out
+
+
 def keep_instances(
-    masks: np.ndarray, scores: np.ndarray, prob: np.ndarray | torch.Tensor, overlap: float, exclusive: bool
+    masks: np.ndarray,
+    scores: np.ndarray,
+    prob: np.ndarray | torch.Tensor,
+    overlap: float,
+    exclusive: bool,
+    image: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pipeline's instances from its detections: :func:`suppress_overlapping_masks` at ``overlap``, then
-    (with ``exclusive``) :func:`exclusive_masks`, dropping a detection left with no pixel.
+    (with ``exclusive``) :func:`exclusive_masks`, then (with an ``image``) :func:`trim_to_foreground`,
+    dropping a detection left with no pixel.
 
     Args:
         masks: uint8 [M, H, W] binary masks; scores: [M]; prob: their mask probabilities [M, (1,) H, W].
+        image: float32 [H, W] in [0, 1] the masks belong to, to trim them to its foreground; None: no trim.
 
     Returns:
         ``(indices into the M detections, in descending score order; uint8 [K, H, W] their final masks)``.
@@ -724,6 +789,9 @@ def keep_instances(
     kept = np.asarray(masks)[keep].astype(np.uint8)
     if exclusive and len(keep) > 1:
         kept = exclusive_masks(kept, prob[torch.as_tensor(keep)] if isinstance(prob, torch.Tensor) else prob[keep])
-        nonempty = kept.reshape(len(keep), -1).any(1)
-        keep, kept = keep[nonempty], kept[nonempty]
-    return keep, kept
+    if image is not None:
+        kept = trim_to_foreground(image, kept)
+    if len(keep) == 0:
+        return keep, kept
+    nonempty = kept.reshape(len(keep), -1).any(1)
+    return keep[nonempty], kept[nonempty]

@@ -86,10 +86,11 @@ def test_tune_mask_overlap_on_perfect_detections(monkeypatch, capsys):
     monkeypatch.setattr(detection, "detect_soft", detect_soft)
     monkeypatch.setattr("models.segmentation.load_segmentation_checkpoint", lambda path, device: (None, None))
     argv = ["--dataset", "synthetic", "--data-root", "none", "--max-images", "2", "--mask-thresh", "0.4", "0.5",
-            "--exclusive", "off", "on", "--score-thresh", "0.5", "--thresholds", "1.0", "0.5"]  # fmt: skip
+            "--exclusive", "off", "on", "--trim", "off", "on", "--score-thresh", "0.5", "--thresholds", "1.0",
+            "0.5"]  # fmt: skip
     assert mod.main(argv) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:-1]]
-    assert len(rows) == 2 * 2 * 2 and {r[1] for r in rows} == {"on", "off"}
-    assert all(float(r[6]) == 1.0 and float(r[8]) == 0.0 for r in rows)  # F1 and count error
+    assert len(rows) == 2 * 2 * 2 * 2 and {r[1] for r in rows} == {r[2] for r in rows} == {"on", "off"}
+    assert all(float(r[7]) == 1.0 and float(r[9]) == 0.0 for r in rows)  # F1 and count error
     with pytest.raises(SystemExit, match="validation split"):
         mod.main(["--dataset", "synthetic", "--split", "test"])

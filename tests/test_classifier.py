@@ -112,6 +112,21 @@ def test_predict_proba_rows_sum_to_one_and_select_columns():
         predict_proba(model, cfg, crops, None)
 
 
+def test_predict_proba_flip_averages_the_upside_down_view():
+    torch.manual_seed(0)
+    cfg = _config("scale")
+    model = build_classifier(cfg)
+    rng = np.random.default_rng(1)
+    crops = rng.random((5, cfg.crop_height, cfg.crop_width)).astype(np.float32)
+    feats = rng.normal(size=(5, len(FEATURE_NAMES))).astype(np.float32)
+    plain = predict_proba(model, cfg, crops, feats)
+    upside_down = predict_proba(model, cfg, np.ascontiguousarray(crops[:, ::-1]), feats)
+    assert not np.allclose(plain, upside_down, atol=1e-4)  # the model is not symmetric: the test can fail
+    both = predict_proba(model, cfg, crops, feats, flip=True, batch_size=2)  # batches split the two views alike
+    np.testing.assert_allclose(both, (plain + upside_down) / 2, atol=1e-5)
+    np.testing.assert_allclose(both.sum(1), 1.0, atol=1e-5)
+
+
 def test_checkpoint_rebuilds_without_flags(tmp_path):
     torch.manual_seed(0)
     cfg = _config("geometry", feature_mean=[0.5] * 15, feature_std=[2.0] * 15)

@@ -329,11 +329,13 @@ def test_classifier_sees_exactly_the_training_inputs(weights, spread, spread_png
     def spy(model, config, crops, features=None, **kw):
         seen["crops"] = mc.prepare_crops(crops, config)
         seen["features"] = np.asarray(features)
+        seen["flip"] = kw.get("flip")
         return real(model, config, crops, features, **kw)
 
     monkeypatch.setattr(mc, "predict_proba", spy)
     pipe = KaryotypePipeline(weights[0], weights[1], device="cpu")
     pipe.process(spread_png)
+    assert seen["flip"] is True  # the test-time flip is on by default
     _, cfg = mc.load_classifier_checkpoint(weights[1], "cpu")
     rec = spread.copy()
     rec.image = cv2.imread(str(spread_png), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0  # the 8-bit file
@@ -341,6 +343,8 @@ def test_classifier_sees_exactly_the_training_inputs(weights, spread, spread_png
     assert len(train["crops"]) == len(seen["crops"]) == len(spread)
     np.testing.assert_allclose(seen["crops"], train["crops"] / 255.0, atol=1 / 255 + 1e-6)
     np.testing.assert_allclose(seen["features"], train["features"], rtol=1e-5, atol=1e-5)
+    KaryotypePipeline(weights[0], weights[1], device="cpu", flip_tta=False).process(spread_png)
+    assert seen["flip"] is False
 
 
 # ---------------------------------------------------------------------------------------------- the core
@@ -430,17 +434,28 @@ def test_segment_exclusive_masks_and_mask_thresh(weights, monkeypatch, capsys, t
     }
     monkeypatch.setattr(detection, "detect_soft", lambda *a, **k: out)
     image = np.ones((h, w), np.float32)
-    on = KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0).segment(image)
+    on = KaryotypePipeline(*weights, device="cpu", trim_masks=False, mask_overlap=1.0).segment(image)
     assert len(on) == 3 and on.masks.sum(0).max() == 1 and on.labels.tolist() == [0, 0, 0]
     assert on.masks[1, 12:16, 10:14].all() and not on.masks[0, 12:16, 10:14].any()
-    off = KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0, exclusive_masks=False).segment(image)
+    off = KaryotypePipeline(*weights, device="cpu", trim_masks=False, mask_overlap=1.0, exclusive_masks=False).segment(
+        image
+    )
     assert off.masks.sum(0).max() == 2 and off.masks[0, 12:16, 10:14].all()
-    assert len(KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0, mask_thresh=0.5).segment(image)) == 2
+    assert (
+        len(
+            KaryotypePipeline(*weights, device="cpu", trim_masks=False, mask_overlap=1.0, mask_thresh=0.5).segment(
+                image
+            )
+        )
+        == 2
+    )
     # a detection left without a pixel goes: instance 1 covers all of a fully crossed duplicate
     dup = dict(out, masks=torch.stack([prob[1], prob[1] * 0.5, prob[2]]))
     monkeypatch.setattr(detection, "detect_soft", lambda *a, **k: dup)
-    assert len(KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0).segment(image)) == 2
+    assert len(KaryotypePipeline(*weights, device="cpu", trim_masks=False, mask_overlap=1.0).segment(image)) == 2
     with pytest.raises(PipelineError, match="--mask-thresh"):
         KaryotypePipeline(*weights, device="cpu", mask_thresh=1.0)
     assert ip.cli(_args(weights, "--mask-thresh", "0", "--out", str(tmp_path / "o"))) == 2
     assert "--mask-thresh" in capsys.readouterr().err
+    parse = ip.get_args_parser().parse_args
+    assert parse([]).flip_tta is True and parse(["--no-flip-tta"]).flip_tta is False

@@ -413,3 +413,45 @@ def test_exclusive_masks_known_answers():
     assert exclusive_masks(m[:1], prob[:1]).sum() == m[0].sum() and exclusive_masks(m[:0], prob[:0]).shape[0] == 0
     with pytest.raises(ValueError, match="shape"):
         exclusive_masks(m, prob[:2])
+
+
+def test_trim_to_foreground_known_answers():
+    """Masks keep their chromosome pixels (dark on light or bright on dark), their own holes, not a neighbour's."""
+    from models.segmentation import keep_instances, trim_to_foreground
+
+    img = np.ones((40, 40), np.float32)
+    img[5:35, 10:16] = 0.3  # a dark vertical chromosome, 6 px wide
+    img[18:20, 12:14] = 0.9  # a pale spot inside it (a hole of the foreground)
+    img[20:24, 16:36] = 0.2  # a dark horizontal one touching it
+    m = np.zeros((3, 40, 40), np.uint8)
+    m[0, 3:37, 8:18] = 1  # the vertical one with a 2-px rim of background (and 2 columns of its neighbour)
+    m[0, 18:26, 16:18] = 0  # ... which the neighbour holds: exclusive, as the pipeline's masks are
+    m[1, 18:26, 16:38] = 1  # the horizontal one, with rims
+    m[2, 0:3, 30:40] = 1  # a detection on background only
+    out = trim_to_foreground(img, m)
+    assert out.dtype == np.uint8 and out.shape == m.shape and np.all(out.sum(0) <= 1)
+    truth0 = np.zeros((40, 40), bool)
+    truth0[5:35, 10:16] = True  # the rim is gone, the pale spot (an enclosed hole) is back
+    assert np.array_equal(out[0].astype(bool), truth0)
+    truth1 = np.zeros((40, 40), bool)
+    truth1[20:24, 16:36] = True
+    extra = np.argwhere(out[1].astype(bool) & ~truth1)  # the smoothing darkens the corners of the junction
+    assert np.all(out[1][truth1]) and extra.tolist() == [[19, 16], [24, 16]]
+    assert not out[2].any()
+    # a neighbour lying inside a hole stays the neighbour's
+    ring = np.zeros((2, 40, 40), np.uint8)
+    ring[0, 5:35, 5:35] = 1
+    ring[0, 15:25, 15:25] = 0
+    ring[1, 15:25, 15:25] = 1
+    dark = np.ones((40, 40), np.float32)
+    dark[4:36, 4:36] = 0.3  # a px wider than the mask: the 1-px smoothing rounds a square's corners
+    t = trim_to_foreground(dark, ring)
+    assert np.array_equal(t, ring)
+    # bright objects on a dark background (fluorescence): the same masks
+    assert np.array_equal(trim_to_foreground(1.0 - img, m), out)
+    # keep_instances with the image trims and drops the detection left empty
+    keep, kept = keep_instances(m, np.array([0.9, 0.8, 0.7]), m.astype(np.float32), 1.0, True, img)
+    assert keep.tolist() == [0, 1] and np.array_equal(kept, out[:2])
+    assert trim_to_foreground(img, m[:0]).shape == (0, 40, 40)
+    with pytest.raises(ValueError, match="match"):
+        trim_to_foreground(img, m[:, :20])
