@@ -2,7 +2,7 @@
 
 The owners of the detection thresholds (everything else reads them here):
 
-* :data:`SCORE_THRESH` (0.7): the pipeline's operating point, the lowest detection score of a chromosome it
+* :data:`SCORE_THRESH` (0.6): the pipeline's operating point, the lowest detection score of a chromosome it
   reports (``inference_pipeline.py --score-thresh``, ``evaluate.py --pipeline-score-thresh``); chosen on the
   CIL val split (README, "The whole pipeline").
 * :data:`AP_SCORE_THRESH` (0.05): the lowest score kept when measuring AP (so the precision-recall curve is
@@ -13,7 +13,7 @@ The owners of the detection thresholds (everything else reads them here):
 * :data:`AP_MASK_THRESH` (0.3): the same for the mask AP of the trainer's validation and ``evaluate.py --stage
   seg`` (:func:`detect_dataset`), which score the detector's own masks, untrimmed; fixed, so that mask AP
   figures of different dates compare.
-* :data:`MASK_OVERLAP` (0.9): the pipeline drops a detection when more than this fraction of its mask is
+* :data:`MASK_OVERLAP` (0.8): the pipeline drops a detection when more than this fraction of its mask is
   covered by better-scoring ones (:func:`models.segmentation.suppress_overlapping_masks`; 1 = off).
 * The pipeline then makes the kept masks exclusive (:func:`models.segmentation.exclusive_masks`): a pixel that
   several of them claim goes to the one with the highest mask probability, as in the annotations, where
@@ -53,11 +53,11 @@ __all__ = [
     "evaluate_detection",
 ]
 
-SCORE_THRESH = 0.7
+SCORE_THRESH = 0.6
 AP_SCORE_THRESH = 0.05
 MASK_THRESH = 0.2
 AP_MASK_THRESH = 0.3
-MASK_OVERLAP = 0.9
+MASK_OVERLAP = 0.8
 
 
 def binarize_masks(prob: torch.Tensor | np.ndarray, height: int, width: int, thresh: float = MASK_THRESH) -> np.ndarray:
