@@ -6,8 +6,9 @@
     pred.karyotype, pred.labels, pred.masks, pred.probs, pred.scale
 
 Stages: segmentation (:mod:`models.segmentation` through :func:`karyotyping.detection.detect`, then mask-level
-suppression of duplicates), features (:func:`features.triad.spread_features`), classification
-(:func:`models.classifier.predict_proba` on the classifier's own crops), karyotype assignment
+suppression of duplicates, exclusive masks and their trimming to the image's foreground:
+:func:`models.segmentation.keep_instances`), features (:func:`features.triad.spread_features`), classification
+(:func:`models.classifier.predict_proba` on the classifier's own crops, also turned upside down), karyotype assignment
 (:func:`karyogram.assign.assign_karyotype`). JSON, COCO results and the karyogram / overlay pictures are
 adapters in :mod:`karyotyping.export` that read the prediction.
 """
