@@ -64,7 +64,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--karyotypes", nargs="*", default=None, help="synthetic karyotypes to draw (ISCN strings)")
     m = p.add_argument_group("Models")
-    m.add_argument("--stage", required=True, choices=("seg", "cls", "full"))
+    m.add_argument(
+        "--stage",
+        required=True,
+        choices=("seg", "cls", "full"),
+        help="seg: the detector's own output (masks at AP_MASK_THRESH 0.3, untrimmed; the mask flags below do "
+        "not apply); cls: the classifier on true instances (--flip-tta applies); full: the whole pipeline (all apply)",
+    )
     m.add_argument("--seg-weights", type=Path, default=DEFAULT_SEG_WEIGHTS)
     m.add_argument("--cls-weights", type=Path, default=DEFAULT_CLS_WEIGHTS)
     m.add_argument(

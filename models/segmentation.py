@@ -728,8 +728,13 @@ def trim_to_foreground(image: np.ndarray, masks: np.ndarray, *, radius: int = TR
         radius: pixels around the detections whose grey levels take part in the threshold.
 
     Returns:
-        uint8 [K, H, W], each a subset of its input mask plus its own enclosed holes; pairwise disjoint when
-        the input masks are. A mask with no foreground pixel comes out empty.
+        uint8 [K, H, W], each the foreground part of its input mask plus its enclosed holes that no other mask
+        holds; pairwise disjoint when the input masks are (overlapping inputs keep their shared foreground).
+        A mask with no foreground pixel comes out empty. When the masks leave no background within ``radius``
+        of them, there is nothing to tell the polarity by and the masks are returned as they are.
+
+    Raises:
+        ValueError: the image is not float in [0, 1], or the masks do not match its shape.
     """
     import cv2
     from scipy import ndimage
@@ -737,7 +742,10 @@ def trim_to_foreground(image: np.ndarray, masks: np.ndarray, *, radius: int = TR
     from datasets.derive_masks import otsu_threshold
 
     m = np.asarray(masks).astype(bool)
-    img = np.asarray(image, np.float32)
+    raw = np.asarray(image)
+    if not np.issubdtype(raw.dtype, np.floating) or (raw.size and float(np.nanmax(raw)) > 1.0 + 1e-6):
+        raise ValueError(f"trim_to_foreground needs a float image in [0, 1], got {raw.dtype} (max {raw.max()})")
+    img = raw.astype(np.float32, copy=False)
     if m.ndim != 3 or m.shape[1:] != img.shape:
         raise ValueError(f"masks {m.shape} do not match the image {img.shape}")
     out = np.zeros(m.shape, np.uint8)
@@ -747,9 +755,11 @@ def trim_to_foreground(image: np.ndarray, masks: np.ndarray, *, radius: int = TR
     k = 2 * int(radius) + 1
     near = cv2.dilate(union.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
     ring = near & ~union
+    if not ring.any():  # the detections cover the whole image: no background to tell the polarity by
+        return m.astype(np.uint8)
     smooth = cv2.GaussianBlur(img, (0, 0), 1.0)
     # dark objects when the masks' pixels are darker than the background around them
-    dark = not ring.any() or float(smooth[union].mean()) <= float(smooth[ring].mean())
+    dark = float(smooth[union].mean()) <= float(smooth[ring].mean())
     obj = 1.0 - smooth if dark else smooth
     fg = (obj > otsu_threshold(np.clip(obj[near], 0.0, 1.0))).astype(np.uint8)
     fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)).astype(bool)
@@ -759,10 +769,11 @@ def trim_to_foreground(image: np.ndarray, masks: np.ndarray, *, radius: int = TR
         if w == 0:
             continue
         own = m[i, y : y + h, x : x + w]
-        kept = ndimage.binary_fill_holes(own & fg[y : y + h, x : x + w])
+        base = own & fg[y : y + h, x : x + w]
+        holes = ndimage.binary_fill_holes(base) & ~base
         # a hole may be another chromosome lying across this one: its pixels stay its own
         others = (count[y : y + h, x : x + w] - own) > 0
-        out[i, y : y + h, x : x + w] = kept & ~others
+        out[i, y : y + h, x : x + w] = base | (holes & ~others)
     return out
 
 

@@ -453,6 +453,17 @@ def test_segment_exclusive_masks_and_mask_thresh(weights, monkeypatch, capsys, t
     dup = dict(out, masks=torch.stack([prob[1], prob[1] * 0.5, prob[2]]))
     monkeypatch.setattr(detection, "detect_soft", lambda *a, **k: dup)
     assert len(KaryotypePipeline(*weights, device="cpu", trim_masks=False, mask_overlap=1.0).segment(image)) == 2
+    # the default trims the masks to the image's foreground: nothing is left on a blank image, and on one where
+    # the two chromosomes are dark they stay, exclusive, without the rim of background
+    monkeypatch.setattr(detection, "detect_soft", lambda *a, **k: out)
+    assert len(KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0).segment(image)) == 0
+    dark = image.copy()
+    dark[2:30, 11:13] = 0.3
+    dark[13:15, 0:32] = 0.3
+    trimmed = KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0).segment(dark)
+    assert len(trimmed) >= 2 and trimmed.masks.sum(0).max() == 1
+    assert trimmed.masks[0, 2:30, 11:13].sum() + trimmed.masks[1, 2:30, 11:13].sum() == 2 * 28
+    assert trimmed.masks[:2].sum() < on.masks[:2].sum()  # part of the rims went (1-px smoothing keeps some)
     with pytest.raises(PipelineError, match="--mask-thresh"):
         KaryotypePipeline(*weights, device="cpu", mask_thresh=1.0)
     assert ip.cli(_args(weights, "--mask-thresh", "0", "--out", str(tmp_path / "o"))) == 2

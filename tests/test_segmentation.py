@@ -455,3 +455,16 @@ def test_trim_to_foreground_known_answers():
     assert trim_to_foreground(img, m[:0]).shape == (0, 40, 40)
     with pytest.raises(ValueError, match="match"):
         trim_to_foreground(img, m[:, :20])
+    with pytest.raises(ValueError, match="float image"):
+        trim_to_foreground((img * 255).astype(np.uint8), m)
+    # overlapping (not exclusive) masks keep their shared foreground: a crossing stays in both, twins stay
+    cross = np.zeros((2, 40, 40), np.uint8)
+    cross[0, 3:37, 8:18] = 1
+    cross[1, 18:26, 8:38] = 1
+    both = trim_to_foreground(img, cross)
+    assert both[0, 20:24, 10:16].all() and both[1, 20:24, 10:16].all()
+    twins = trim_to_foreground(img, np.stack([m[0], m[0]]))
+    assert np.array_equal(twins[0], out[0]) and np.array_equal(twins[1], out[0])
+    # masks that leave no background around them: nothing to tell the polarity by, returned as they are
+    full = np.ones((1, 40, 40), np.uint8)
+    assert np.array_equal(trim_to_foreground(img, full), full)
