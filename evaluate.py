@@ -28,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from karyotyping.core import DEFAULT_CLS_WEIGHTS, DEFAULT_SEG_WEIGHTS, PipelineError, add_mask_args
+from karyotyping.core import (
+    DEFAULT_CLS_WEIGHTS,
+    DEFAULT_SEG_WEIGHTS,
+    PipelineError,
+    add_pipeline_args,
+    pipeline_options,
+)
 from karyotyping.detection import AP_SCORE_THRESH, SCORE_THRESH
 
 #: generation seed of the synthetic evaluation spreads; the trainers generate theirs with --split-seed (0)
@@ -82,7 +88,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=SCORE_THRESH,
         help="detection threshold of the full pipeline (default: the pipeline's)",
     )
-    add_mask_args(m)
+    add_pipeline_args(m)
     h = p.add_argument_group("Output / hardware")
     h.add_argument("--out", type=Path, required=True)
     h.add_argument("--device", default="auto")
@@ -329,11 +335,7 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
         args.cls_weights,
         device=args.device,
         score_thresh=args.pipeline_score_thresh,
-        mask_overlap=args.mask_overlap,
-        mask_thresh=args.mask_thresh,
-        exclusive_masks=args.exclusive_masks,
-        trim_masks=args.trim_masks,
-        flip_tta=args.flip_tta,
+        **pipeline_options(args),
     )
     ds, n = _dataset(args)
     # instance-level lists (images with ground-truth instances)

@@ -25,7 +25,8 @@ from karyotyping.core import (
     DEFAULT_SEG_WEIGHTS,
     KaryotypePipeline,
     PipelineError,
-    add_mask_args,
+    add_pipeline_args,
+    pipeline_options,
 )
 from karyotyping.detection import SCORE_THRESH
 
@@ -46,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--seg-weights", type=Path, default=DEFAULT_SEG_WEIGHTS)
     m.add_argument("--cls-weights", type=Path, default=DEFAULT_CLS_WEIGHTS)
     m.add_argument("--score-thresh", type=float, default=SCORE_THRESH, help="minimum detection score of a chromosome")
-    add_mask_args(m)
+    add_pipeline_args(m)
     m.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="downscale larger images to this side")
     h = p.add_argument_group("Hardware")
     h.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -91,11 +92,7 @@ def main(args: argparse.Namespace) -> int:
         args.cls_weights,
         device=args.device,
         score_thresh=args.score_thresh,
-        mask_overlap=args.mask_overlap,
-        mask_thresh=args.mask_thresh,
-        exclusive_masks=args.exclusive_masks,
-        trim_masks=args.trim_masks,
-        flip_tta=args.flip_tta,
+        **pipeline_options(args),
         max_side=args.max_side,
     )
     args.out.mkdir(parents=True, exist_ok=True)

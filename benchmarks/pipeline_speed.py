@@ -47,7 +47,8 @@ from karyotyping.core import (  # noqa: E402
     DEFAULT_SEG_WEIGHTS,
     KaryotypePipeline,
     PipelineError,
-    add_mask_args,
+    add_pipeline_args,
+    pipeline_options,
 )
 from karyotyping.detection import SCORE_THRESH as DEFAULT_SCORE_THRESH  # noqa: E402
 from karyotyping.export import write_outputs  # noqa: E402
@@ -71,7 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--cls-weights", type=Path, default=None, help=f"default {DEFAULT_CLS_WEIGHTS}")
     m.add_argument("--score-thresh", type=float, default=DEFAULT_SCORE_THRESH)
     m.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
-    add_mask_args(m)
+    add_pipeline_args(m)
     h = p.add_argument_group("Hardware")
     h.add_argument("--device", nargs="+", default=None, help="devices to time (default: cpu, and cuda if available)")
     h.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -184,11 +185,7 @@ def _bench_device(device: str, files: list[Path], args, seg: Path, cls: Path, tr
         device=device,
         score_thresh=args.score_thresh,
         max_side=args.max_side,
-        mask_overlap=args.mask_overlap,
-        mask_thresh=args.mask_thresh,
-        exclusive_masks=args.exclusive_masks,
-        trim_masks=args.trim_masks,
-        flip_tta=args.flip_tta,
+        **pipeline_options(args),
     )
     if cuda:
         torch.cuda.synchronize(pipe.device)

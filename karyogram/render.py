@@ -400,23 +400,21 @@ def render_overlay(
     rgb = np.repeat((img * 255.0)[..., None], 3, axis=2)
     # each mask is handled inside its own bounding box (cv2.boundingRect of its pixels): the same pixels,
     # contours and label positions as whole-image passes, at a fraction of the cost
-    boxes = [cv2.boundingRect((m[i] > 0).view(np.uint8)) for i in range(lab.size)]
-    for i, (x, y, bw, bh) in enumerate(boxes):
-        if bw == 0:
-            continue
-        mi = m[i, y : y + bh, x : x + bw] > 0
-        win = rgb[y : y + bh, x : x + bw]
+    parts = []  # (instance, x, y, its mask inside its box) for every non-empty mask
+    for i in range(lab.size):
+        x, y, bw, bh = cv2.boundingRect((m[i] > 0).view(np.uint8))
+        if bw:
+            parts.append((i, x, y, m[i, y : y + bh, x : x + bw] > 0))
+    for i, x, y, mi in parts:
+        win = rgb[y : y + mi.shape[0], x : x + mi.shape[1]]
         win[mi] = (1 - alpha) * win[mi] + alpha * np.array(class_colour(int(lab[i])), np.float32)
     out = np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8))
     thick = max(1, int(round(min(H, W) / 600)))
     font = cv2.FONT_HERSHEY_SIMPLEX
     fs = max(0.35, min(H, W) / 1400)
     texts = []
-    for i, (x, y, bw, bh) in enumerate(boxes):
-        if bw == 0:
-            continue
-        mi = (m[i, y : y + bh, x : x + bw] > 0).astype(np.uint8)
-        cnts, _ = cv2.findContours(mi, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(x, y))
+    for i, x, y, mi in parts:
+        cnts, _ = cv2.findContours(mi.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(x, y))
         marked = any(f != "unassigned" for f in fl[i])
         col = (214, 39, 40) if marked else class_colour(int(lab[i]))
         cv2.drawContours(out, cnts, -1, col, thick + (1 if marked else 0), cv2.LINE_AA)

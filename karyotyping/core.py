@@ -36,7 +36,9 @@ __all__ = [
     "KaryotypePipeline",
     "KaryotypePrediction",
     "PipelineError",
-    "add_mask_args",
+    "PIPELINE_OPTIONS",
+    "add_pipeline_args",
+    "pipeline_options",
 ]
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -134,11 +136,20 @@ class KaryotypePrediction:
         return from_json_dict(d)
 
 
-def add_mask_args(group: Any) -> None:
+#: the :class:`KaryotypePipeline` arguments that :func:`add_pipeline_args` adds as flags of the same names
+PIPELINE_OPTIONS = ("mask_overlap", "mask_thresh", "exclusive_masks", "trim_masks", "flip_tta")
+
+
+def pipeline_options(args: Any) -> dict[str, Any]:
+    """The :data:`PIPELINE_OPTIONS` of parsed arguments (from :func:`add_pipeline_args`), as keyword arguments of
+    :class:`KaryotypePipeline`."""
+    return {name: getattr(args, name) for name in PIPELINE_OPTIONS}
+
+
+def add_pipeline_args(group: Any) -> None:
     """The pipeline's mask and crop flags (``--mask-overlap``, ``--mask-thresh``, ``--[no-]exclusive-masks``,
     ``--[no-]trim-masks``, ``--[no-]flip-tta``), with its defaults, on an argparse parser or group; read them back
-    as ``mask_overlap``, ``mask_thresh``, ``exclusive_masks``, ``trim_masks``, ``flip_tta`` (the
-    :class:`KaryotypePipeline` arguments of the same names)."""
+    with :func:`pipeline_options` (the :class:`KaryotypePipeline` arguments of the same names)."""
     import argparse
 
     group.add_argument(

@@ -802,7 +802,5 @@ def keep_instances(
         kept = exclusive_masks(kept, prob[torch.as_tensor(keep)] if isinstance(prob, torch.Tensor) else prob[keep])
     if image is not None:
         kept = trim_to_foreground(image, kept)
-    if len(keep) == 0:
-        return keep, kept
-    nonempty = kept.reshape(len(keep), -1).any(1)
+    nonempty = kept.any(axis=(1, 2))
     return keep[nonempty], kept[nonempty]
