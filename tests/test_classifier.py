@@ -25,6 +25,7 @@ from models.classifier import (
     build_classifier,
     load_classifier_checkpoint,
     predict_proba,
+    restem,
     save_weights,
 )
 
@@ -63,6 +64,30 @@ def test_forward_shapes(groups):
         out = model(x, f)
     assert out.shape == (3, 24)
     assert (model.mlp is None) == (groups == "none")
+
+
+def test_imagenet16_stem_takes_imagenet_weights_and_keeps_a_finer_map():
+    """imagenet16 = the ImageNet stem without its max-pool: same weights, stride 16 instead of 32."""
+    cfg = ClsConfig(
+        arch="resnet18", crop_height=96, crop_width=32, stem="imagenet", n_features=0, feature_groups="none"
+    )
+    coarse = build_classifier(cfg).eval()
+    fine_cfg = restem(cfg, "imagenet16")
+    assert fine_cfg.stem == "imagenet16" and cfg.stem == "imagenet"
+    fine = build_classifier(fine_cfg).eval()
+    fine.load_state_dict(coarse.state_dict())  # strict: every weight fits
+    maps = {}
+    for name, model in (("coarse", coarse), ("fine", fine)):
+        model.backbone.layer4.register_forward_hook(lambda m, i, o, name=name: maps.__setitem__(name, o.shape[-2:]))
+    x = torch.rand(2, 1, 96, 32)
+    with torch.no_grad():
+        a, b = coarse(x), fine(x)
+    assert tuple(maps["coarse"]) == (3, 1) and tuple(maps["fine"]) == (6, 2)
+    assert not torch.allclose(a, b)  # the pool is gone, so the same weights see a different input
+    with pytest.raises(ValueError, match="differ in shape"):  # small's 3x3 conv cannot take the 7x7 weights
+        restem(cfg, "small", "x.pth")
+    with pytest.raises(ValueError, match="unknown"):
+        restem(cfg, "huge")
 
 
 def test_ablation_changes_model_input_size():
@@ -314,6 +339,14 @@ def test_pretrained_starts_from_weights_with_a_fresh_schedule(tmp_path):
         _train(tmp_path / "c", "--features", "geometry", "--pretrained", str(src))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         _train(tmp_path / "d", "--pretrained", str(tmp_path / "nope.pth"))
+    # another stem whose weights fit (small -> cifar: the same 3x3 conv, no pool) starts from the same weights
+    assert cfg0.stem == "small"
+    _train(tmp_path / "e", "--features", "scale", "--epochs", "1", "--pretrained", str(src), "--stem", "cifar")
+    assert load_checkpoint(tmp_path / "e" / "run" / "last.pth")["config"]["stem"] == "cifar"
+    with pytest.raises(ValueError, match="cannot take the weights"):  # the 7x7 ImageNet conv does not fit
+        _train(tmp_path / "f", "--features", "scale", "--pretrained", str(src), "--stem", "imagenet")
+    with pytest.raises(ValueError, match="--stem"):  # resuming keeps the checkpoint's stem
+        _train(tmp_path / "e", "--features", "scale", "--epochs", "2", "--resume", "auto", "--stem", "small")
 
 
 @pytest.mark.parametrize(
