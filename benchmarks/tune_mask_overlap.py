@@ -10,6 +10,10 @@ mean absolute count error and the mean number of instances kept. Use a validatio
     python benchmarks/tune_mask_overlap.py --mask-thresh 0.4 0.5 --max-images 30
     python benchmarks/tune_mask_overlap.py --exclusive off on --max-images 30
     python benchmarks/tune_mask_overlap.py --trim off on --max-images 30
+    python benchmarks/tune_mask_overlap.py --box-nms 0.5 0.6 0.7 --max-images 30
+
+``--box-nms`` values replace the detector's own box NMS IoU threshold (``box_nms_thresh`` of its config,
+0.5 unless it was trained with another) in turn; each one runs the detector again.
 
 ``--mask-thresh`` values (the probability a mask pixel must exceed) binarize the same soft masks in turn;
 ``--exclusive on`` then gives each pixel that several kept detections claim to the surest of them, as the
@@ -66,6 +70,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=["on"],
         help="trim the masks to the image's foreground at the end (the pipeline's default: on)",
     )
+    p.add_argument(
+        "--box-nms",
+        type=float,
+        nargs="+",
+        default=None,
+        help="the detector's box NMS IoU threshold(s) (default: the one in its config)",
+    )
     p.add_argument("--device", default="cpu")
     return p
 
@@ -83,42 +94,52 @@ def main(argv: list[str] | None = None) -> int:
     for mt in args.mask_thresh:
         if not 0.0 < mt < 1.0:
             sys.exit(f"error: --mask-thresh {mt} must lie in (0, 1)")
+    for v in args.box_nms or []:
+        if not 0.0 < v <= 1.0:
+            sys.exit(f"error: --box-nms {v} must lie in (0, 1]")
     ds = build_dataset(args.dataset, args.data_root, args.split, val_fraction=args.val_fraction, seed=args.split_seed)
     device = resolve_device(args.device)
     model, _ = load_segmentation_checkpoint(args.seg_weights, device)
-    # the detector once per image at the lowest score asked for; soft masks kept as float16 to bound memory
-    truth, dets, images = [], [], []
+    # the detector once per image (and NMS value) at the lowest score asked for; soft masks kept as float16
+    truth, images, records = [], [], []
     n = min(args.max_images, len(ds)) if args.max_images else len(ds)
     for i in range(n):
         rec = ds[i]
-        if rec.masks is None:
-            continue
-        out = detect_soft(model, rec.image, score_thresh=min(args.score_thresh), device=device)
-        truth.append(rec.masks)
-        images.append(rec.image)
-        dets.append((out["masks"][:, 0].half(), out["scores"].numpy()))
+        if rec.masks is not None:
+            records.append(rec)
+            truth.append(rec.masks)
+            images.append(rec.image)
+    nms_values = args.box_nms or [model.roi_heads.nms_thresh]
     print(
-        f"{'mask':>5} {'excl':>4} {'trim':>4} {'score':>6} {'mask-overlap':>12} {'precision':>9} {'recall':>7} {'F1':>6} "
-        f"{'PQ_all':>7} {'count err':>9} {'kept':>6}"
+        f"{'nms':>4} {'mask':>5} {'excl':>4} {'trim':>4} {'score':>6} {'mask-overlap':>12} {'precision':>9} {'recall':>7} "
+        f"{'F1':>6} {'PQ_all':>7} {'count err':>9} {'kept':>6}"
     )
-    for mt in args.mask_thresh:
-        binary = [(binarize_masks(p, *t.shape[1:], mt), p, s) for (p, s), t in zip(dets, truth)]
-        for ex, tr in itertools.product(args.exclusive, args.trim):
-            for st in sorted(args.score_thresh):
-                for th in args.thresholds:
-                    pred = []
-                    for (m, p, s), image in zip(binary, images):
-                        above = s >= st
-                        m, p, s2 = m[above], p[above], s[above]
-                        pred.append(keep_instances(m, s2, p, th, ex == "on", image if tr == "on" else None)[1])
-                    r = matching_dataset(truth, pred, thresh=0.5)
-                    count = np.mean([abs(len(p) - len(t)) for p, t in zip(pred, truth)])
-                    kept = np.mean([len(p) for p in pred])
-                    pq = panoptic_quality_all(truth, pred)
-                    print(
-                        f"{mt:>5.2f} {ex:>4} {tr:>4} {st:>6.2f} {th:>12.2f} {r.precision:>9.3f} {r.recall:>7.3f} "
-                        f"{r.f1:>6.3f} {pq:>7.3f} {count:>9.1f} {kept:>6.1f}"
-                    )
+    for nms in nms_values:
+        model.roi_heads.nms_thresh = nms
+        dets = []
+        for rec in records:
+            out = detect_soft(model, rec.image, score_thresh=min(args.score_thresh), device=device)
+            dets.append((out["masks"][:, 0].half(), out["scores"].numpy()))
+        for mt in args.mask_thresh:
+            binary = [(binarize_masks(p, *t.shape[1:], mt), p, s) for (p, s), t in zip(dets, truth)]
+            for ex, tr in itertools.product(args.exclusive, args.trim):
+                for st in sorted(args.score_thresh):
+                    for th in args.thresholds:
+                        pred = []
+                        for (m, p, s), image in zip(binary, images):
+                            above = s >= st
+                            m, p, s2 = m[above], p[above], s[above]
+                            pred.append(keep_instances(m, s2, p, th, ex == "on", image if tr == "on" else None)[1])
+                        r = matching_dataset(truth, pred, thresh=0.5)
+                        count = np.mean([abs(len(p) - len(t)) for p, t in zip(pred, truth)])
+                        kept = np.mean([len(p) for p in pred])
+                        pq = panoptic_quality_all(truth, pred)
+                        print(
+                            f"{nms:>4.2f} {mt:>5.2f} {ex:>4} {tr:>4} {st:>6.2f} {th:>12.2f} {r.precision:>9.3f} "
+                            f"{r.recall:>7.3f} {r.f1:>6.3f} {pq:>7.3f} {count:>9.1f} {kept:>6.1f}",
+                            flush=True,
+                        )
+        del dets
     print(f"{len(truth)} images of {args.dataset}/{args.split}")
     return 0
 

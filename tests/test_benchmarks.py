@@ -84,13 +84,54 @@ def test_tune_mask_overlap_on_perfect_detections(monkeypatch, capsys):
                 "scores": torch.full((len(m),), 0.9), "masks": 0.8 * m[:, None]}  # fmt: skip
 
     monkeypatch.setattr(detection, "detect_soft", detect_soft)
-    monkeypatch.setattr("models.segmentation.load_segmentation_checkpoint", lambda path, device: (None, None))
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(roi_heads=SimpleNamespace(nms_thresh=0.5))
+    monkeypatch.setattr("models.segmentation.load_segmentation_checkpoint", lambda path, device: (model, None))
     argv = ["--dataset", "synthetic", "--data-root", "none", "--max-images", "2", "--mask-thresh", "0.4", "0.5",
             "--exclusive", "off", "on", "--trim", "off", "on", "--score-thresh", "0.5", "--thresholds", "1.0",
-            "0.5"]  # fmt: skip
+            "0.5", "--box-nms", "0.5", "0.65"]  # fmt: skip
     assert mod.main(argv) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:-1]]
-    assert len(rows) == 2 * 2 * 2 * 2 and {r[1] for r in rows} == {r[2] for r in rows} == {"on", "off"}
-    assert all(float(r[7]) == 1.0 and float(r[9]) == 0.0 for r in rows)  # F1 and count error
+    assert len(rows) == 2 * 2 * 2 * 2 * 2 and {r[2] for r in rows} == {r[3] for r in rows} == {"on", "off"}
+    assert {r[0] for r in rows} == {"0.50", "0.65"} and model.roi_heads.nms_thresh == 0.65  # each NMS value set
+    assert all(float(r[8]) == 1.0 and float(r[10]) == 0.0 for r in rows)  # F1 and count error
     with pytest.raises(SystemExit, match="validation split"):
         mod.main(["--dataset", "synthetic", "--split", "test"])
+
+
+def test_errors_by_shape_bins_the_trainer_val_errors(tmp_path, capsys):
+    """Errors placed on the most irregular masks show up in width_cv's top quintile; a foreign cache is refused."""
+    import json
+    from collections import Counter
+
+    import numpy as np
+
+    from datasets.instances import save_instance_cache
+    from features.triad import FEATURE_NAMES
+
+    spec = importlib.util.spec_from_file_location("errors_by_shape", ROOT / "benchmarks" / "errors_by_shape.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n = 50
+    feats = np.zeros((n, len(FEATURE_NAMES)), np.float32)
+    feats[:, FEATURE_NAMES.index("width_cv")] = np.arange(n) / n
+    labels = np.arange(n) % 24
+    arrays = {"crops": np.zeros((n, 8, 8), np.uint8), "features": feats, "labels": labels,
+              "cell": np.zeros(n, np.int64), "lengths": np.ones(n, np.float32),
+              "centromere": np.full(n, 0.4, np.float32), "image_ids": np.asarray(["a"])}  # fmt: skip
+    save_instance_cache(tmp_path / "val.npz", arrays, key="k", skipped=Counter())
+    probs = np.eye(24)[labels]
+    probs[45:] = np.eye(24)[(labels[45:] + 1) % 24]  # the 5 most irregular chromosomes are wrong
+    np.savez(tmp_path / "val_probs.npz", probs=probs, labels=labels, cell=np.zeros(n))
+    assert mod.main(["--val-probs", str(tmp_path / "val_probs.npz"), "--cache", str(tmp_path / "val.npz"),
+                     "--features", "width_cv"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = out["features"]["width_cv"]
+    assert [r["error_rate"] for r in rows] == [0.0, 0.0, 0.0, 0.0, 0.5] and rows[-1]["share_of_errors"] == 1.0
+    np.savez(tmp_path / "other.npz", probs=probs[:10], labels=labels[:10], cell=np.zeros(10))
+    with pytest.raises(SystemExit, match="was not made on"):
+        mod.main(["--val-probs", str(tmp_path / "other.npz"), "--cache", str(tmp_path / "val.npz")])
+    with pytest.raises(SystemExit, match="unknown feature"):
+        mod.main(["--val-probs", str(tmp_path / "val_probs.npz"), "--cache", str(tmp_path / "val.npz"),
+                  "--features", "colour"])  # fmt: skip
