@@ -168,3 +168,49 @@ def plot_per_class(per_class: Mapping[str, Mapping[str, float]], path: str | os.
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=120)
+
+
+def error_by_quantile(values: np.ndarray, wrong: np.ndarray, bins: int = 5) -> list[dict[str, float]]:
+    """Error rate within each quantile bin of ``values`` (e.g. a shape feature of every chromosome).
+
+    Args:
+        values: float [N], one value per chromosome; NaN values are left out.
+        wrong: bool [N], True where the chromosome was misclassified.
+        bins: number of equal-count bins (quintiles by default).
+
+    Returns:
+        One dict per bin, lowest values first: ``lo`` / ``hi`` (the bin's value range), ``n`` (chromosomes),
+        ``error_rate`` (fraction wrong; NaN for an empty bin) and ``share_of_errors`` (fraction of all the
+        errors counted that fall in the bin). Ties at a bin edge go to the higher bin.
+
+    >>> rows = error_by_quantile(np.arange(10.0), np.arange(10) >= 8, bins=2)
+    >>> [(r["n"], r["error_rate"]) for r in rows]
+    [(5, 0.0), (5, 0.4)]
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    w = np.asarray(wrong, dtype=bool).ravel()
+    if v.shape != w.shape:
+        raise ValueError(f"values has {v.size} entries but wrong has {w.size}")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    keep = np.isfinite(v)
+    v, w = v[keep], w[keep]
+    if v.size == 0:
+        return []
+    edges = np.quantile(v, np.linspace(0.0, 1.0, bins + 1))
+    idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, bins - 1)
+    total = max(int(w.sum()), 1)
+    rows = []
+    for b in range(bins):
+        sel = idx == b
+        n = int(sel.sum())
+        rows.append(
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[b + 1]),
+                "n": n,
+                "error_rate": float(w[sel].mean()) if n else float("nan"),
+                "share_of_errors": float(w[sel].sum()) / total,
+            }
+        )
+    return rows

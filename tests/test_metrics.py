@@ -362,3 +362,18 @@ def test_coco_evaluate_on_encoded_records_equals_records():
     boxes_only.masks = None
     assert encode_record(boxes_only).masks_from_boxes and not encode_record(gt[0]).masks_from_boxes
     assert coco_evaluate([encode_record(boxes_only)], [pred[0]], agnostic=True)["segm_gt_from_boxes"] == 1.0
+
+
+def test_error_by_quantile_known_bins():
+    from metrics.identification import error_by_quantile
+
+    values = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, np.nan, 0.9])
+    wrong = np.array([0, 0, 0, 0, 0, 1, 0, 1, 1, 1], bool)  # the NaN row (wrong) is left out
+    rows = error_by_quantile(values, wrong, bins=3)
+    assert [r["n"] for r in rows] == [3, 3, 3]
+    assert [round(r["error_rate"], 3) for r in rows] == [0.0, 0.333, 0.667]
+    assert [round(r["share_of_errors"], 3) for r in rows] == [0.0, 0.333, 0.667]
+    assert rows[0]["lo"] == pytest.approx(0.1) and rows[-1]["hi"] == pytest.approx(0.9)
+    assert error_by_quantile(np.array([np.nan]), np.array([True])) == []
+    with pytest.raises(ValueError, match="entries"):
+        error_by_quantile(np.zeros(3), np.zeros(2, bool))
