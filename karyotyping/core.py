@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_CLS_WEIGHTS",
     "DEFAULT_MAX_SIDE",
     "DEFAULT_SEG_WEIGHTS",
+    "FLIP_TTA",
     "KaryotypePipeline",
     "KaryotypePrediction",
     "PipelineError",
@@ -46,6 +47,10 @@ DEFAULT_SEG_WEIGHTS = _ROOT / "weights" / "segmentation.pt"
 DEFAULT_CLS_WEIGHTS = _ROOT / "weights" / "classifier.pt"
 #: images whose longer side exceeds this are downscaled for processing (outputs are mapped back)
 DEFAULT_MAX_SIDE = 2048
+#: whether the pipeline also classifies each crop upside down and averages (``--[no-]flip-tta``), chosen per
+#: shipped classifier on the CIL val split (README, "Identification"): on for run 4, off since run 7, which
+#: gains nothing from it on the true instances nor in the whole pipeline, and it would double its cost
+FLIP_TTA = False
 
 
 class PipelineError(RuntimeError):
@@ -176,8 +181,9 @@ def add_pipeline_args(group: Any) -> None:
     group.add_argument(
         "--flip-tta",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="classify each chromosome's crop also upside down and average the two (default: on)",
+        default=FLIP_TTA,
+        help="classify each chromosome's crop also upside down and average the two "
+        f"(default: {'on' if FLIP_TTA else 'off'} for the shipped classifier)",
     )
 
 
@@ -227,7 +233,7 @@ class KaryotypePipeline:
         mask_thresh: float = MASK_THRESH,
         exclusive_masks: bool = True,
         trim_masks: bool = True,
-        flip_tta: bool = True,
+        flip_tta: bool = FLIP_TTA,
         max_side: int = DEFAULT_MAX_SIDE,
     ) -> None:
         from karyogram.assign import config_for_classifier

@@ -333,9 +333,11 @@ def test_classifier_sees_exactly_the_training_inputs(weights, spread, spread_png
         return real(model, config, crops, features, **kw)
 
     monkeypatch.setattr(mc, "predict_proba", spy)
+    from karyotyping.core import FLIP_TTA
+
     pipe = KaryotypePipeline(weights[0], weights[1], device="cpu")
     pipe.process(spread_png)
-    assert seen["flip"] is True  # the test-time flip is on by default
+    assert seen["flip"] is FLIP_TTA  # the default, chosen for the shipped classifier
     _, cfg = mc.load_classifier_checkpoint(weights[1], "cpu")
     rec = spread.copy()
     rec.image = cv2.imread(str(spread_png), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0  # the 8-bit file
@@ -343,8 +345,8 @@ def test_classifier_sees_exactly_the_training_inputs(weights, spread, spread_png
     assert len(train["crops"]) == len(seen["crops"]) == len(spread)
     np.testing.assert_allclose(seen["crops"], train["crops"] / 255.0, atol=1 / 255 + 1e-6)
     np.testing.assert_allclose(seen["features"], train["features"], rtol=1e-5, atol=1e-5)
-    KaryotypePipeline(weights[0], weights[1], device="cpu", flip_tta=False).process(spread_png)
-    assert seen["flip"] is False
+    KaryotypePipeline(weights[0], weights[1], device="cpu", flip_tta=not FLIP_TTA).process(spread_png)
+    assert seen["flip"] is (not FLIP_TTA)
 
 
 # ---------------------------------------------------------------------------------------------- the core
@@ -469,4 +471,7 @@ def test_segment_exclusive_masks_and_mask_thresh(weights, monkeypatch, capsys, t
     assert ip.cli(_args(weights, "--mask-thresh", "0", "--out", str(tmp_path / "o"))) == 2
     assert "--mask-thresh" in capsys.readouterr().err
     parse = ip.get_args_parser().parse_args
-    assert parse([]).flip_tta is True and parse(["--no-flip-tta"]).flip_tta is False
+    from karyotyping.core import FLIP_TTA
+
+    assert parse([]).flip_tta is FLIP_TTA and parse(["--flip-tta"]).flip_tta is True
+    assert parse(["--no-flip-tta"]).flip_tta is False
