@@ -34,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-probs", required=True, help="a training run's val_probs.npz")
     p.add_argument("--cache", required=True, help="the val instance cache (.npz) that run was validated on")
     p.add_argument("--features", nargs="+", default=list(DEFAULT_FEATURES), help="feature columns to bin by")
-    p.add_argument("--bins", type=int, default=5)
+    p.add_argument("--bins", type=int, default=5, help="equal-count bins per feature (5: quintiles)")
     return p
 
 
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from features.triad import FEATURE_NAMES
     from metrics.identification import error_by_quantile
 
+    if args.bins < 1:
+        sys.exit(f"error: --bins must be at least 1, got {args.bins}")
     for path in (args.val_probs, args.cache):
         if not Path(path).is_file():
             sys.exit(f"error: {path} does not exist")
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     wrong = probs.argmax(1) != labels
     print(f"{len(labels)} chromosomes, argmax error {wrong.mean():.2%}\n")
-    print("| feature | " + " | ".join(f"quintile {b + 1}" for b in range(args.bins)) + " |")
+    print("| feature | " + " | ".join(f"bin {b + 1} of {args.bins}" for b in range(args.bins)) + " |")
     print("| --- |" + " --- |" * args.bins)
     out = {"chromosomes": int(len(labels)), "error_rate": float(wrong.mean()), "features": {}}
     for name in args.features:

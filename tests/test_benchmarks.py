@@ -132,6 +132,8 @@ def test_errors_by_shape_bins_the_trainer_val_errors(tmp_path, capsys):
     np.savez(tmp_path / "other.npz", probs=probs[:10], labels=labels[:10], cell=np.zeros(10))
     with pytest.raises(SystemExit, match="was not made on"):
         mod.main(["--val-probs", str(tmp_path / "other.npz"), "--cache", str(tmp_path / "val.npz")])
+    with pytest.raises(SystemExit, match="--bins"):
+        mod.main(["--val-probs", str(tmp_path / "val_probs.npz"), "--cache", str(tmp_path / "val.npz"), "--bins", "0"])
     with pytest.raises(SystemExit, match="unknown feature"):
         mod.main(["--val-probs", str(tmp_path / "val_probs.npz"), "--cache", str(tmp_path / "val.npz"),
                   "--features", "colour"])  # fmt: skip
