@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -178,11 +179,11 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def _gt_instances(ds, n: int, quiet: bool, height: int, width: int):
+def _gt_instances(ds, n: int, quiet: bool, height: int, width: int, crop_mode: str = "straight"):
     """Per cell: (features, crops, labels 1..24, lengths, centromere indices) of the labelled true instances.
 
     The very inputs the classifier was trained on (:func:`datasets.instances.spread_instances`: features on
-    the whole spread, the straightened crop trimmed and fitted into the model's box), plus a Counter of the
+    the whole spread, the crop of the model's ``crop_mode`` fitted into its box), plus a Counter of the
     instances left out (degenerate masks, no class).
     """
     from collections import Counter
@@ -193,7 +194,7 @@ def _gt_instances(ds, n: int, quiet: bool, height: int, width: int):
     for rec in _iter(ds, n, quiet, "features"):
         if rec.masks is None or not (rec.labels > 0).any():
             continue
-        arrays, sk = spread_instances(rec, height, width)
+        arrays, sk = spread_instances(rec, height, width, crop_mode=crop_mode)
         skipped.update(sk)
         if len(arrays["labels"]):
             cells.append(
@@ -215,7 +216,7 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     model.eval()
     assign_cfg = config_for_classifier(cfg.feature_groups)
     ds, n = _dataset(args)
-    cells, skipped = _gt_instances(ds, n, args.quiet, cfg.crop_height, cfg.crop_width)
+    cells, skipped = _gt_instances(ds, n, args.quiet, cfg.crop_height, cfg.crop_width, cfg.crop_mode)
     true, methods = [], {"argmax": [], "assignment": [], "rule_based": []}
     for x, crops, labels, lengths, ci in cells:
         probs = np.asarray(predict_proba(model, cfg, crops, x, flip=args.flip_tta))
@@ -314,6 +315,10 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
       operating point), so they are lower bounds of the detector's own AP (``--stage seg``);
     * identification (images whose true instances all carry classes 1..24): each true chromosome gets
       the label of its matched prediction (0 if missed) -> accuracy, cell exact rate; mPQ;
+    * where the true chromosomes go (:func:`metrics.matching.error_breakdown`): the fractions ``true_found_rate``
+      (matched at mask IoU 0.5), ``true_mask_failed_rate`` (a predicted box overlaps it at IoU 0.5 but no mask
+      matches) and ``true_missed_rate`` (nothing there), summing to 1, and ``found_identification_accuracy``
+      (right labels among the found ones, images with classes); so ``accuracy`` = found rate x that accuracy;
     * every image: count error |assigned count - true count| and the sanity score of the predicted labels.
       An image whose ground truth has instances without classes (labels 0), or only a karyotype in its
       metadata, contributes to these (and to the segmentation metrics when it has instances) only.
@@ -326,6 +331,7 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
     from metrics.identification import identification_metrics, plot_confusion, plot_per_class
     from metrics.karyotype import sanity_score
     from metrics.matching import (
+        error_breakdown,
         iou_matrix,
         multiclass_panoptic_quality,
     )
@@ -343,6 +349,7 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
     # class-level lists (images whose instances all carry classes)
     true_l, pred_l, sys_gt, sys_pred, agn_gt, agn_pred = [], [], [], [], [], []
     sanity, count_err, n_with_classes, boxes_only = [], [], 0, False
+    fate: Counter = Counter()  # what became of the true chromosomes
     # the pipeline core on each record's own image array: no file, no JSON, no rounding
     for rec in _iter(ds, n, args.quiet, "pipeline"):
         pred = pipe.run(rec.image, name=rec.image_id or None)
@@ -363,6 +370,12 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
         t_lab.append(rec.labels)
         p_lab.append(labels)
         pboxes = pred.boxes
+        with_classes = bool((rec.labels > 0).all())
+        fate.update(
+            error_breakdown(
+                gm, rec.boxes, pm, pboxes, rec.labels if with_classes else None, labels if with_classes else None
+            )
+        )
         agn_gt.append(rec)
         agn_pred.append(KaryoRecord(image=rec.image, boxes=pboxes, labels=np.ones(len(pm), np.int64), masks=pm,
                                     scores=det))  # fmt: skip
@@ -401,6 +414,10 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
     }
     if t_masks:
         res.update(_instance_metrics(t_masks, p_masks))
+        for k in ("found", "mask_failed", "missed"):
+            res[f"true_{k}_rate"] = fate[k] / max(fate["true"], 1)
+        if fate["right"] + fate["wrong"]:
+            res["found_identification_accuracy"] = fate["right"] / (fate["right"] + fate["wrong"])
         res["gt_masks_from_boxes"] = boxes_only
         agn = coco_evaluate(agn_gt, agn_pred, agnostic=True)
         res.update({f"agnostic_{k}": v for k, v in agn.items() if not isinstance(v, dict)})

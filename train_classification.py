@@ -25,6 +25,7 @@ cell index, lengths, centromere index: everything karyotype-level assignment nee
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -36,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from datasets.instances import CROP_MODES
 
 FEATURE_CHOICES = ("none", "geometry", "scale", "texture", "all")
 
@@ -98,6 +101,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     g.add_argument("--crop-height", type=int, default=96, help="crop box height in pixels (p arm up)")
     g.add_argument("--crop-width", type=int, default=32, help="crop box width in pixels")
+    g.add_argument(
+        "--crop-mode",
+        choices=CROP_MODES,
+        default="straight",
+        help="how each chromosome is cut out: 'straight' (the strip along its centre line, white outside its "
+        "mask; default) or 'axis' (the image turned to its long axis, not masked, so that a fragment or a "
+        "chimera of a mask still shows the whole chromosome). A --pretrained classifier of either mode can "
+        "start a run of the other; --resume needs the checkpoint's mode",
+    )
     g.add_argument("--mlp-hidden", type=int, default=64, help="width of the feature MLP")
     g.add_argument("--dropout", type=float, default=0.2)
 
@@ -276,6 +288,8 @@ def _cache_file(args: argparse.Namespace, name: str, root: str, split: str, limi
     extra = f"-n{args.synthetic_spreads}" if name == "synthetic" else ""
     if args.test_fraction > 0:  # a test split takes groups out of train (val is unchanged); older names stay valid
         extra += f"-tf{args.test_fraction:g}"
+    if args.crop_mode != "straight":
+        extra += f"-{args.crop_mode}"
     fname = f"{name}-{tag}-{split}-vf{args.val_fraction:g}-s{args.split_seed}-max{n}{extra}-{args.crop_height}x{args.crop_width}.npz"
     return Path(args.cache_dir) / fname
 
@@ -297,6 +311,7 @@ def build_instances(args: argparse.Namespace, split: str, *, transforms: Any = N
                 feature_groups=args.features,
                 crop_height=args.crop_height,
                 crop_width=args.crop_width,
+                crop_mode=args.crop_mode,
                 cache_path=_cache_file(args, name, root, part, limit),
                 workers=args.workers,
                 progress=is_main and not args.no_progress,
@@ -518,6 +533,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         ):
             if mine != theirs:
                 raise ValueError(f"{flag} {mine} differs from the checkpoint's {theirs} ({source})")
+        if args.crop_mode != config.crop_mode:
+            if ckpt is not None:
+                raise ValueError(
+                    f"--crop-mode {args.crop_mode} differs from the checkpoint's {config.crop_mode} ({source})"
+                )
+            config = dataclasses.replace(config, crop_mode=args.crop_mode)  # the weights start the new mode
         if args.stem is not None and args.stem != config.stem:
             if ckpt is not None:
                 raise ValueError(f"--stem {args.stem} differs from the checkpoint's {config.stem} ({source})")
@@ -528,6 +549,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             arch=args.arch,
             crop_height=args.crop_height,
             crop_width=args.crop_width,
+            crop_mode=args.crop_mode,
             stem=args.stem or "small",
             imagenet=args.imagenet,
             n_features=train_ds.n_features,

@@ -187,8 +187,90 @@ def tight_crop(f: Any) -> np.ndarray:
     return np.ascontiguousarray(crop[rows[0] : rows[-1] + 1, max(cols[0] - 1, 0) : cols[-1] + 2])
 
 
+#: how a chromosome is cut out for the classifier: "straight" (:func:`tight_crop`: the strip along its centre
+#: line, white outside its mask) or "axis" (:func:`axis_crop`: the image turned to its long axis, unmasked)
+CROP_MODES = ("straight", "axis")
+
+
+def axis_crop(image: np.ndarray, box: np.ndarray, mask: np.ndarray, f: Any, *, min_width: float = 0.0) -> np.ndarray:
+    """The image around one instance, turned so that its long axis is vertical, p arm up, *not* masked.
+
+    Unlike :func:`tight_crop`, the pixels do not depend on the mask's outline: where two chromosomes cross
+    or touch, a derived (or predicted) mask is often a fragment of the chromosome or takes in part of the
+    neighbour, and the straightened strip then shows a piece or a chimera. Here the mask only gives the
+    direction of the long axis (its second moments) and, with its centre line, which end is the p arm;
+    the window is the instance's box seen along that axis.
+
+    Args:
+        image: float32 [H, W] grey, chromosomes dark on light.
+        box: ``(x0, y0, x1, y1)`` of the instance in ``image`` pixels.
+        mask: uint8 [H, W] its mask.
+        f: its :class:`features.triad.InstanceFeatures` (centre line and p-arm end).
+        min_width: the window is at least this wide (pixels; e.g. 1.5x the spread's median chromosome
+            width, so that a sliver of a mask still gets the whole chromosome's width).
+
+    Returns:
+        float32 [h, w] (white, 1.0, outside the image); ``[0, 0]`` for an empty instance. Rows run along the
+        axis (row 0 at the p end), columns across it; the window covers the box's extent along the axis and
+        the mask's extent across it (both about the box's centre), plus 2 px each side, at least
+        ``min_width`` wide but never wider than the box across the axis.
+    """
+    import cv2
+
+    line = np.asarray(getattr(f, "centerline", np.zeros((0, 2))), np.float64).reshape(-1, 2)
+    ys, xs = np.nonzero(np.asarray(mask))
+    if len(xs) < 2 or len(line) == 0:
+        return np.zeros((0, 0), np.float32)
+    pts = np.stack([xs, ys], 1).astype(np.float64)
+    cov = np.cov(pts, rowvar=False)
+    evals, evecs = np.linalg.eigh(cov)
+    u = evecs[:, int(np.argmax(evals))]  # unit long axis (x, y)
+    nrm = np.array([-u[1], u[0]])
+    x0, y0, x1, y1 = (float(v) for v in np.asarray(box, np.float64).reshape(4))
+    c = np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0])
+    p_end = line[0] if f.p_at_start else line[-1]
+    if float((p_end - c) @ u) > 0:  # the p arm at the start of the axis: row 0
+        u, nrm = -u, -nrm
+    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]) - c
+    half_len = float(np.abs(corners @ u).max()) + 2.0
+    box_half_w = float(np.abs(corners @ nrm).max())
+    mask_half_w = float(np.abs((pts + 0.5 - c) @ nrm).max())
+    half_w = min(max(mask_half_w, min_width / 2.0), box_half_w) + 2.0
+    h, w = max(1, int(round(2 * half_len))), max(1, int(round(2 * half_w)))
+    # output (col, row) -> image (x, y): centre of the window on the box centre
+    m = np.array(
+        [
+            [nrm[0], u[0], c[0] - nrm[0] * (w - 1) / 2.0 - u[0] * (h - 1) / 2.0],
+            [nrm[1], u[1], c[1] - nrm[1] * (w - 1) / 2.0 - u[1] * (h - 1) / 2.0],
+        ],
+        np.float64,
+    )
+    img = np.ascontiguousarray(image, np.float32)
+    out = cv2.warpAffine(
+        img, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0
+    )
+    return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
+
+
+def instance_crops(
+    image: np.ndarray, boxes: np.ndarray, masks: np.ndarray, infos: Sequence[Any], mode: str = "straight"
+) -> list[np.ndarray]:
+    """The classifier's crop of each instance (``infos[i]`` measured on ``masks[i]``) in crop ``mode``.
+
+    ``"straight"``: :func:`tight_crop`; ``"axis"``: :func:`axis_crop`, at least 1.5x the median chromosome
+    width of the instances given wide. Empty crops (``[0, 0]``) mark degenerate instances.
+    """
+    if mode not in CROP_MODES:
+        raise ValueError(f"unknown crop mode {mode!r}: choose one of {', '.join(CROP_MODES)}")
+    if mode == "straight":
+        return [tight_crop(f) for f in infos]
+    widths = [float(f.mean_width_px) for f in infos if f.length_px > 0]
+    min_w = 1.5 * float(np.median(widths)) if widths else 0.0
+    return [axis_crop(image, b, m, f, min_width=min_w) for b, m, f in zip(boxes, masks, infos)]
+
+
 def spread_instances(
-    rec: Any, height: int, width: int, *, min_area: int = MIN_AREA
+    rec: Any, height: int, width: int, *, min_area: int = MIN_AREA, crop_mode: str = "straight"
 ) -> tuple[dict[str, np.ndarray], Counter]:
     """Samples of one spread: features on the whole spread, crops and labels of its labelled chromosomes.
 
@@ -196,6 +278,7 @@ def spread_instances(
         rec: a :class:`~datasets.record.KaryoRecord` with masks.
         height / width: crop box in pixels.
         min_area: masks with fewer pixels are skipped as degenerate.
+        crop_mode: one of :data:`CROP_MODES` (see :func:`instance_crops`).
 
     Returns:
         (arrays, skipped): arrays ``crops`` uint8 [m, H, W], ``features`` float32 [m, F_all],
@@ -231,12 +314,13 @@ def spread_instances(
         image = 1.0 - image
     feats, infos = spread_features(image, rec.masks[idx])
     feats = np.asarray(feats, np.float32)
+    all_crops = instance_crops(image, rec.boxes[idx], rec.masks[idx], infos, crop_mode)
     crops, keep = [], []
     for j, i in enumerate(idx):
         if rec.labels[i] <= 0:
             skipped["unknown class (label 0)"] += 1
             continue
-        c = tight_crop(infos[j])
+        c = all_crops[j]
         if c.size == 0:
             skipped["no centre line (degenerate mask)"] += 1
             continue
@@ -257,8 +341,9 @@ def spread_instances(
 class _SpreadJob(torch.utils.data.Dataset):
     """Wraps the record dataset so that DataLoader workers compute spreads in parallel."""
 
-    def __init__(self, ds: Any, height: int, width: int, min_area: int) -> None:
+    def __init__(self, ds: Any, height: int, width: int, min_area: int, crop_mode: str = "straight") -> None:
         self.ds, self.height, self.width, self.min_area = ds, height, width, min_area
+        self.crop_mode = crop_mode
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -267,7 +352,9 @@ class _SpreadJob(torch.utils.data.Dataset):
         rec = self.ds[i]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # per-instance warnings are counted instead
-            arrays, skipped = spread_instances(rec, self.height, self.width, min_area=self.min_area)
+            arrays, skipped = spread_instances(
+                rec, self.height, self.width, min_area=self.min_area, crop_mode=self.crop_mode
+            )
         return i, rec.image_id or str(i), arrays, skipped
 
 
@@ -298,8 +385,8 @@ def _describe(ds: Any) -> dict[str, Any]:
     return d
 
 
-def cache_key(ds: Any, height: int, width: int, min_area: int = MIN_AREA) -> str:
-    """Hex key of (dataset description, crop size, feature names, cache version)."""
+def cache_key(ds: Any, height: int, width: int, min_area: int = MIN_AREA, crop_mode: str = "straight") -> str:
+    """Hex key of (dataset description, crop size and mode, feature names, cache version)."""
     from features.triad import FEATURE_NAMES
 
     desc = {
@@ -309,6 +396,8 @@ def cache_key(ds: Any, height: int, width: int, min_area: int = MIN_AREA) -> str
         "features": list(FEATURE_NAMES),
         "version": CACHE_VERSION,
     }
+    if crop_mode != "straight":  # (the key of a straight cache is the one it had before crop modes existed)
+        desc["crop_mode"] = crop_mode
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -321,13 +410,16 @@ def compute_instances(
     workers: int = 0,
     progress: bool = True,
     desc: str = "instances",
+    crop_mode: str = "straight",
 ) -> tuple[dict[str, np.ndarray], Counter]:
     """Run :func:`spread_instances` over every record of ``ds``; returns the concatenated arrays and skip counts."""
     from tqdm.auto import tqdm
 
     from features.triad import FEATURE_NAMES
 
-    job = _SpreadJob(ds, crop_height, crop_width, min_area)
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"unknown crop mode {crop_mode!r}: choose one of {', '.join(CROP_MODES)}")
+    job = _SpreadJob(ds, crop_height, crop_width, min_area, crop_mode)
     loader = torch.utils.data.DataLoader(job, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity)
     parts: list[dict[str, np.ndarray]] = []
     cells: list[np.ndarray] = []
@@ -413,10 +505,14 @@ class InstanceDataset(torch.utils.data.Dataset):
         min_area: int = MIN_AREA,
         arrays: dict[str, np.ndarray] | None = None,
         desc: str = "instances",
+        crop_mode: str = "straight",
     ) -> None:
         from features.triad import select_features
 
         self.crop_height, self.crop_width = int(crop_height), int(crop_width)
+        if crop_mode not in CROP_MODES:
+            raise ValueError(f"unknown crop mode {crop_mode!r}: choose one of {', '.join(CROP_MODES)}")
+        self.crop_mode = crop_mode
         self.feature_groups = feature_groups
         self.transforms = transforms
         self.skipped: Counter = Counter()
@@ -456,7 +552,7 @@ class InstanceDataset(torch.utils.data.Dataset):
     def _load_or_compute(
         self, ds: Any, *, min_area: int, workers: int, progress: bool, desc: str
     ) -> dict[str, np.ndarray]:
-        key = cache_key(ds, self.crop_height, self.crop_width, min_area)
+        key = cache_key(ds, self.crop_height, self.crop_width, min_area, self.crop_mode)
         p = self.cache_path
         if p is not None and p.exists():
             try:
@@ -476,6 +572,7 @@ class InstanceDataset(torch.utils.data.Dataset):
             workers=workers,
             progress=progress,
             desc=desc,
+            crop_mode=self.crop_mode,
         )
         if p is not None:
             save_instance_cache(p, arrays, key=key, skipped=self.skipped)
@@ -526,12 +623,13 @@ def concat_instances(datasets: Sequence[InstanceDataset], *, transforms: Any = N
         return datasets[0]
     first = datasets[0]
     for d in datasets[1:]:
-        if (d.crop_height, d.crop_width, d.feature_groups) != (
+        if (d.crop_height, d.crop_width, d.feature_groups, d.crop_mode) != (
             first.crop_height,
             first.crop_width,
             first.feature_groups,
+            first.crop_mode,
         ):
-            raise ValueError("datasets to concatenate differ in crop size or feature groups")
+            raise ValueError("datasets to concatenate differ in crop size, crop mode or feature groups")
     offset, cells = 0, []
     for d in datasets:
         cells.append(d.cell + offset)
@@ -544,6 +642,7 @@ def concat_instances(datasets: Sequence[InstanceDataset], *, transforms: Any = N
         crop_height=first.crop_height,
         crop_width=first.crop_width,
         transforms=transforms,
+        crop_mode=first.crop_mode,
     )
     for d in datasets:
         out.skipped.update(d.skipped)
@@ -593,7 +692,10 @@ __all__ = [
     "cache_key",
     "compute_instances",
     "concat_instances",
+    "CROP_MODES",
+    "axis_crop",
     "fit_crop",
+    "instance_crops",
     "load_instance_cache",
     "save_instance_cache",
     "spread_instances",

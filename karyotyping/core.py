@@ -374,7 +374,7 @@ class KaryotypePipeline:
     ) -> KaryotypePrediction:
         """Features, classification and karyotype assignment of the detections ``rec`` in ``image`` float32 [H, W]
         (both at processing resolution)."""
-        from datasets.instances import tight_crop
+        from datasets.instances import instance_crops, tight_crop
         from features.triad import FEATURE_NAMES, spread_features
         from karyogram.assign import assign_karyotype
         from metrics.karyotype import sanity_score
@@ -384,10 +384,13 @@ class KaryotypePipeline:
         with _timer(timings, "features"):
             x, feats = spread_features(image, rec.masks) if n else (np.zeros((0, len(FEATURE_NAMES)), np.float32), [])
         with _timer(timings, "classification"):
-            # exactly the crops the classifier was trained on (straightened, p arm up, trimmed to the mask)
+            # the straightened crops (p arm up, trimmed to the mask) go into the karyogram; the classifier gets
+            # exactly the crops it was trained on: these, or the unmasked axis crops (its config's crop_mode)
             crops = [tight_crop(f) for f in feats]
+            mode = self.cls_config.crop_mode
+            cls_crops = crops if mode == "straight" else instance_crops(image, rec.boxes, rec.masks, feats, mode)
             probs = (
-                np.asarray(predict_proba(self.cls_model, self.cls_config, crops, x, flip=self.flip_tta), np.float32)
+                np.asarray(predict_proba(self.cls_model, self.cls_config, cls_crops, x, flip=self.flip_tta), np.float32)
                 if n
                 else np.zeros((0, 24), np.float32)
             )

@@ -45,6 +45,7 @@ __all__ = [
     "matching_dataset",
     "iou_matrix",
     "box_iou",
+    "error_breakdown",
     "panoptic_quality_all",
     "multiclass_panoptic_quality",
     "aggregated_jaccard_index",
@@ -297,6 +298,65 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     wh = np.clip(rb - lt, 0, None)
     inter = wh[..., 0] * wh[..., 1]
     return _intersection_over_union(inter, area_a, area_b)
+
+
+def error_breakdown(
+    true_masks: np.ndarray,
+    true_boxes: np.ndarray,
+    pred_masks: np.ndarray,
+    pred_boxes: np.ndarray,
+    true_labels: np.ndarray | None = None,
+    pred_labels: np.ndarray | None = None,
+    thresh: float = 0.5,
+) -> dict[str, int]:
+    """What became of each true instance of one image: where a pipeline loses its chromosomes.
+
+    True and predicted instances are matched one to one by mask IoU (the assignment of largest total IoU,
+    pairs at IoU >= ``thresh``), as the F1 and identification figures match them. Each true instance is then
+    ``found`` (matched), ``mask_failed`` (not matched, but some predicted *box* overlaps its box at IoU >=
+    ``thresh``: the detector saw it, its mask is off), or ``missed``. With both label arrays, ``found`` ones
+    are split into ``right`` and ``wrong`` (the matched prediction's label equals the true one or not).
+
+    Args:
+        true_masks / pred_masks: uint8 [N, H, W] / [M, H, W].
+        true_boxes / pred_boxes: [N, 4] / [M, 4] ``x1, y1, x2, y2``.
+        true_labels / pred_labels: int [N] / [M], or None.
+
+    Returns:
+        counts ``{"true", "found", "mask_failed", "missed"}`` (+ ``"right"``, ``"wrong"`` with labels);
+        ``found + mask_failed + missed == true``.
+
+    >>> t = np.zeros((2, 8, 8), np.uint8); t[0, :4, :4] = 1; t[1, 4:, 4:] = 1
+    >>> p = t[:1].copy(); p[0, :4, :2] = 0  # half of the first instance
+    >>> tb = np.array([[0, 0, 4, 4], [4, 4, 8, 8]]); pb = np.array([[0, 0, 4, 4]])
+    >>> error_breakdown(t, tb, p, pb)
+    {'true': 2, 'found': 1, 'mask_failed': 0, 'missed': 1}
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    n = len(true_masks)
+    found = np.zeros(n, bool)
+    right = 0
+    if n and len(pred_masks):
+        iou = iou_matrix(true_masks, pred_masks)
+        rows, cols = linear_sum_assignment(-iou)
+        for a, b in zip(rows, cols):
+            if iou[a, b] >= thresh:
+                found[a] = True
+                if true_labels is not None and pred_labels is not None:
+                    right += int(pred_labels[b] == true_labels[a])
+    boxes_seen = np.zeros(n, bool)
+    if n and len(pred_boxes):
+        boxes_seen = (box_iou(true_boxes, pred_boxes) >= thresh).any(1)
+    out = {
+        "true": int(n),
+        "found": int(found.sum()),
+        "mask_failed": int((~found & boxes_seen).sum()),
+        "missed": int((~found & ~boxes_seen).sum()),
+    }
+    if true_labels is not None and pred_labels is not None:
+        out.update(right=int(right), wrong=int(found.sum()) - int(right))
+    return out
 
 
 def matching_masks(

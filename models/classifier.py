@@ -42,6 +42,10 @@ class ClsConfig:
             (lite1, lite2; timm's architecture, see :mod:`models.efficientnet_lite`).
         in_channels: channels of the crop (1: grey).
         crop_height / crop_width: size in pixels the straightened crop is fitted into (p arm up).
+        crop_mode: how each chromosome is cut out (:data:`datasets.instances.CROP_MODES`): "straight" (the
+            strip along its centre line, white outside its mask) or "axis" (the image turned to its long
+            axis, unmasked); see :func:`datasets.instances.instance_crops`. Checkpoints from before this
+            field are "straight".
         stem: "small" (3x3 stride-1 conv + max-pool: total stride 16, a 96x32 crop ends as a 6x2 map),
             "cifar" (3x3 stride-1 conv, no pool: stride 8) or "imagenet" (torchvision's 7x7 stride-2 conv +
             pool: stride 32, which leaves a 3x1 map for 96x32 crops, too coarse for banding) or "imagenet16"
@@ -67,6 +71,7 @@ class ClsConfig:
     in_channels: int = 1
     crop_height: int = 96
     crop_width: int = 32
+    crop_mode: str = "straight"
     stem: str = "small"
     imagenet: bool = False
     n_features: int = 0
@@ -85,6 +90,10 @@ class ClsConfig:
             raise ValueError(f"unknown stem {self.stem!r}: choose one of {', '.join(STEMS)}")
         if self.imagenet and not self.arch.startswith("efficientnet"):
             raise ValueError(f"ImageNet weights come with the efficientnet_lite* archs, not {self.arch!r}")
+        from datasets.instances import CROP_MODES
+
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"unknown crop mode {self.crop_mode!r}: choose one of {', '.join(CROP_MODES)}")
         if self.crop_height < 8 or self.crop_width < 8:
             raise ValueError(f"crop size {self.crop_height}x{self.crop_width} is too small (at least 8x8 pixels)")
         if self.n_features < 0:

@@ -347,6 +347,12 @@ def test_pretrained_starts_from_weights_with_a_fresh_schedule(tmp_path):
         _train(tmp_path / "f", "--features", "scale", "--pretrained", str(src), "--stem", "imagenet")
     with pytest.raises(ValueError, match="--stem"):  # resuming keeps the checkpoint's stem
         _train(tmp_path / "e", "--features", "scale", "--epochs", "2", "--resume", "auto", "--stem", "small")
+    # another crop mode starts from the same weights; resuming keeps the checkpoint's mode
+    _train(tmp_path / "g", "--features", "scale", "--epochs", "1", "--pretrained", str(src), "--crop-mode", "axis")
+    assert load_checkpoint(tmp_path / "g" / "run" / "last.pth")["config"]["crop_mode"] == "axis"
+    assert any("-axis-" in p.name for p in (tmp_path / "g").rglob("*.npz"))  # its own instance cache
+    with pytest.raises(ValueError, match="--crop-mode"):
+        _train(tmp_path / "g", "--features", "scale", "--epochs", "2", "--resume", "auto")
 
 
 @pytest.mark.parametrize(

@@ -121,6 +121,8 @@ def test_full_stage_untrained(weights, tmp_path, capsys):  # noqa: F811
     res, line = _run(weights, tmp_path, capsys, "full")
     assert FULL_KEYS <= set(line), FULL_KEYS - set(line)
     assert line["system_bbox_AP50"] == 0.0 and line["agnostic_bbox_AP50"] == 0.0
+    assert line["true_missed_rate"] == 1.0 and line["true_found_rate"] == line["true_mask_failed_rate"] == 0.0
+    assert "found_identification_accuracy" not in line  # nothing found
 
 
 def test_full_stage_ground_truth_instances(weights, tmp_path, capsys, gt_segment):  # noqa: F811
@@ -131,6 +133,8 @@ def test_full_stage_ground_truth_instances(weights, tmp_path, capsys, gt_segment
     assert line["AJI"] == pytest.approx(1.0)
     assert line["agnostic_bbox_AP50"] == pytest.approx(1.0)
     assert line["agnostic_segm_AP50"] == pytest.approx(1.0)
+    assert line["true_found_rate"] == 1.0 and line["true_missed_rate"] == line["true_mask_failed_rate"] == 0.0
+    assert line["accuracy"] == pytest.approx(line["found_identification_accuracy"])  # all found
     # the 24-class system AP is bounded by identification; with perfect masks a chromosome is a true
     # positive exactly when its label is right
     assert 0.0 <= line["system_bbox_AP50"] <= 1.0 and 0.0 <= line["system_segm_AP50"] <= 1.0
@@ -156,6 +160,7 @@ def test_full_stage_counts_without_classes(weights, tmp_path, capsys, gt_segment
     assert line["count_error_mean_abs"] == pytest.approx(np.mean([abs(46 - 46), abs(46 - 46)]), abs=1.0)
     assert 0.0 <= line["sanity_score"] <= 1.0
     assert "accuracy" not in line and "system_bbox_AP50" not in line and "mPQ" not in line
+    assert line["true_found_rate"] == 1.0 and "found_identification_accuracy" not in line
     assert line["agnostic_bbox_AP50"] == pytest.approx(1.0)  # the image with instances is still scored
     assert not any(isinstance(v, float) and math.isnan(v) for k, v in line.items() if k != "ap_score")
 

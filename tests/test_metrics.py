@@ -377,3 +377,26 @@ def test_error_by_quantile_known_bins():
     assert error_by_quantile(np.array([np.nan]), np.array([True])) == []
     with pytest.raises(ValueError, match="entries"):
         error_by_quantile(np.zeros(3), np.zeros(2, bool))
+
+
+def test_error_breakdown_known_fates():
+    """Three true squares: one matched with the right label, one whose box is found but whose mask is a
+    sliver (box IoU 1, mask IoU 0.25), one with nothing near it; a false positive elsewhere changes nothing."""
+    from metrics.matching import error_breakdown
+
+    t = np.zeros((3, 40, 40), np.uint8)
+    t[0, 0:8, 0:8] = 1
+    t[1, 20:28, 0:8] = 1
+    t[2, 30:38, 30:38] = 1
+    tb = np.array([[0, 0, 8, 8], [0, 20, 8, 28], [30, 30, 38, 38]], float)
+    p = np.zeros((3, 40, 40), np.uint8)
+    p[0, 0:8, 0:8] = 1
+    p[1, 20:28, 0:2] = 1  # a quarter of the second square
+    p[2, 0:8, 30:38] = 1  # a false positive
+    pb = np.array([[0, 0, 8, 8], [0, 20, 8, 28], [30, 0, 38, 8]], float)
+    out = error_breakdown(t, tb, p, pb, np.array([3, 5, 7]), np.array([3, 5, 9]))
+    assert out == {"true": 3, "found": 1, "mask_failed": 1, "missed": 1, "right": 1, "wrong": 0}
+    out = error_breakdown(t, tb, p, pb, np.array([4, 5, 7]), np.array([3, 5, 9]))
+    assert out["right"] == 0 and out["wrong"] == 1
+    empty = error_breakdown(t, tb, p[:0], pb[:0])
+    assert empty == {"true": 3, "found": 0, "mask_failed": 0, "missed": 3}

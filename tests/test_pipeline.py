@@ -318,10 +318,22 @@ def test_pipeline_leaves_autograd_alone(weights):
     assert torch.is_grad_enabled()
 
 
-def test_classifier_sees_exactly_the_training_inputs(weights, spread, spread_png, gt_segment, monkeypatch):
-    """The pipeline's crops and features for the true instances are those the trainer caches for them."""
+@pytest.mark.parametrize("crop_mode", ["straight", "axis"])
+def test_classifier_sees_exactly_the_training_inputs(
+    weights, spread, spread_png, gt_segment, monkeypatch, crop_mode, tmp_path
+):
+    """The pipeline's crops and features for the true instances are those the trainer caches for them
+    (in the classifier's crop mode); the karyogram gets the straightened crops in either mode."""
+    import dataclasses
+
     import models.classifier as mc
     from datasets.instances import spread_instances
+
+    if crop_mode != "straight":
+        model, cfg = mc.load_classifier_checkpoint(weights[1], "cpu")
+        cfg = dataclasses.replace(cfg, crop_mode=crop_mode)
+        mc.save_weights(model, cfg, tmp_path / "classifier.pt")
+        weights = (weights[0], tmp_path / "classifier.pt")
 
     seen = {}
     real = mc.predict_proba
@@ -336,14 +348,18 @@ def test_classifier_sees_exactly_the_training_inputs(weights, spread, spread_png
     from karyotyping.core import FLIP_TTA
 
     pipe = KaryotypePipeline(weights[0], weights[1], device="cpu")
-    pipe.process(spread_png)
+    pred = pipe.process(spread_png)
     assert seen["flip"] is FLIP_TTA  # the default, chosen for the shipped classifier
     _, cfg = mc.load_classifier_checkpoint(weights[1], "cpu")
+    assert cfg.crop_mode == crop_mode
     rec = spread.copy()
     rec.image = cv2.imread(str(spread_png), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0  # the 8-bit file
-    train, _ = spread_instances(rec, cfg.crop_height, cfg.crop_width)
+    train, _ = spread_instances(rec, cfg.crop_height, cfg.crop_width, crop_mode=crop_mode)
     assert len(train["crops"]) == len(seen["crops"]) == len(spread)
     np.testing.assert_allclose(seen["crops"], train["crops"] / 255.0, atol=1 / 255 + 1e-6)
+    straight, _ = spread_instances(rec, cfg.crop_height, cfg.crop_width)
+    shown = mc.prepare_crops(pred.crops, cfg)  # what the karyogram lays out
+    np.testing.assert_allclose(shown, straight["crops"] / 255.0, atol=1 / 255 + 1e-6)
     np.testing.assert_allclose(seen["features"], train["features"], rtol=1e-5, atol=1e-5)
     KaryotypePipeline(weights[0], weights[1], device="cpu", flip_tta=not FLIP_TTA).process(spread_png)
     assert seen["flip"] is (not FLIP_TTA)
