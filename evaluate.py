@@ -179,12 +179,12 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def _gt_instances(ds, n: int, quiet: bool, height: int, width: int, crop_mode: str = "straight"):
-    """Per cell: (features, crops, labels 1..24, lengths, centromere indices) of the labelled true instances.
+def _gt_instances(ds, n: int, quiet: bool, crop_specs: dict[str, tuple[int, int]]):
+    """Per cell: (features, crops by mode, labels 1..24, lengths, centromere indices) of the labelled true instances.
 
-    The very inputs the classifier was trained on (:func:`datasets.instances.spread_instances`: features on
-    the whole spread, the crop of the model's ``crop_mode`` fitted into its box), plus a Counter of the
-    instances left out (degenerate masks, no class).
+    The very inputs the classifiers were trained on (:func:`datasets.instances.spread_instances`: features on
+    the whole spread, the crops of each crop mode of ``crop_specs`` (mode -> (height, width)) fitted into
+    that box), plus a Counter of the instances left out (degenerate masks, no class).
     """
     from collections import Counter
 
@@ -194,12 +194,13 @@ def _gt_instances(ds, n: int, quiet: bool, height: int, width: int, crop_mode: s
     for rec in _iter(ds, n, quiet, "features"):
         if rec.masks is None or not (rec.labels > 0).any():
             continue
-        arrays, sk = spread_instances(rec, height, width, crop_mode=crop_mode)
-        skipped.update(sk)
+        by_mode = {}
+        for mode, (height, width) in crop_specs.items():
+            arrays, sk = spread_instances(rec, height, width, crop_mode=mode)
+            by_mode[mode] = arrays["crops"]
+        skipped.update(sk)  # (the same instances in every mode)
         if len(arrays["labels"]):
-            cells.append(
-                (arrays["features"], arrays["crops"], arrays["labels"] + 1, arrays["lengths"], arrays["centromere"])
-            )
+            cells.append((arrays["features"], by_mode, arrays["labels"] + 1, arrays["lengths"], arrays["centromere"]))
     return cells, skipped
 
 
@@ -209,17 +210,19 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     from karyotyping.runtime import resolve_device
     from metrics.identification import identification_metrics, plot_confusion, plot_per_class
     from metrics.karyotype import sanity_score
-    from models.classifier import load_classifier_checkpoint, predict_proba
+    from models.classifier import load_classifier_members, predict_members
 
     device = resolve_device(args.device)
-    model, cfg = load_classifier_checkpoint(args.cls_weights, device)
-    model.eval()
-    assign_cfg = config_for_classifier(cfg.feature_groups)
+    members = load_classifier_members(args.cls_weights, device)  # one classifier, or an ensemble's
+    assign_cfg = config_for_classifier(members[0][1].feature_groups)
+    specs: dict[str, tuple[int, int]] = {}
+    for _, c in members:
+        specs.setdefault(c.crop_mode, (c.crop_height, c.crop_width))
     ds, n = _dataset(args)
-    cells, skipped = _gt_instances(ds, n, args.quiet, cfg.crop_height, cfg.crop_width, cfg.crop_mode)
+    cells, skipped = _gt_instances(ds, n, args.quiet, specs)
     true, methods = [], {"argmax": [], "assignment": [], "rule_based": []}
     for x, crops, labels, lengths, ci in cells:
-        probs = np.asarray(predict_proba(model, cfg, crops, x, flip=args.flip_tta))
+        probs = np.asarray(predict_members(members, crops, x, flip=args.flip_tta))
         true.append(labels)
         methods["argmax"].append(np.asarray(argmax_labels(probs)))
         res_a = assign_karyotype(probs, lengths=lengths, centromere_index=ci, config=assign_cfg)

@@ -8,8 +8,8 @@
 Stages: segmentation (:mod:`models.segmentation` through :func:`karyotyping.detection.detect`, then mask-level
 suppression of duplicates, exclusive masks and their trimming to the image's foreground:
 :func:`models.segmentation.keep_instances`), features (:func:`features.triad.spread_features`), classification
-(:func:`models.classifier.predict_proba` on the classifier's own crops, also turned upside down), karyotype assignment
-(:func:`karyogram.assign.assign_karyotype`). JSON, COCO results and the karyogram / overlay pictures are
+(:func:`models.classifier.predict_members`: each classifier of the file on its own crops, optionally also turned
+upside down), karyotype assignment (:func:`karyogram.assign.assign_karyotype`). JSON, COCO results and the karyogram / overlay pictures are
 adapters in :mod:`karyotyping.export` that read the prediction.
 """
 
@@ -238,7 +238,7 @@ class KaryotypePipeline:
     ) -> None:
         from karyogram.assign import config_for_classifier
         from karyotyping.runtime import resolve_device
-        from models.classifier import load_classifier_checkpoint
+        from models.classifier import load_classifier_members
         from models.segmentation import load_segmentation_checkpoint
 
         for what, p in (("segmentation", seg_weights), ("classifier", cls_weights)):
@@ -262,12 +262,13 @@ class KaryotypePipeline:
             raise PipelineError(str(exc)) from None
         try:  # a truncated, empty, foreign or unsafe weights file: a message, not a traceback
             self.seg_model, self.seg_config = load_segmentation_checkpoint(seg_weights, self.device)
-            self.cls_model, self.cls_config = load_classifier_checkpoint(cls_weights, self.device)
+            # one classifier, or an ensemble (e.g. one per crop mode) whose probabilities are combined
+            self.cls_members = load_classifier_members(cls_weights, self.device)
         except (ValueError, FileNotFoundError) as exc:
             msg = str(exc).rstrip(".")
             raise PipelineError(f"{msg}. Pass a checkpoint written by the training scripts.") from None
         self.seg_model.eval()
-        self.cls_model.eval()
+        self.cls_model, self.cls_config = self.cls_members[0]  # (the members share their feature groups)
         self.score_thresh = score_thresh
         self.mask_overlap = mask_overlap
         self.mask_thresh = mask_thresh
@@ -378,19 +379,20 @@ class KaryotypePipeline:
         from features.triad import FEATURE_NAMES, spread_features
         from karyogram.assign import assign_karyotype
         from metrics.karyotype import sanity_score
-        from models.classifier import predict_proba
+        from models.classifier import predict_members
 
         n = len(rec)
         with _timer(timings, "features"):
             x, feats = spread_features(image, rec.masks) if n else (np.zeros((0, len(FEATURE_NAMES)), np.float32), [])
         with _timer(timings, "classification"):
-            # the straightened crops (p arm up, trimmed to the mask) go into the karyogram; the classifier gets
+            # the straightened crops (p arm up, trimmed to the mask) go into the karyogram; each classifier gets
             # exactly the crops it was trained on: these, or the unmasked axis crops (its config's crop_mode)
             crops = [tight_crop(f) for f in feats]
-            mode = self.cls_config.crop_mode
-            cls_crops = crops if mode == "straight" else instance_crops(image, rec.boxes, rec.masks, feats, mode)
+            by_mode = {"straight": crops}
+            for mode in sorted({c.crop_mode for _, c in self.cls_members} - {"straight"}):
+                by_mode[mode] = instance_crops(image, rec.boxes, rec.masks, feats, mode)
             probs = (
-                np.asarray(predict_proba(self.cls_model, self.cls_config, cls_crops, x, flip=self.flip_tta), np.float32)
+                np.asarray(predict_members(self.cls_members, by_mode, x, flip=self.flip_tta), np.float32)
                 if n
                 else np.zeros((0, 24), np.float32)
             )

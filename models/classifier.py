@@ -12,6 +12,11 @@ rebuilds the model and its input pipeline from the checkpoint file alone::
 
     model, config = load_classifier_checkpoint("runs/cls/best.pth", "cpu")
     probs = predict_proba(model, config, crops, features)   # float32 [N, 24]
+
+An *ensemble* file (:func:`save_ensemble`, ``python -m models.export --cls A B``) holds several such
+classifiers, e.g. one per crop mode: :func:`load_classifier_members` reads either kind of file as a list of
+``(model, config)`` and :func:`predict_members` combines their probabilities (normalised geometric mean),
+each member on the crops of its own crop mode.
 """
 
 from __future__ import annotations
@@ -290,6 +295,50 @@ def _safe_load(path: Path) -> Any:
         raise ValueError(f"{path}: not a readable classifier checkpoint ({exc})") from None
 
 
+#: weight tensors with at least this many values are stored as int8 in an ensemble file (see :func:`save_ensemble`)
+INT8_MIN_NUMEL = 1024
+
+
+def _quantize_int8(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Convolution and linear weights (float, >= 2 dims, >= :data:`INT8_MIN_NUMEL` values) as int8 with one
+    float32 scale per output channel (symmetric: ``w ~= q * scale``, ``|q| <= 127``); every other float tensor
+    as float16. Returns (state dict, scales of the int8 entries)."""
+    out, scales = {}, {}
+    for k, v in sd.items():
+        v = v.detach().cpu()
+        if v.is_floating_point() and v.ndim >= 2 and v.numel() >= INT8_MIN_NUMEL:
+            w = v.float().reshape(len(v), -1)
+            s = (w.abs().amax(1) / 127.0).clamp_min(1e-12)
+            out[k] = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8).reshape(v.shape)
+            scales[k] = s
+        else:
+            out[k] = v.half() if v.is_floating_point() else v
+    return out, scales
+
+
+def _member(ckpt: Any, p: Path, what: str = "") -> tuple[dict[str, torch.Tensor], ClsConfig]:
+    """(float32 state dict, config) of one classifier entry ``{"model", "config"[, "int8_scales"]}`` from ``p``."""
+    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("config"), dict):
+        raise ValueError(f"{p}{what} is not a classifier checkpoint: it has no 'model' and 'config' entries")
+    cfg_dict = ckpt["config"]
+    if "crop_height" not in cfg_dict or "arch" not in cfg_dict:
+        raise ValueError(f"{p}{what} holds a config without crop_height/arch: not a classifier checkpoint")
+    sd = dict(ckpt["model"])
+    for k, s in (ckpt.get("int8_scales") or {}).items():  # int8 weights back to float32
+        q = sd.get(k)
+        if q is None or not torch.is_tensor(q) or not torch.is_tensor(s) or s.numel() != len(q):
+            raise ValueError(f"{p}{what}: int8 weight {k!r} and its scales do not match")
+        sd[k] = (q.float().reshape(len(q), -1) * s.float()[:, None]).reshape(q.shape)
+    return _clean_state_dict(sd), ClsConfig.from_dict(cfg_dict)
+
+
+def _read(path: str | os.PathLike) -> tuple[Path, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"classifier checkpoint {p} does not exist (train one with train_classification.py)")
+    return p, _safe_load(p)
+
+
 def read_classifier_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ClsConfig]:
     """The float32 state dict and the config of a classifier file, without building the model.
 
@@ -298,18 +347,71 @@ def read_classifier_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file holds no classifier config (e.g. a segmentation checkpoint).
+        ValueError: the file holds no classifier config (e.g. a segmentation checkpoint), or an ensemble
+            (:func:`read_classifier_members` reads those).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"classifier checkpoint {p} does not exist (train one with train_classification.py)")
-    ckpt = _safe_load(p)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("config"), dict):
-        raise ValueError(f"{p} is not a classifier checkpoint: it has no 'model' and 'config' entries")
-    cfg_dict = ckpt["config"]
-    if "crop_height" not in cfg_dict or "arch" not in cfg_dict:
-        raise ValueError(f"{p} holds a config without crop_height/arch: not a classifier checkpoint")
-    return _clean_state_dict(ckpt["model"]), ClsConfig.from_dict(cfg_dict)
+    p, ckpt = _read(path)
+    if isinstance(ckpt, dict) and "members" in ckpt:
+        n = len(ckpt["members"]) if isinstance(ckpt["members"], list) else "?"
+        raise ValueError(
+            f"{p} holds an ensemble of {n} classifiers, not one: give one of the classifier files it was made from"
+        )
+    return _member(ckpt, p)
+
+
+def read_classifier_members(path: str | os.PathLike) -> list[tuple[dict[str, torch.Tensor], ClsConfig]]:
+    """The (state dict, config) of every classifier in a file: one for a classifier file, all of an ensemble's.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`read_classifier_file`; also for an ensemble without members
+        or whose members use different feature groups (the karyotype assignment's priors depend on them).
+    """
+    p, ckpt = _read(path)
+    if not (isinstance(ckpt, dict) and "members" in ckpt):
+        return [_member(ckpt, p)]
+    entries = ckpt["members"]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{p} is a classifier ensemble without members")
+    out = [_member(e, p, f" (member {i})") for i, e in enumerate(entries)]
+    groups = {c.feature_groups for _, c in out}
+    if len(groups) > 1:
+        raise ValueError(f"{p}: the ensemble's members use different feature groups ({', '.join(sorted(groups))})")
+    return out
+
+
+def save_ensemble(
+    members: Sequence[tuple[nn.Module, ClsConfig]], path: str | os.PathLike, *, precision: str = "int8"
+) -> None:
+    """Save several classifiers as one file ``{"members": [{"model", "config", "int8_scales"}, ...], "kind"}``
+    (atomically).
+
+    ``precision``: "int8" (default: convolution and linear weights as int8 with a float32 scale per output
+    channel, everything else float16; two ResNet-18 members take 23 MB instead of 45 MB in float16), "half"
+    or "float" (float32). Reading dequantizes to float32.
+
+    Raises:
+        ValueError: fewer than two members, or members with different feature groups.
+    """
+    from datasets.io import atomic_torch_save
+
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least two classifiers, got {len(members)}")
+    if precision not in ("int8", "half", "float"):
+        raise ValueError(f"precision must be int8, half or float, got {precision!r}")
+    groups = {c.feature_groups for _, c in members}
+    if len(groups) > 1:
+        raise ValueError(f"the classifiers use different feature groups ({', '.join(sorted(groups))})")
+    entries = []
+    for model, config in members:
+        m = model.module if hasattr(model, "module") else model
+        sd = {k: v.detach().cpu() for k, v in m.state_dict().items()}
+        scales: dict[str, torch.Tensor] = {}
+        if precision == "int8":
+            sd, scales = _quantize_int8(sd)
+        elif precision == "half":
+            sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+        entries.append({"model": sd, "config": config.to_dict(), "int8_scales": scales})
+    atomic_torch_save({"members": entries, "kind": "classifier_ensemble"}, path)
 
 
 def load_classifier_checkpoint(
@@ -317,12 +419,24 @@ def load_classifier_checkpoint(
 ) -> tuple[HybridClassifier, ClsConfig]:
     """Rebuild the classifier from a checkpoint alone (no command-line flags), in eval mode on ``device``.
 
-    Reads the file with :func:`read_classifier_file` (same formats, same errors).
+    Reads the file with :func:`read_classifier_file` (same formats, same errors). The model's weights are in
+    the channels-last memory layout, which :func:`predict_proba` feeds (1.25-1.4x faster on a CPU).
     """
     state, config = read_classifier_file(path)
+    return _inference_model(state, config, device), config
+
+
+def _inference_model(state: dict[str, torch.Tensor], config: ClsConfig, device: str | torch.device) -> HybridClassifier:
     model = HybridClassifier(config, imagenet_init=False)
     model.load_state_dict(state)
-    return model.to(device).eval(), config
+    return model.to(device).eval().to(memory_format=torch.channels_last)
+
+
+def load_classifier_members(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> list[tuple[HybridClassifier, ClsConfig]]:
+    """Every classifier of a classifier or ensemble file (:func:`read_classifier_members`), in eval mode."""
+    return [(_inference_model(state, config, device), config) for state, config in read_classifier_members(path)]
 
 
 # ------------------------------------------------------------------ inference
@@ -408,8 +522,48 @@ def predict_proba(
         fb = None if f is None else torch.from_numpy(np.ascontiguousarray(f[s : s + batch_size])).to(device)
         for v in views:
             xb = torch.from_numpy(v[s : s + batch_size]).to(device)[:, None]
+            xb = xb.contiguous(memory_format=torch.channels_last)  # (the loaders' layout; any model takes it)
             out[s : s + batch_size] += torch.softmax(model(xb, fb).float(), dim=1).cpu().numpy()
     return out / len(views)
+
+
+def predict_members(
+    members: Sequence[tuple[nn.Module, ClsConfig]],
+    crops: Any,
+    features: np.ndarray | None = None,
+    *,
+    flip: bool = False,
+) -> np.ndarray:
+    """Class probabilities float32 [N, 24] of N chromosomes from one classifier or an ensemble.
+
+    Args:
+        members: ``(model, config)`` pairs (:func:`load_classifier_members`).
+        crops: a mapping crop mode -> the N crops in that mode (:func:`datasets.instances.instance_crops`),
+            each member taking its ``config.crop_mode``'s; or the N crops themselves when every member uses
+            the same mode.
+        features, flip: as :func:`predict_proba` (all columns; each member selects its own).
+
+    One member: its :func:`predict_proba`. Several: the normalised geometric mean of theirs, i.e. the
+    softmax of their mean log-probability (a chromosome that one member rules out stays unlikely).
+    """
+    from collections.abc import Mapping
+
+    if not members:
+        raise ValueError("no classifier given")
+    probs = []
+    for model, config in members:
+        if isinstance(crops, Mapping):
+            if config.crop_mode not in crops:
+                raise ValueError(f"no {config.crop_mode!r} crops given for a classifier of that crop mode")
+            c = crops[config.crop_mode]
+        else:
+            c = crops
+        probs.append(np.asarray(predict_proba(model, config, c, features, flip=flip), np.float32))
+    if len(probs) == 1:
+        return probs[0]
+    logp = np.mean([np.log(np.clip(p, 1e-12, 1.0)) for p in probs], axis=0)
+    e = np.exp(logp - logp.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 __all__ = [
@@ -418,8 +572,12 @@ __all__ = [
     "HybridClassifier",
     "build_classifier",
     "load_classifier_checkpoint",
+    "load_classifier_members",
+    "predict_members",
     "predict_proba",
     "prepare_crops",
     "read_classifier_file",
+    "read_classifier_members",
+    "save_ensemble",
     "save_weights",
 ]

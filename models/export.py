@@ -4,7 +4,12 @@
 
 Writes ``segmentation.pt`` and ``classifier.pt`` (``{"model": fp16 state dict, "config": dict}``),
 which :func:`models.segmentation.load_segmentation_checkpoint` and
-:func:`models.classifier.load_classifier_checkpoint` read back as float32 models.
+:func:`models.classifier.load_classifier_checkpoint` read back as float32 models. Several ``--cls`` files
+(e.g. one classifier per crop mode) make one ensemble ``classifier.pt`` (:func:`models.classifier.save_ensemble`:
+int8 convolution and linear weights, so that two ResNet-18s fit in 23 MB), whose members' probabilities the
+pipeline combines::
+
+    python -m models.export --cls runs/cls_straight/best.pth runs/cls_axis/best.pth --out weights/
 """
 
 from __future__ import annotations
@@ -17,9 +22,16 @@ from pathlib import Path
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seg", type=Path, help="segmentation checkpoint (train_segmentation.py last/best.pth)")
-    p.add_argument("--cls", type=Path, help="classifier checkpoint (train_classification.py last/best.pth)")
+    p.add_argument(
+        "--cls",
+        type=Path,
+        nargs="+",
+        help="classifier checkpoint(s) (train_classification.py last/best.pth); two or more make an ensemble",
+    )
     p.add_argument("--out", type=Path, default=Path("weights"))
-    p.add_argument("--fp32", action="store_true", help="keep float32 (default: float16, half the size)")
+    p.add_argument(
+        "--fp32", action="store_true", help="keep float32 (default: float16, half the size; int8 weights in ensembles)"
+    )
     return p
 
 
@@ -35,9 +47,12 @@ def main(args: argparse.Namespace) -> list[Path]:
         segmentation.save_weights(model, cfg, path, half=not args.fp32)
         written.append(path)
     if args.cls is not None:
-        model, cfg = classifier.load_classifier_checkpoint(args.cls, "cpu")
+        members = [classifier.load_classifier_checkpoint(p, "cpu") for p in args.cls]
         path = args.out / "classifier.pt"
-        classifier.save_weights(model, cfg, path, half=not args.fp32)
+        if len(members) == 1:
+            classifier.save_weights(*members[0], path, half=not args.fp32)
+        else:
+            classifier.save_ensemble(members, path, precision="float" if args.fp32 else "int8")
         written.append(path)
     for p in written:
         print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")

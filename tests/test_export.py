@@ -37,3 +37,71 @@ def test_export_roundtrip(tmp_path):
 def test_export_needs_an_input():
     with pytest.raises(ValueError, match="--seg"):
         export.main(export.get_args_parser().parse_args([]))
+
+
+def test_ensemble_export_reads_back_and_combines(tmp_path):
+    """Two --cls files make one ensemble file: every member comes back with its crop mode, the combined
+    probabilities are the normalised geometric mean, and one-classifier readers refuse the file clearly."""
+    import dataclasses
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    cfg = classifier.ClsConfig(arch="resnet18", n_features=0, feature_groups="none", crop_height=32, crop_width=16)
+    a, b = classifier.build_classifier(cfg), classifier.build_classifier(cfg)
+    cfg_b = dataclasses.replace(cfg, crop_mode="axis")
+    classifier.save_weights(a, cfg, tmp_path / "a.pt")
+    classifier.save_weights(b, cfg_b, tmp_path / "b.pt")
+    (path,) = export.main(
+        export.get_args_parser().parse_args(
+            ["--cls", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / "w")]
+        )
+    )
+    members = classifier.load_classifier_members(path)
+    assert [c.crop_mode for _, c in members] == ["straight", "axis"]
+    # int8 weights: about a quarter of float32, and each weight within half a step of its channel's scale
+    assert path.stat().st_size < 0.3 * 2 * (tmp_path / "a.pt").stat().st_size
+    for (m, _), src in zip(members, (a, b)):
+        for k, v in src.state_dict().items():
+            w = m.state_dict()[k]
+            if v.is_floating_point() and v.ndim >= 2 and v.numel() >= classifier.INT8_MIN_NUMEL:
+                step = v.reshape(len(v), -1).abs().amax(1) / 127.0
+                err = (w - v).reshape(len(v), -1).abs().amax(1)
+                assert (err <= step * 0.5 + 1e-6).all(), k
+            elif v.is_floating_point():
+                torch.testing.assert_close(w, v, atol=2e-3, rtol=2e-3)
+    assert len(classifier.load_classifier_members(tmp_path / "a.pt")) == 1  # a plain file is one member
+    with pytest.raises(ValueError, match="ensemble of 2 classifiers"):
+        classifier.load_classifier_checkpoint(path)
+    rng = np.random.default_rng(0)
+    crops = {"straight": rng.random((5, 32, 16), dtype=np.float32), "axis": rng.random((5, 32, 16), dtype=np.float32)}
+    p = classifier.predict_members(members, crops)
+    pa = classifier.predict_proba(members[0][0], members[0][1], crops["straight"])
+    pb = classifier.predict_proba(members[1][0], members[1][1], crops["axis"])
+    g = np.sqrt(pa * pb)
+    np.testing.assert_allclose(p, g / g.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(classifier.predict_members(members[:1], crops), pa)  # one member: its own output
+    with pytest.raises(ValueError, match="no 'axis' crops"):
+        classifier.predict_members(members, {"straight": crops["straight"]})
+    with pytest.raises(ValueError, match="at least two"):
+        classifier.save_ensemble(members[:1], tmp_path / "one.pt")
+    other = dataclasses.replace(cfg, n_features=2, feature_groups="scale", feature_names=["x", "y"])
+    with pytest.raises(ValueError, match="different feature groups"):
+        classifier.save_ensemble([members[0], (classifier.build_classifier(other), other)], tmp_path / "mix.pt")
+
+
+def test_loaded_classifier_runs_channels_last_with_the_same_outputs(tmp_path):
+    """The loaders put the weights in the channels-last layout (faster on a CPU); the outputs do not change."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    cfg = classifier.ClsConfig(arch="resnet18", n_features=0, feature_groups="none", crop_height=32, crop_width=16)
+    plain = classifier.build_classifier(cfg).eval()
+    classifier.save_weights(plain, cfg, tmp_path / "c.pt")
+    model, _ = classifier.load_classifier_checkpoint(tmp_path / "c.pt")
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    crops = np.random.default_rng(1).random((7, 32, 16), dtype=np.float32)
+    np.testing.assert_allclose(
+        classifier.predict_proba(model, cfg, crops), classifier.predict_proba(plain, cfg, crops), atol=1e-5
+    )

@@ -318,30 +318,39 @@ def test_pipeline_leaves_autograd_alone(weights):
     assert torch.is_grad_enabled()
 
 
-@pytest.mark.parametrize("crop_mode", ["straight", "axis"])
+@pytest.mark.parametrize("modes", [("straight",), ("axis",), ("straight", "axis")])
 def test_classifier_sees_exactly_the_training_inputs(
-    weights, spread, spread_png, gt_segment, monkeypatch, crop_mode, tmp_path
+    weights, spread, spread_png, gt_segment, monkeypatch, modes, tmp_path
 ):
-    """The pipeline's crops and features for the true instances are those the trainer caches for them
-    (in the classifier's crop mode); the karyogram gets the straightened crops in either mode."""
+    """The pipeline's crops and features for the true instances are those the trainer caches for them, in
+    each classifier's crop mode (one classifier, or an ensemble of one per mode); the karyogram gets the
+    straightened crops whatever the modes."""
     import dataclasses
 
     import models.classifier as mc
     from datasets.instances import spread_instances
 
-    if crop_mode != "straight":
+    if modes != ("straight",):
         model, cfg = mc.load_classifier_checkpoint(weights[1], "cpu")
-        cfg = dataclasses.replace(cfg, crop_mode=crop_mode)
-        mc.save_weights(model, cfg, tmp_path / "classifier.pt")
+        members = [(model, dataclasses.replace(cfg, crop_mode=m)) for m in modes]
+        if len(members) == 1:
+            mc.save_weights(*members[0], tmp_path / "classifier.pt")
+        else:
+            mc.save_ensemble(members, tmp_path / "classifier.pt")
         weights = (weights[0], tmp_path / "classifier.pt")
 
-    seen = {}
+    seen = []
     real = mc.predict_proba
 
     def spy(model, config, crops, features=None, **kw):
-        seen["crops"] = mc.prepare_crops(crops, config)
-        seen["features"] = np.asarray(features)
-        seen["flip"] = kw.get("flip")
+        seen.append(
+            {
+                "mode": config.crop_mode,
+                "crops": mc.prepare_crops(crops, config),
+                "features": np.asarray(features),
+                "flip": kw.get("flip"),
+            }
+        )
         return real(model, config, crops, features, **kw)
 
     monkeypatch.setattr(mc, "predict_proba", spy)
@@ -349,20 +358,22 @@ def test_classifier_sees_exactly_the_training_inputs(
 
     pipe = KaryotypePipeline(weights[0], weights[1], device="cpu")
     pred = pipe.process(spread_png)
-    assert seen["flip"] is FLIP_TTA  # the default, chosen for the shipped classifier
-    _, cfg = mc.load_classifier_checkpoint(weights[1], "cpu")
-    assert cfg.crop_mode == crop_mode
+    assert [s["mode"] for s in seen] == list(modes)
+    assert all(s["flip"] is FLIP_TTA for s in seen)  # the default, chosen for the shipped classifier
+    cfg = pipe.cls_config
     rec = spread.copy()
     rec.image = cv2.imread(str(spread_png), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0  # the 8-bit file
-    train, _ = spread_instances(rec, cfg.crop_height, cfg.crop_width, crop_mode=crop_mode)
-    assert len(train["crops"]) == len(seen["crops"]) == len(spread)
-    np.testing.assert_allclose(seen["crops"], train["crops"] / 255.0, atol=1 / 255 + 1e-6)
+    for s in seen:
+        train, _ = spread_instances(rec, cfg.crop_height, cfg.crop_width, crop_mode=s["mode"])
+        assert len(train["crops"]) == len(s["crops"]) == len(spread)
+        np.testing.assert_allclose(s["crops"], train["crops"] / 255.0, atol=1 / 255 + 1e-6)
+        np.testing.assert_allclose(s["features"], train["features"], rtol=1e-5, atol=1e-5)
     straight, _ = spread_instances(rec, cfg.crop_height, cfg.crop_width)
     shown = mc.prepare_crops(pred.crops, cfg)  # what the karyogram lays out
     np.testing.assert_allclose(shown, straight["crops"] / 255.0, atol=1 / 255 + 1e-6)
-    np.testing.assert_allclose(seen["features"], train["features"], rtol=1e-5, atol=1e-5)
+    seen.clear()
     KaryotypePipeline(weights[0], weights[1], device="cpu", flip_tta=not FLIP_TTA).process(spread_png)
-    assert seen["flip"] is (not FLIP_TTA)
+    assert seen and all(s["flip"] is (not FLIP_TTA) for s in seen)
 
 
 # ---------------------------------------------------------------------------------------------- the core
