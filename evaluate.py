@@ -194,10 +194,15 @@ def _gt_instances(ds, n: int, quiet: bool, crop_specs: dict[str, tuple[int, int]
     for rec in _iter(ds, n, quiet, "features"):
         if rec.masks is None or not (rec.labels > 0).any():
             continue
-        by_mode = {}
+        by_mode, labels = {}, None
         for mode, (height, width) in crop_specs.items():
             arrays, sk = spread_instances(rec, height, width, crop_mode=mode)
             by_mode[mode] = arrays["crops"]
+            if labels is not None and not np.array_equal(labels, arrays["labels"]):  # (instance_crops keeps them equal)
+                raise PipelineError(
+                    f"{rec.image_id}: the crop modes {', '.join(crop_specs)} left out different instances"
+                )
+            labels = arrays["labels"]
         skipped.update(sk)  # (the same instances in every mode)
         if len(arrays["labels"]):
             cells.append((arrays["features"], by_mode, arrays["labels"] + 1, arrays["lengths"], arrays["centromere"]))

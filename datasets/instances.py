@@ -258,7 +258,9 @@ def instance_crops(
     """The classifier's crop of each instance (``infos[i]`` measured on ``masks[i]``) in crop ``mode``.
 
     ``"straight"``: :func:`tight_crop`; ``"axis"``: :func:`axis_crop`, at least 1.5x the median chromosome
-    width of the instances given wide. Empty crops (``[0, 0]``) mark degenerate instances.
+    width of the instances given wide. Empty crops (``[0, 0]``) mark degenerate instances, the same ones in
+    every mode (an instance without a straightened crop has no axis crop either), so that the crops of two
+    modes (an ensemble's members) describe the same chromosomes.
     """
     if mode not in CROP_MODES:
         raise ValueError(f"unknown crop mode {mode!r}: choose one of {', '.join(CROP_MODES)}")
@@ -266,7 +268,10 @@ def instance_crops(
         return [tight_crop(f) for f in infos]
     widths = [float(f.mean_width_px) for f in infos if f.length_px > 0]
     min_w = 1.5 * float(np.median(widths)) if widths else 0.0
-    return [axis_crop(image, b, m, f, min_width=min_w) for b, m, f in zip(boxes, masks, infos)]
+    return [
+        axis_crop(image, b, m, f, min_width=min_w) if tight_crop(f).size else np.zeros((0, 0), np.float32)
+        for b, m, f in zip(boxes, masks, infos)
+    ]
 
 
 def spread_instances(

@@ -97,3 +97,21 @@ def test_spread_instances_axis_mode_same_instances_other_pixels():
     # unmasked: an axis crop keeps the spread's background grey around the chromosome, a straight one is
     # white outside the mask; both are dark along the middle
     assert (b["crops"][:, :, [0, -1]] < 250).mean() > (a["crops"][:, :, [0, -1]] < 250).mean()
+
+
+def test_both_modes_leave_out_the_same_degenerate_instances():
+    """An instance without a straightened crop has no axis crop either, so an ensemble's modes agree."""
+    import dataclasses
+
+    from datasets.synthetic import generate_spread
+    from features.triad import spread_features
+
+    rec = generate_spread(np.random.default_rng(5), None, "46,XY", size=(384, 384), image_id="deg")
+    _, infos = spread_features(rec.image, rec.masks)
+    infos[3] = dataclasses.replace(
+        infos[3], straightened=np.zeros((0, 32), np.float32), straightened_mask=np.zeros((0, 32), np.uint8)
+    )
+    straight = instance_crops(rec.image, rec.boxes, rec.masks, infos, "straight")
+    axis = instance_crops(rec.image, rec.boxes, rec.masks, infos, "axis")
+    assert [c.size == 0 for c in straight] == [c.size == 0 for c in axis]
+    assert straight[3].size == 0 and all(c.size for i, c in enumerate(axis) if i != 3)
