@@ -10,6 +10,11 @@ int8 convolution and linear weights, so that two ResNet-18s fit in 23 MB), whose
 pipeline combines::
 
     python -m models.export --cls runs/cls_straight/best.pth runs/cls_axis/best.pth --out weights/
+
+``--split`` does the reverse: each member of an ensemble file becomes a classifier file of its own
+(``classifier_member0.pt``, ...; float32), which ``train_classification.py --pretrained`` can go on from::
+
+    python -m models.export --split weights/classifier.pt --out runs/members/
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="classifier checkpoint(s) (train_classification.py last/best.pth); two or more make an ensemble",
     )
+    p.add_argument("--split", type=Path, help="an ensemble classifier file: write each member as a file of its own")
     p.add_argument("--out", type=Path, default=Path("weights"))
     p.add_argument(
         "--fp32", action="store_true", help="keep float32 (default: float16, half the size; int8 weights in ensembles)"
@@ -38,9 +44,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> list[Path]:
     from models import classifier, segmentation
 
-    if args.seg is None and args.cls is None:
-        raise ValueError("give --seg and/or --cls")
+    if args.seg is None and args.cls is None and args.split is None:
+        raise ValueError("give --seg and/or --cls, or --split")
     written = []
+    if args.split is not None:
+        for i, (model, cfg) in enumerate(classifier.load_classifier_members(args.split, "cpu")):
+            path = args.out / f"classifier_member{i}.pt"
+            classifier.save_weights(model, cfg, path)
+            written.append(path)
     if args.seg is not None:
         model, cfg = segmentation.load_segmentation_checkpoint(args.seg, "cpu")
         path = args.out / "segmentation.pt"

@@ -35,7 +35,7 @@ def test_export_roundtrip(tmp_path):
 
 
 def test_export_needs_an_input():
-    with pytest.raises(ValueError, match="--seg"):
+    with pytest.raises(ValueError, match="--split"):
         export.main(export.get_args_parser().parse_args([]))
 
 
@@ -81,6 +81,14 @@ def test_ensemble_export_reads_back_and_combines(tmp_path):
     g = np.sqrt(pa * pb)
     np.testing.assert_allclose(p, g / g.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(classifier.predict_members(members[:1], crops), pa)  # one member: its own output
+    # --split: each member back as a file of its own, the same weights (as the ensemble file holds them)
+    split = export.main(export.get_args_parser().parse_args(["--split", str(path), "--out", str(tmp_path / "s")]))
+    assert [q.name for q in split] == ["classifier_member0.pt", "classifier_member1.pt"]
+    for q, (m, c) in zip(split, members):
+        m2, c2 = classifier.load_classifier_checkpoint(q)
+        assert c2 == c
+        for k, v in m.state_dict().items():
+            torch.testing.assert_close(m2.state_dict()[k], v)
     with pytest.raises(ValueError, match="no 'axis' crops"):
         classifier.predict_members(members, {"straight": crops["straight"]})
     with pytest.raises(ValueError, match="at least two"):
