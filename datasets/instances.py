@@ -192,6 +192,13 @@ def tight_crop(f: Any) -> np.ndarray:
 CROP_MODES = ("straight", "axis")
 
 
+def check_crop_mode(crop_mode: str) -> str:
+    """``crop_mode`` if it is one of :data:`CROP_MODES`, else a ValueError naming them."""
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"unknown crop mode {crop_mode!r}: choose one of {', '.join(CROP_MODES)}")
+    return crop_mode
+
+
 def axis_crop(image: np.ndarray, box: np.ndarray, mask: np.ndarray, f: Any, *, min_width: float = 0.0) -> np.ndarray:
     """The image around one instance, turned so that its long axis is vertical, p arm up, *not* masked.
 
@@ -262,9 +269,7 @@ def instance_crops(
     every mode (an instance without a straightened crop has no axis crop either), so that the crops of two
     modes (an ensemble's members) describe the same chromosomes.
     """
-    if mode not in CROP_MODES:
-        raise ValueError(f"unknown crop mode {mode!r}: choose one of {', '.join(CROP_MODES)}")
-    if mode == "straight":
+    if check_crop_mode(mode) == "straight":
         return [tight_crop(f) for f in infos]
     widths = [float(f.mean_width_px) for f in infos if f.length_px > 0]
     min_w = 1.5 * float(np.median(widths)) if widths else 0.0
@@ -422,9 +427,7 @@ def compute_instances(
 
     from features.triad import FEATURE_NAMES
 
-    if crop_mode not in CROP_MODES:
-        raise ValueError(f"unknown crop mode {crop_mode!r}: choose one of {', '.join(CROP_MODES)}")
-    job = _SpreadJob(ds, crop_height, crop_width, min_area, crop_mode)
+    job = _SpreadJob(ds, crop_height, crop_width, min_area, check_crop_mode(crop_mode))
     loader = torch.utils.data.DataLoader(job, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity)
     parts: list[dict[str, np.ndarray]] = []
     cells: list[np.ndarray] = []
@@ -515,9 +518,7 @@ class InstanceDataset(torch.utils.data.Dataset):
         from features.triad import select_features
 
         self.crop_height, self.crop_width = int(crop_height), int(crop_width)
-        if crop_mode not in CROP_MODES:
-            raise ValueError(f"unknown crop mode {crop_mode!r}: choose one of {', '.join(CROP_MODES)}")
-        self.crop_mode = crop_mode
+        self.crop_mode = check_crop_mode(crop_mode)
         self.feature_groups = feature_groups
         self.transforms = transforms
         self.skipped: Counter = Counter()
@@ -699,6 +700,7 @@ __all__ = [
     "concat_instances",
     "CROP_MODES",
     "axis_crop",
+    "check_crop_mode",
     "fit_crop",
     "instance_crops",
     "load_instance_cache",

@@ -95,10 +95,9 @@ class ClsConfig:
             raise ValueError(f"unknown stem {self.stem!r}: choose one of {', '.join(STEMS)}")
         if self.imagenet and not self.arch.startswith("efficientnet"):
             raise ValueError(f"ImageNet weights come with the efficientnet_lite* archs, not {self.arch!r}")
-        from datasets.instances import CROP_MODES
+        from datasets.instances import check_crop_mode
 
-        if self.crop_mode not in CROP_MODES:
-            raise ValueError(f"unknown crop mode {self.crop_mode!r}: choose one of {', '.join(CROP_MODES)}")
+        check_crop_mode(self.crop_mode)
         if self.crop_height < 8 or self.crop_width < 8:
             raise ValueError(f"crop size {self.crop_height}x{self.crop_width} is too small (at least 8x8 pixels)")
         if self.n_features < 0:
@@ -275,11 +274,19 @@ def save_weights(model: nn.Module, config: ClsConfig, path: str | os.PathLike, *
     """
     from datasets.io import atomic_torch_save
 
+    sd, _ = _state_to_save(model, "half" if half else "float")
+    atomic_torch_save({"model": sd, "config": config.to_dict(), "kind": "classifier"}, path)
+
+
+def _state_to_save(model: nn.Module, precision: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(CPU state dict, int8 scales) of ``model`` (DDP unwrapped) in ``precision``: "float", "half" or "int8"."""
     m = model.module if hasattr(model, "module") else model
     sd = {k: v.detach().cpu() for k, v in m.state_dict().items()}
-    if half:
+    if precision == "int8":
+        return _quantize_int8(sd)
+    if precision == "half":
         sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
-    atomic_torch_save({"model": sd, "config": config.to_dict(), "kind": "classifier"}, path)
+    return sd, {}
 
 
 def _safe_load(path: Path) -> Any:
@@ -403,13 +410,7 @@ def save_ensemble(
         raise ValueError(f"the classifiers use different feature groups ({', '.join(sorted(groups))})")
     entries = []
     for model, config in members:
-        m = model.module if hasattr(model, "module") else model
-        sd = {k: v.detach().cpu() for k, v in m.state_dict().items()}
-        scales: dict[str, torch.Tensor] = {}
-        if precision == "int8":
-            sd, scales = _quantize_int8(sd)
-        elif precision == "half":
-            sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+        sd, scales = _state_to_save(model, precision)
         entries.append({"model": sd, "config": config.to_dict(), "int8_scales": scales})
     atomic_torch_save({"members": entries, "kind": "classifier_ensemble"}, path)
 
