@@ -225,7 +225,10 @@ def axis_crop(image: np.ndarray, box: np.ndarray, mask: np.ndarray, f: Any, *, m
     import cv2
 
     line = np.asarray(getattr(f, "centerline", np.zeros((0, 2))), np.float64).reshape(-1, 2)
-    ys, xs = np.nonzero(np.asarray(mask))
+    m_u8 = np.asarray(mask).astype(np.uint8, copy=False)
+    bx, by, bw, bh = cv2.boundingRect(m_u8)  # the mask's own extent: nonzero() over it, not the whole image
+    ys, xs = np.nonzero(m_u8[by : by + bh, bx : bx + bw])
+    ys, xs = ys + by, xs + bx
     if len(xs) < 2 or len(line) == 0:
         return np.zeros((0, 0), np.float32)
     pts = np.stack([xs, ys], 1).astype(np.float64)

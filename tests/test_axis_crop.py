@@ -64,6 +64,22 @@ def test_axis_crop_shows_the_whole_chromosome_for_a_fragment_of_its_mask():
     assert (crop > 0.99).any() and ((crop > 0.4) & (crop < 0.6)).any()  # bar and white background both there
 
 
+def test_axis_crop_is_the_same_wherever_the_chromosome_lies_and_for_a_bool_mask():
+    """The mask's pixels are read over its own extent only (speed): a bar moved within a larger image gives the
+    same crop, also when its mask comes as bool."""
+    img, mask, box, line = _bar(30.0)
+    f = SimpleNamespace(centerline=line, p_at_start=True)
+    ref = axis_crop(img, box, mask, f)
+    dy, dx = 37, 91
+    big = np.ones((img.shape[0] + 80, img.shape[1] + 120), np.float32)
+    big[dy : dy + img.shape[0], dx : dx + img.shape[1]] = img
+    big_mask = np.zeros(big.shape, bool)
+    big_mask[dy : dy + img.shape[0], dx : dx + img.shape[1]] = mask > 0
+    g = SimpleNamespace(centerline=line + np.array([dx, dy], np.float32), p_at_start=True)
+    moved = axis_crop(big, box + np.array([dx, dy, dx, dy]), big_mask, g)
+    np.testing.assert_allclose(moved, ref, atol=1e-4)  # (interpolation weights round a little differently)
+
+
 def test_axis_crop_of_an_empty_instance_is_empty():
     img, mask, box, line = _bar(0.0)
     f = SimpleNamespace(centerline=np.zeros((0, 2), np.float32), p_at_start=True)
