@@ -317,34 +317,57 @@ def error_breakdown(
     ``thresh``: the detector saw it, its mask is off), or ``missed``. With both label arrays, ``found`` ones
     are split into ``right`` and ``wrong`` (the matched prediction's label equals the true one or not).
 
+    The instances not found are also split by where their pixels went: ``lost_merged`` (half or more of them
+    lie in one predicted mask: a mask that took in this chromosome with a neighbour, or the same chromosome in
+    a mask too large), ``lost_split`` (not merged, but the predicted masks together hold half or more: pieces)
+    and ``lost_uncovered`` (less than half of it lies under any predicted mask); ``lost_merged_into_found``
+    counts the merged ones whose mask is matched to another true instance.
+
     Args:
         true_masks / pred_masks: uint8 [N, H, W] / [M, H, W].
         true_boxes / pred_boxes: [N, 4] / [M, 4] ``x1, y1, x2, y2``.
         true_labels / pred_labels: int [N] / [M], or None.
 
     Returns:
-        counts ``{"true", "found", "mask_failed", "missed"}`` (+ ``"right"``, ``"wrong"`` with labels);
-        ``found + mask_failed + missed == true``.
+        counts ``{"true", "found", "mask_failed", "missed", "lost_merged", "lost_merged_into_found", "lost_split",
+        "lost_uncovered"}`` (+ ``"right"``, ``"wrong"`` with labels); ``found + mask_failed + missed == true`` and
+        ``found + lost_merged + lost_split + lost_uncovered == true``.
 
     >>> t = np.zeros((2, 8, 8), np.uint8); t[0, :4, :4] = 1; t[1, 4:, 4:] = 1
     >>> p = t[:1].copy(); p[0, :4, :2] = 0  # half of the first instance
     >>> tb = np.array([[0, 0, 4, 4], [4, 4, 8, 8]]); pb = np.array([[0, 0, 4, 4]])
-    >>> error_breakdown(t, tb, p, pb)
-    {'true': 2, 'found': 1, 'mask_failed': 0, 'missed': 1}
+    >>> r = error_breakdown(t, tb, p, pb)
+    >>> [r[k] for k in ("true", "found", "mask_failed", "missed", "lost_uncovered")]
+    [2, 1, 0, 1, 1]
     """
     from scipy.optimize import linear_sum_assignment
 
     n = len(true_masks)
     found = np.zeros(n, bool)
+    matched_pred = np.zeros(len(pred_masks), bool)
     right = 0
+    merged = merged_found = split = 0
     if n and len(pred_masks):
-        iou = iou_matrix(true_masks, pred_masks)
+        inter, area_t, area_p = _mask_overlap(true_masks, pred_masks)
+        iou = _intersection_over_union(inter, area_t, area_p)
         rows, cols = linear_sum_assignment(-iou)
         for a, b in zip(rows, cols):
             if iou[a, b] >= thresh:
                 found[a] = True
+                matched_pred[b] = True
                 if true_labels is not None and pred_labels is not None:
                     right += int(pred_labels[b] == true_labels[a])
+        lost = np.flatnonzero(~found & (area_t > 0))
+        if len(lost):
+            frac = inter[lost] / area_t[lost, None]
+            union = np.asarray(pred_masks).astype(bool).any(0)
+            for i, a in enumerate(lost):
+                b = int(np.argmax(frac[i]))
+                if frac[i, b] >= 0.5:
+                    merged += 1
+                    merged_found += int(matched_pred[b])
+                elif np.count_nonzero(np.asarray(true_masks[a]).astype(bool) & union) >= 0.5 * area_t[a]:
+                    split += 1
     boxes_seen = np.zeros(n, bool)
     if n and len(pred_boxes):
         boxes_seen = (box_iou(true_boxes, pred_boxes) >= thresh).any(1)
@@ -353,6 +376,10 @@ def error_breakdown(
         "found": int(found.sum()),
         "mask_failed": int((~found & boxes_seen).sum()),
         "missed": int((~found & ~boxes_seen).sum()),
+        "lost_merged": int(merged),
+        "lost_merged_into_found": int(merged_found),
+        "lost_split": int(split),
+        "lost_uncovered": int(n - found.sum() - merged - split),
     }
     if true_labels is not None and pred_labels is not None:
         out.update(right=int(right), wrong=int(found.sum()) - int(right))

@@ -395,8 +395,34 @@ def test_error_breakdown_known_fates():
     p[2, 0:8, 30:38] = 1  # a false positive
     pb = np.array([[0, 0, 8, 8], [0, 20, 8, 28], [30, 0, 38, 8]], float)
     out = error_breakdown(t, tb, p, pb, np.array([3, 5, 7]), np.array([3, 5, 9]))
-    assert out == {"true": 3, "found": 1, "mask_failed": 1, "missed": 1, "right": 1, "wrong": 0}
+    lost = {"lost_merged": 0, "lost_merged_into_found": 0, "lost_split": 0, "lost_uncovered": 2}
+    assert out == {"true": 3, "found": 1, "mask_failed": 1, "missed": 1, "right": 1, "wrong": 0, **lost}
     out = error_breakdown(t, tb, p, pb, np.array([4, 5, 7]), np.array([3, 5, 9]))
     assert out["right"] == 0 and out["wrong"] == 1
     empty = error_breakdown(t, tb, p[:0], pb[:0])
-    assert empty == {"true": 3, "found": 0, "mask_failed": 0, "missed": 3}
+    assert empty == {"true": 3, "found": 0, "mask_failed": 0, "missed": 3, **lost, "lost_uncovered": 3}
+
+
+def test_error_breakdown_where_the_lost_pixels_went():
+    """Two neighbours in one predicted mask (each IoU 0.44: both merged), a square in two pieces (IoU 0.375
+    each, 0.75 together: split), and a small one inside the mask of its matched neighbour (merged into found)."""
+    from metrics.matching import error_breakdown
+
+    t = np.zeros((5, 40, 60), np.uint8)
+    t[0, 0:8, 0:8] = 1  # B
+    t[1, 0:8, 8:16] = 1  # C, beside B
+    t[2, 20:28, 0:8] = 1  # D
+    t[3, 20:28, 30:38] = 1  # E
+    t[4, 20:28, 38:40] = 1  # F, a sliver beside E
+    tb = np.array([[0, 0, 8, 8], [8, 0, 16, 8], [0, 20, 8, 28], [30, 20, 38, 28], [38, 20, 40, 28]], float)
+    p = np.zeros((4, 40, 60), np.uint8)
+    p[0, 0:8, 0:18] = 1  # B + C + 16 px more
+    p[1, 20:28, 0:3] = 1  # a piece of D
+    p[2, 20:28, 4:7] = 1  # another piece of D
+    p[3, 20:28, 30:40] = 1  # E + F
+    pb = np.array([[0, 0, 18, 8], [0, 20, 3, 28], [4, 20, 7, 28], [30, 20, 40, 28]], float)
+    out = error_breakdown(t, tb, p, pb)
+    assert out["found"] == 1  # E (IoU 0.8)
+    assert out["lost_merged"] == 3 and out["lost_merged_into_found"] == 1  # B, C and F (F in E's mask)
+    assert out["lost_split"] == 1 and out["lost_uncovered"] == 0  # D
+    assert out["found"] + out["lost_merged"] + out["lost_split"] + out["lost_uncovered"] == out["true"]
