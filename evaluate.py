@@ -188,24 +188,24 @@ def _gt_instances(ds, n: int, quiet: bool, crop_specs: dict[str, tuple[int, int]
     """
     from collections import Counter
 
-    from datasets.instances import spread_instances
+    from datasets.instances import spread_instances_by_mode
 
     cells, skipped = [], Counter()
     for rec in _iter(ds, n, quiet, "features"):
         if rec.masks is None or not (rec.labels > 0).any():
             continue
-        by_mode, labels = {}, None
-        for mode, (height, width) in crop_specs.items():
-            arrays, sk = spread_instances(rec, height, width, crop_mode=mode)
-            by_mode[mode] = arrays["crops"]
-            if labels is not None and not np.array_equal(labels, arrays["labels"]):  # (instance_crops keeps them equal)
-                raise PipelineError(
-                    f"{rec.image_id}: the crop modes {', '.join(crop_specs)} left out different instances"
-                )
-            labels = arrays["labels"]
-        skipped.update(sk)  # (the same instances in every mode)
+        arrays, sk = spread_instances_by_mode(rec, crop_specs)  # features once, the same instances in every mode
+        skipped.update(sk)
         if len(arrays["labels"]):
-            cells.append((arrays["features"], by_mode, arrays["labels"] + 1, arrays["lengths"], arrays["centromere"]))
+            cells.append(
+                (
+                    arrays["features"],
+                    arrays["crops_by_mode"],
+                    arrays["labels"] + 1,
+                    arrays["lengths"],
+                    arrays["centromere"],
+                )
+            )
     return cells, skipped
 
 
@@ -327,6 +327,10 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
       (matched at mask IoU 0.5), ``true_mask_failed_rate`` (a predicted box overlaps it at IoU 0.5 but no mask
       matches) and ``true_missed_rate`` (nothing there), summing to 1, and ``found_identification_accuracy``
       (right labels among the found ones, images with classes); so ``accuracy`` = found rate x that accuracy;
+      and the lost ones by where their pixels went: ``true_lost_merged_rate`` (half or more inside one predicted
+      mask; ``true_lost_merged_into_found_rate``: of those, in a mask matched to another chromosome),
+      ``true_lost_split_rate`` (over several masks) and ``true_lost_uncovered_rate`` (mostly under none); found
+      + these three = 1;
     * every image: count error |assigned count - true count| and the sanity score of the predicted labels.
       An image whose ground truth has instances without classes (labels 0), or only a karyotype in its
       metadata, contributes to these (and to the segmentation metrics when it has instances) only.
@@ -422,7 +426,15 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
     }
     if t_masks:
         res.update(_instance_metrics(t_masks, p_masks))
-        for k in ("found", "mask_failed", "missed"):
+        for k in (
+            "found",
+            "mask_failed",
+            "missed",
+            "lost_merged",
+            "lost_merged_into_found",
+            "lost_split",
+            "lost_uncovered",
+        ):
             res[f"true_{k}_rate"] = fate[k] / max(fate["true"], 1)
         if fate["right"] + fate["wrong"]:
             res["found_identification_accuracy"] = fate["right"] / (fate["right"] + fate["wrong"])

@@ -38,7 +38,7 @@ import json
 import os
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -298,11 +298,30 @@ def spread_instances(
         ``labels`` int64 [m] (0..23), ``lengths`` / ``centromere`` float32 [m]; ``skipped`` counts the
         instances left out by reason.
     """
+    arrays, skipped = spread_instances_by_mode(rec, {crop_mode: (height, width)}, min_area=min_area)
+    arrays["crops"] = arrays.pop("crops_by_mode")[crop_mode]
+    return arrays, skipped
+
+
+def spread_instances_by_mode(
+    rec: Any, specs: Mapping[str, tuple[int, int]], *, min_area: int = MIN_AREA
+) -> tuple[dict[str, Any], Counter]:
+    """:func:`spread_instances` with the crops of several crop modes, the features measured once.
+
+    Args:
+        specs: crop mode (:data:`CROP_MODES`) -> ``(height, width)`` of its crop box.
+
+    Returns:
+        (arrays, skipped) as :func:`spread_instances`, with ``crops_by_mode`` (mode -> uint8 [m, h, w]) in place
+        of ``crops``; every mode holds the same m instances (:func:`instance_crops`).
+    """
     from features.triad import FEATURE_NAMES, spread_features
 
+    for mode in specs:
+        check_crop_mode(mode)
     skipped: Counter = Counter()
     empty = {
-        "crops": np.zeros((0, height, width), np.uint8),
+        "crops_by_mode": {mode: np.zeros((0, h, w), np.uint8) for mode, (h, w) in specs.items()},
         "features": np.zeros((0, len(FEATURE_NAMES)), np.float32),
         "labels": np.zeros(0, np.int64),
         "lengths": np.zeros(0, np.float32),
@@ -327,23 +346,29 @@ def spread_instances(
         image = 1.0 - image
     feats, infos = spread_features(image, rec.masks[idx])
     feats = np.asarray(feats, np.float32)
-    all_crops = instance_crops(image, rec.boxes[idx], rec.masks[idx], infos, crop_mode)
-    crops, keep = [], []
+    straight = [tight_crop(f) for f in infos]
+    all_crops = {
+        mode: straight if mode == "straight" else instance_crops(image, rec.boxes[idx], rec.masks[idx], infos, mode)
+        for mode in specs
+    }
+    keep = []
     for j, i in enumerate(idx):
         if rec.labels[i] <= 0:
             skipped["unknown class (label 0)"] += 1
             continue
-        c = all_crops[j]
-        if c.size == 0:
+        if straight[j].size == 0 or any(all_crops[mode][j].size == 0 for mode in specs):
             skipped["no centre line (degenerate mask)"] += 1
             continue
-        crops.append(np.round(fit_crop(c, height, width) * 255.0).astype(np.uint8))
         keep.append(j)
     if not keep:
         return empty, skipped
     keep_a = np.asarray(keep)
+    crops_by_mode = {
+        mode: np.stack([np.round(fit_crop(all_crops[mode][j], h, w) * 255.0).astype(np.uint8) for j in keep])
+        for mode, (h, w) in specs.items()
+    }
     return {
-        "crops": np.stack(crops),
+        "crops_by_mode": crops_by_mode,
         "features": feats[keep_a],
         "labels": rec.labels[idx[keep_a]].astype(np.int64) - 1,
         "lengths": np.array([infos[j].length_px for j in keep], np.float32),
@@ -709,5 +734,6 @@ __all__ = [
     "load_instance_cache",
     "save_instance_cache",
     "spread_instances",
+    "spread_instances_by_mode",
     "tight_crop",
 ]

@@ -131,3 +131,20 @@ def test_both_modes_leave_out_the_same_degenerate_instances():
     axis = instance_crops(rec.image, rec.boxes, rec.masks, infos, "axis")
     assert [c.size == 0 for c in straight] == [c.size == 0 for c in axis]
     assert straight[3].size == 0 and all(c.size for i, c in enumerate(axis) if i != 3)
+
+
+def test_spread_instances_by_mode_measures_once_and_equals_the_single_mode_calls():
+    from datasets.instances import spread_instances_by_mode
+    from datasets.synthetic import generate_spread
+
+    rec = generate_spread(np.random.default_rng(5), None, "46,XY", size=(384, 384), image_id="bm")
+    both, skipped = spread_instances_by_mode(rec, {"straight": (48, 16), "axis": (40, 20)})
+    a, sa = spread_instances(rec, 48, 16)
+    b, sb = spread_instances(rec, 40, 20, crop_mode="axis")
+    assert skipped == sa == sb
+    np.testing.assert_array_equal(both["crops_by_mode"]["straight"], a["crops"])
+    np.testing.assert_array_equal(both["crops_by_mode"]["axis"], b["crops"])
+    for k in ("features", "labels", "lengths", "centromere"):
+        np.testing.assert_array_equal(both[k], a[k])
+    with pytest.raises(ValueError, match="crop mode 'bent'"):
+        spread_instances_by_mode(rec, {"bent": (48, 16)})
