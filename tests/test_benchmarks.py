@@ -137,3 +137,35 @@ def test_errors_by_shape_bins_the_trainer_val_errors(tmp_path, capsys):
     with pytest.raises(SystemExit, match="unknown feature"):
         mod.main(["--val-probs", str(tmp_path / "val_probs.npz"), "--cache", str(tmp_path / "val.npz"),
                   "--features", "colour"])  # fmt: skip
+
+
+def test_merged_masks_finds_a_mask_that_holds_two_chromosomes(monkeypatch, tmp_path, capsys):
+    """A fake detector that returns the first two true chromosomes as one mask: one merged mask, drawn."""
+    import hashlib
+
+    import numpy as np
+
+    import karyotyping.detection as detection
+    from datasets import build_dataset
+
+    spec = importlib.util.spec_from_file_location("merged_masks", ROOT / "benchmarks" / "merged_masks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ds = build_dataset("synthetic", None, "val")
+    truth = {hashlib.sha1(ds[0].image.tobytes()).hexdigest(): ds[0].masks}
+
+    def detect_soft(model, image, *, score_thresh, device=None):
+        t = truth[hashlib.sha1(image.tobytes()).hexdigest()].astype(np.float32)
+        m = torch.from_numpy(np.concatenate([np.maximum(t[0], t[1])[None], t[2:]]))
+        return {"boxes": torch.zeros(len(m), 4), "labels": torch.ones(len(m), dtype=torch.int64),
+                "scores": torch.linspace(0.99, 0.9, len(m)), "masks": 0.8 * m[:, None]}  # fmt: skip
+
+    monkeypatch.setattr(detection, "detect_soft", detect_soft)
+    monkeypatch.setattr("models.segmentation.load_segmentation_checkpoint", lambda path, device: (None, None))
+    out = tmp_path / "merged.png"
+    argv = ["--dataset", "synthetic", "--data-root", "none", "--max-images", "1", "--out", str(out)]
+    assert mod.main(argv) == 0
+    assert "1 kept masks hold half or more of two or more true chromosomes" in capsys.readouterr().out
+    assert out.is_file() and not (tmp_path / "merged.tmp.png").exists()
+    with pytest.raises(SystemExit, match="validation split"):
+        mod.main(["--dataset", "synthetic", "--split", "test"])
