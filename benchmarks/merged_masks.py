@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from datasets import build_dataset
     from karyotyping.detection import binarize_masks, detect_soft
     from karyotyping.runtime import resolve_device
-    from metrics.matching import _mask_overlap
+    from metrics.matching import held_fraction
     from models.segmentation import keep_instances, load_segmentation_checkpoint
 
     if args.split == "test":
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         _, kept = keep_instances(m, out["scores"].numpy(), out["masks"], MASK_OVERLAP, True, rec.image)
         if not len(kept):
             continue
-        inter, area_t, _ = _mask_overlap(rec.masks, kept)
-        held = inter / np.maximum(area_t[:, None], 1)
+        held = held_fraction(rec.masks, kept)
         for k in range(len(kept)):
             inside = np.flatnonzero(held[:, k] >= 0.5)
             if len(inside) < 2:

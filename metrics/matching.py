@@ -45,6 +45,7 @@ __all__ = [
     "matching_dataset",
     "iou_matrix",
     "box_iou",
+    "held_fraction",
     "error_breakdown",
     "panoptic_quality_all",
     "multiclass_panoptic_quality",
@@ -278,6 +279,17 @@ def iou_matrix(true_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
     return _intersection_over_union(*_mask_overlap(true_masks, pred_masks))
 
 
+def held_fraction(true_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
+    """Fraction float64 [N, M] of each true mask's pixels that each predicted mask holds (0 for an empty true mask).
+
+    >>> a = np.zeros((1, 4, 4), np.uint8); a[0, :2] = 1
+    >>> b = np.zeros((1, 4, 4), np.uint8); b[0, 1:] = 1
+    >>> held_fraction(a, b).tolist()
+    [[0.5]]
+    """
+    return _intersection_over_true(*_mask_overlap(true_masks, pred_masks))
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU float64 [N, M] of boxes a [N, 4] and b [M, 4] in ``x1, y1, x2, y2`` (continuous pixel coordinates).
 
@@ -359,7 +371,7 @@ def error_breakdown(
                     right += int(pred_labels[b] == true_labels[a])
         lost = np.flatnonzero(~found & (area_t > 0))
         if len(lost):
-            frac = inter[lost] / area_t[lost, None]
+            frac = _intersection_over_true(inter, area_t, area_p)[lost]
             union = np.asarray(pred_masks).astype(bool).any(0)
             for i, a in enumerate(lost):
                 b = int(np.argmax(frac[i]))
