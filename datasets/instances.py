@@ -263,22 +263,31 @@ def axis_crop(image: np.ndarray, box: np.ndarray, mask: np.ndarray, f: Any, *, m
 
 
 def instance_crops(
-    image: np.ndarray, boxes: np.ndarray, masks: np.ndarray, infos: Sequence[Any], mode: str = "straight"
+    image: np.ndarray,
+    boxes: np.ndarray,
+    masks: np.ndarray,
+    infos: Sequence[Any],
+    mode: str = "straight",
+    straight: Sequence[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """The classifier's crop of each instance (``infos[i]`` measured on ``masks[i]``) in crop ``mode``.
 
     ``"straight"``: :func:`tight_crop`; ``"axis"``: :func:`axis_crop`, at least 1.5x the median chromosome
     width of the instances given wide. Empty crops (``[0, 0]``) mark degenerate instances, the same ones in
     every mode (an instance without a straightened crop has no axis crop either), so that the crops of two
-    modes (an ensemble's members) describe the same chromosomes.
+    modes (an ensemble's members) describe the same chromosomes. ``straight``: the instances' straight crops
+    when the caller has them already (they are not cut again).
     """
-    if check_crop_mode(mode) == "straight":
-        return [tight_crop(f) for f in infos]
+    check_crop_mode(mode)
+    if straight is None:
+        straight = [tight_crop(f) for f in infos]
+    if mode == "straight":
+        return list(straight)
     widths = [float(f.mean_width_px) for f in infos if f.length_px > 0]
     min_w = 1.5 * float(np.median(widths)) if widths else 0.0
     return [
-        axis_crop(image, b, m, f, min_width=min_w) if tight_crop(f).size else np.zeros((0, 0), np.float32)
-        for b, m, f in zip(boxes, masks, infos)
+        axis_crop(image, b, m, f, min_width=min_w) if s.size else np.zeros((0, 0), np.float32)
+        for b, m, f, s in zip(boxes, masks, infos, straight)
     ]
 
 
@@ -347,10 +356,7 @@ def spread_instances_by_mode(
     feats, infos = spread_features(image, rec.masks[idx])
     feats = np.asarray(feats, np.float32)
     straight = [tight_crop(f) for f in infos]
-    all_crops = {
-        mode: straight if mode == "straight" else instance_crops(image, rec.boxes[idx], rec.masks[idx], infos, mode)
-        for mode in specs
-    }
+    all_crops = {mode: instance_crops(image, rec.boxes[idx], rec.masks[idx], infos, mode, straight) for mode in specs}
     keep = []
     for j, i in enumerate(idx):
         if rec.labels[i] <= 0:

@@ -390,7 +390,7 @@ class KaryotypePipeline:
             crops = [tight_crop(f) for f in feats]
             by_mode = {"straight": crops}
             for mode in sorted({c.crop_mode for _, c in self.cls_members} - {"straight"}):
-                by_mode[mode] = instance_crops(image, rec.boxes, rec.masks, feats, mode)
+                by_mode[mode] = instance_crops(image, rec.boxes, rec.masks, feats, mode, crops)
             probs = (
                 np.asarray(predict_members(self.cls_members, by_mode, x, flip=self.flip_tta), np.float32)
                 if n
