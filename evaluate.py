@@ -56,6 +56,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="fraction of groups in the test split (as the trainers' --test-fraction; needed for --split test)",
     )
     d.add_argument("--split-seed", type=int, default=0)
+    d.add_argument(
+        "--derive-crossings",
+        choices=("nearest", "axis"),
+        default="nearest",
+        help="voc: how the true masks derived from the boxes share crossing chromosomes: nearest (disjoint, the "
+        "default and the README's figures) or axis (the crossing belongs to both; datasets/derive_masks.py rule 5)",
+    )
     d.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images of the split (0 = all)")
     d.add_argument("--synthetic-n", type=int, default=50, help="images of the synthetic dataset")
     d.add_argument(
@@ -117,6 +124,12 @@ def _dataset(args: argparse.Namespace):
             kw["config"] = SyntheticConfig(image_size=(args.synthetic_size, args.synthetic_size))
     elif args.data_root is None:
         raise PipelineError(f"--data-root is required for --dataset {args.dataset}")
+    if args.derive_crossings != "nearest":
+        if args.dataset != "voc":
+            raise PipelineError(
+                f"--derive-crossings applies to --dataset voc (masks derived from boxes), not {args.dataset}"
+            )
+        kw["crossings"] = args.derive_crossings
     args.resolved_split = split
     try:
         ds = build_dataset(args.dataset, args.data_root, split, **kw)

@@ -58,6 +58,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     engine.add_test_fraction_argument(g)
     g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
+    g.add_argument(
+        "--derive-crossings",
+        choices=("nearest", "axis"),
+        default="nearest",
+        help="voc datasets: how the masks derived from the boxes share crossing chromosomes: nearest (disjoint, "
+        "default) or axis (the crossing belongs to both, masks may overlap; datasets/derive_masks.py rule 5)",
+    )
     g.add_argument("--synthetic-spreads", type=int, default=100, help="spreads generated for --dataset synthetic")
     from datasets import add_train_only_data_argument
 
@@ -263,6 +270,9 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
     from datasets import check_train_only_data
 
     check_train_only_data(args.train_only_data)
+    uses_voc = "voc" in (args.dataset or ["voc"]) or any(name == "voc" for name, _ in args.train_only_data)
+    if args.derive_crossings != "nearest" and not uses_voc:
+        raise ValueError("--derive-crossings applies to voc datasets (masks derived from boxes); none is given")
     if args.imagenet:
         if not args.backbone.startswith("efficientnet"):
             raise ValueError(f"--imagenet needs an efficientnet_lite*_fpn --backbone, got {args.backbone}")
@@ -301,6 +311,8 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
                 from datasets.synthetic import SyntheticConfig
 
                 kw["config"] = SyntheticConfig(image_size=(112, 128), scale=(150.0, 200.0), debris=(0, 5))
+        if name == "voc":
+            kw["crossings"] = args.derive_crossings
         trains.append(build_dataset(name, root, "train", transforms=train_tf, **kw))
         if args.val_fraction > 0:
             try:
@@ -308,7 +320,8 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
             except ValueError as exc:  # a tiny dataset can have an empty val split
                 print(f"warning: no validation split for {name}: {exc}")
     for name, root in args.train_only_data:
-        trains.append(build_dataset(name, root, "all", transforms=train_tf))
+        extra = {"crossings": args.derive_crossings} if name == "voc" else {}
+        trains.append(build_dataset(name, root, "all", transforms=train_tf, **extra))
     train = trains[0] if len(trains) == 1 else ConcatDataset(trains)
     val = None
     if vals:

@@ -18,6 +18,18 @@ The rule, box by box:
    one pixel ring per step and all boxes at once, into the shared pixels that it claims: a shared pixel goes
    to the box whose own (connected) chromosome reaches it first. Anything still unreached goes to the nearest
    box centre. The output masks are therefore disjoint.
+5. Only with ``crossings="axis"``: where two chromosomes cross, the crossing belongs to both, and the other
+   chromosome's arms to neither. Each box claiming shared pixels gets a straight axis across it: of its two
+   diagonals and two mid-lines (each ``inset`` px inside the box's ends: half a chromosome's width plus the
+   boxes' margin around their chromosomes), the one along which the smoothed image is darkest. A shared pixel
+   then belongs to every claimant whose axis passes within half a chromosome width of it (the width from the
+   distance transform of the image's foreground: twice its mean), and where no axis passes that close it keeps
+   the owner rule 4 gave it. The masks may then overlap at crossings, as the true masks of crossing
+   chromosomes do. On the ADIR M-FISH slides, whose masks are annotated pixel by pixel with crossings shared,
+   masks derived from their boxes match their true masks at IoU >= 0.5 for 94.8 % of the chromosomes that
+   cross another (84.5 % with the default rule) and 98.1 % of all (95.0 %), on the val slides
+   (``benchmarks/derived_vs_true_masks.py``; the rule's two choices, ``inset`` and the width, were picked on
+   the train slides: there 87.2 % against 58.2 % of the crossing ones).
 """
 
 from __future__ import annotations
@@ -28,7 +40,18 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["box_margin", "derive_masks", "ellipse_mask", "otsu_threshold", "outward_margins"]
+__all__ = [
+    "CROSSING_RULES",
+    "box_margin",
+    "contact_kinds",
+    "derive_masks",
+    "ellipse_mask",
+    "otsu_threshold",
+    "outward_margins",
+]
+
+#: how pixels claimed by several boxes are shared out (rules 4 and 5 of the module docstring)
+CROSSING_RULES = ("nearest", "axis")
 
 
 def otsu_threshold(values: np.ndarray) -> float:
@@ -77,6 +100,7 @@ def derive_masks(
     margin: int = 3,
     sigma: float = 1.0,
     min_fill: float = 0.08,
+    crossings: str = "nearest",
     stats: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Derive one chromosome mask per box by thresholding inside the box (see the module docstring for the rule).
@@ -90,10 +114,15 @@ def derive_masks(
         sigma: Gaussian smoothing in pixels before thresholding.
         min_fill: a component must cover at least this fraction of the box area, otherwise the ellipse
             inscribed in the box is used.
+        crossings: "nearest" (default): every pixel goes to one box, the masks are disjoint (rule 4);
+            "axis": the crossing of two chromosomes goes to both, the masks may overlap (rule 5).
         stats: optional dict; ``stats["ellipse_fallback"]`` and ``stats["shared_pixels"]`` are incremented.
 
     Returns:
-        uint8 [N, H, W] masks in {0, 1}, pairwise disjoint.
+        uint8 [N, H, W] masks in {0, 1}, pairwise disjoint with ``crossings="nearest"``.
+
+    Raises:
+        ValueError: ``image`` is not 2-D, or ``crossings`` is not one of :data:`CROSSING_RULES`.
 
     >>> img = np.ones((40, 40), np.float32); img[10:30, 18:22] = 0.2
     >>> m = derive_masks(img, np.array([[16, 8, 24, 32]], np.float32))
@@ -103,6 +132,8 @@ def derive_masks(
     img = np.asarray(image, np.float32)
     if img.ndim != 2:
         raise ValueError(f"derive_masks needs a 2-D grey image, got shape {img.shape}")
+    if crossings not in CROSSING_RULES:
+        raise ValueError(f"derive_masks: crossings must be one of {CROSSING_RULES}, got {crossings!r}")
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     h, w = img.shape
     n = len(boxes)
@@ -160,8 +191,60 @@ def derive_masks(
             out[i, ya:yb, xa:xb] = best
     if stats is not None:
         stats["ellipse_fallback"] += fallback
+    claimed = out.copy() if crossings == "axis" else None
     _resolve_shared(out, boxes, stats)
+    if claimed is not None:
+        _share_crossings(out, claimed, boxes, dark)
     return out
+
+
+def _segment_distance(xx: np.ndarray, yy: np.ndarray, seg: tuple[float, float, float, float]) -> np.ndarray:
+    """Distance (px) of the points (xx, yy) to the segment ``(x0, y0, x1, y1)``."""
+    x0, y0, x1, y1 = seg
+    vx, vy = x1 - x0, y1 - y0
+    t = np.clip(((xx - x0) * vx + (yy - y0) * vy) / max(vx * vx + vy * vy, 1e-9), 0.0, 1.0)
+    return np.hypot(xx - (x0 + t * vx), yy - (y0 + t * vy))
+
+
+def _box_axis(dark: np.ndarray, box: np.ndarray, inset: float) -> tuple[float, float, float, float]:
+    """The straight axis across ``box`` (pixel centres; its two diagonals and two mid-lines, ends ``inset`` px
+    inside the box) along which ``dark`` (chromosomes high) has the highest mean."""
+    h, w = dark.shape
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ix = min(inset, max(0.0, (x2 - x1 - 1) / 2))
+    iy = min(inset, max(0.0, (y2 - y1 - 1) / 2))
+    xa, xb, ya, yb = x1 + ix, x2 - 1 - ix, y1 + iy, y2 - 1 - iy
+    cx, cy = (xa + xb) / 2, (ya + yb) / 2
+    best, best_mean = (xa, ya, xb, yb), -np.inf
+    t = np.linspace(0.0, 1.0, 50)
+    for seg in ((xa, ya, xb, yb), (xb, ya, xa, yb), (xa, cy, xb, cy), (cx, ya, cx, yb)):
+        xs = np.clip(np.round(seg[0] + t * (seg[2] - seg[0])).astype(int), 0, w - 1)
+        ys = np.clip(np.round(seg[1] + t * (seg[3] - seg[1])).astype(int), 0, h - 1)
+        mean = float(dark[ys, xs].mean())
+        if mean > best_mean:
+            best, best_mean = seg, mean
+    return best
+
+
+def _share_crossings(masks: np.ndarray, claimed: np.ndarray, boxes: np.ndarray, dark: np.ndarray) -> None:
+    """Rule 5 of the module docstring, in place: ``masks`` [N, H, W] are the disjoint masks of rule 4,
+    ``claimed`` the masks before it (each box's whole component)."""
+    count = claimed.sum(0, dtype=np.uint16)
+    ys, xs = np.nonzero(count > 1)
+    if not len(xs):
+        return
+    fg = claimed.any(0).astype(np.uint8)
+    half_width = 2.0 * float(cv2.distanceTransform(fg, cv2.DIST_L2, 3)[fg > 0].mean())
+    inset = half_width + box_margin(boxes, masks)
+    ids = np.flatnonzero(claimed[:, ys, xs].any(1))
+    px, py = xs.astype(np.float64), ys.astype(np.float64)
+    near = np.zeros((len(ids), len(xs)), bool)
+    for k, j in enumerate(ids):
+        axis = _box_axis(dark, boxes[j], inset)
+        near[k] = (claimed[j, ys, xs] > 0) & (_segment_distance(px, py, axis) <= half_width)
+    near_any = near.any(0)
+    for k, j in enumerate(ids):
+        masks[j, ys, xs] = near[k] | ((masks[j, ys, xs] > 0) & ~near_any)
 
 
 def _axis_distance(mask: np.ndarray, count: np.ndarray, box: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
@@ -258,6 +341,29 @@ def _resolve_shared(masks: np.ndarray, boxes: np.ndarray, stats: dict[str, Any] 
         for k, j in enumerate(ids):
             region = masks[j, ya2:yb2, xa2:xb2]
             region[shw & (owner != k)] = 0
+
+
+def contact_kinds(masks: np.ndarray, gap: int = 2) -> list[str]:
+    """How each of the true (possibly overlapping) ``masks`` [N, H, W] lies among the others: "crossing" when it
+    shares pixels with another mask, "touching" when another comes within ``gap`` px of it, else "isolated".
+
+    >>> m = np.zeros((3, 20, 20), np.uint8); m[0, 2:18, 9:11] = 1; m[1, 9:11, 2:18] = 1; m[2, 2:4, 12:18] = 1
+    >>> contact_kinds(m)
+    ['crossing', 'crossing', 'touching']
+    """
+    m = np.asarray(masks) > 0
+    if not len(m):
+        return []
+    count = m.sum(0, dtype=np.uint16)
+    kernel = np.ones((2 * gap + 1, 2 * gap + 1), np.uint8)
+    kinds = []
+    for j in range(len(m)):
+        if (m[j] & (count > 1)).any():
+            kinds.append("crossing")
+            continue
+        near = cv2.dilate(m[j].astype(np.uint8), kernel).astype(bool)
+        kinds.append("touching" if (near & ((count - m[j]) > 0)).any() else "isolated")
+    return kinds
 
 
 def outward_margins(boxes: np.ndarray, masks: np.ndarray) -> np.ndarray:

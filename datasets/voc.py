@@ -28,7 +28,7 @@ import numpy as np
 from karyogram.labels import UnknownClassError, id_of
 
 from .base import RecordDataset
-from .derive_masks import box_margin, derive_masks
+from .derive_masks import CROSSING_RULES, box_margin, derive_masks
 from .errors import AnnotationError
 from .io import IMAGE_EXTENSIONS, read_image
 from .record import KaryoRecord
@@ -116,6 +116,8 @@ class VOCDataset(RecordDataset):
         derive: derive masks from the boxes (:func:`datasets.derive_masks.derive_masks`); if False,
             ``masks`` is None (fast, e.g. for statistics).
         class_agnostic: set every label to 0 (one "chromosome" class).
+        crossings: how derived masks share the pixels of crossing chromosomes: "nearest" (disjoint masks) or
+            "axis" (the crossing goes to both); :func:`datasets.derive_masks.derive_masks`.
         **kw: passed to :class:`datasets.base.RecordDataset` (val_fraction, test_fraction, seed, transforms).
 
     Records: ``meta`` has source "voc", image_id (file stem), path, group (= image id), ``karyotype``
@@ -125,8 +127,20 @@ class VOCDataset(RecordDataset):
 
     source = "voc"
 
-    def __init__(self, root, split: str = "all", *, derive: bool = True, class_agnostic: bool = False, **kw) -> None:
+    def __init__(
+        self,
+        root,
+        split: str = "all",
+        *,
+        derive: bool = True,
+        class_agnostic: bool = False,
+        crossings: str = "nearest",
+        **kw,
+    ) -> None:
+        if crossings not in CROSSING_RULES:
+            raise ValueError(f"VOCDataset: crossings must be one of {CROSSING_RULES}, got {crossings!r}")
         self.derive = derive
+        self.crossings = crossings
         self.class_agnostic = class_agnostic
         self.derive_counts: Counter[str] = Counter()
         root_p = Path(root)
@@ -218,7 +232,7 @@ class VOCDataset(RecordDataset):
             meta["karyotype"] = dict(self._karyotypes[xml_path.stem])
         if self.derive:
             st: dict[str, Any] = {}
-            masks = derive_masks(image, boxes_a, stats=st)
+            masks = derive_masks(image, boxes_a, crossings=self.crossings, stats=st)
             meta["mask_fallbacks"] = st["ellipse_fallback"]
             # the annotated boxes stand a few pixels outside the derived masks: transforms keep that margin
             meta["box_margin"] = box_margin(boxes_a, masks)

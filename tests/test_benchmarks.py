@@ -169,3 +169,34 @@ def test_merged_masks_finds_a_mask_that_holds_two_chromosomes(monkeypatch, tmp_p
     assert out.is_file() and not (tmp_path / "merged.tmp.png").exists()
     with pytest.raises(SystemExit, match="validation split"):
         mod.main(["--dataset", "synthetic", "--split", "test"])
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_derived_vs_true_masks_on_the_mfish_fixture(capsys):
+    mod = _load_benchmark("derived_vs_true_masks")
+    fixtures = ROOT / "tests" / "fixtures"
+    argv = ["--data-root", str(fixtures / "mfish"), "--split", "all"]
+    res = mod.main(mod.get_args_parser().parse_args(argv))
+    assert res["images"] == 1 and res["chromosomes"] == 51
+    for rule in ("nearest", "axis"):
+        s = res["rules"][rule]
+        assert s["all"]["n"] == s["isolated"]["n"] + s["touching"]["n"] + s["crossing"]["n"] == 51
+        assert s["crossing"]["n"] == 16 and 0.0 <= s["all"]["mean_iou"] <= 1.0
+    # on this slide the isolated chromosomes get the same masks under either rule, the crossing ones fit better with "axis"
+    assert res["rules"]["axis"]["isolated"] == res["rules"]["nearest"]["isolated"]
+    assert res["rules"]["axis"]["crossing"]["mean_iou"] > res["rules"]["nearest"]["crossing"]["mean_iou"]
+    assert "| axis | crossing | 16 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no true pixel masks"):
+        mod.main(
+            mod.get_args_parser().parse_args(
+                ["--dataset", "voc", "--data-root", str(fixtures / "cil"), "--split", "all"]
+            )
+        )
+    with pytest.raises(SystemExit, match="unknown"):
+        mod.main(mod.get_args_parser().parse_args([*argv, "--rules", "middle"]))

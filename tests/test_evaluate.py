@@ -256,6 +256,18 @@ def test_split_test_works_on_every_dataset_kind(kind, root, fraction, weights, t
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["split"] == "test"
 
 
+def test_derive_crossings_is_for_voc_and_reaches_the_loader(tmp_path):
+    base = ["--stage", "seg", "--out", str(tmp_path / "e"), "--derive-crossings", "axis"]
+    args = evaluate.get_args_parser().parse_args(["--dataset", "mfish", "--data-root", str(FIXTURES / "mfish"), *base])
+    with pytest.raises(evaluate.PipelineError, match="--derive-crossings applies to --dataset voc"):
+        evaluate._dataset(args)
+    args = evaluate.get_args_parser().parse_args(
+        ["--dataset", "voc", "--data-root", str(FIXTURES / "cil"), "--split", "all", *base]
+    )
+    ds, n = evaluate._dataset(args)
+    assert ds.crossings == "axis" and n == 2
+
+
 def test_split_test_without_test_fraction_says_what_to_do(weights, tmp_path):  # noqa: F811
     argv = ["--dataset", "voc", "--data-root", str(FIXTURES / "cil"), "--split", "test", "--stage", "seg"]
     args = evaluate.get_args_parser().parse_args([*argv, "--out", str(tmp_path / "e")])

@@ -238,6 +238,7 @@ def test_smoke_training_resume_and_rebuild(tmp_path):
         (["--resume", "/no/such/ckpt.pth"], FileNotFoundError, "/no/such/ckpt.pth"),
         (["--epochs", "0"], ValueError, "--epochs"),
         (["--detections-per-img", "50"], ValueError, "detections-per-img"),
+        (["--derive-crossings", "axis"], ValueError, "--derive-crossings applies to voc"),
     ],
 )
 def test_bad_flags_fail_clearly(tmp_path, extra, exc, msg):

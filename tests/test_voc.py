@@ -89,6 +89,59 @@ def test_derive_masks_crossing_rods_each_keep_their_arms():
     assert not masks[0, 38:42, 12:30].any() and not masks[1, 12:30, 38:42].any()
 
 
+def _x_crossing():
+    """Two rods crossing in an X, their boxes (4 px outside the rods) nearly the same, and their true masks."""
+    img = np.full((100, 100), 0.9, np.float32)
+    true = np.zeros((2, 100, 100), np.uint8)
+    cv2.line(true[0], (20, 15), (78, 85), 1, 9)
+    cv2.line(true[1], (78, 18), (22, 82), 1, 9)
+    img[true.any(0)] = 0.3
+    boxes = []
+    for t in true:
+        ys, xs = np.nonzero(t)
+        boxes.append((xs.min() - 4, ys.min() - 4, xs.max() + 5, ys.max() + 5))
+    return img, np.array(boxes, np.float32), true.astype(bool)
+
+
+def _ious(masks, true):
+    m = masks.astype(bool)
+    return [(a & b).sum() / (a | b).sum() for a, b in zip(m, true)]
+
+
+def test_derive_masks_axis_rule_gives_an_x_crossing_to_both_chromosomes():
+    img, boxes, true = _x_crossing()
+    nearest = derive_masks(img, boxes)
+    assert min(_ious(nearest, true)) < 0.6  # the default rule gives the crossing and an arm to one box
+    assert (nearest.sum(0) <= 1).all()
+    axis = derive_masks(img, boxes, crossings="axis")
+    assert min(_ious(axis, true)) > 0.9
+    assert axis[0, 50, 50] and axis[1, 50, 50]  # the crossing belongs to both
+    # far along each rod, only its own mask
+    assert axis[0, 20, 25] and not axis[1, 20, 25] and axis[1, 78, 26] and not axis[0, 78, 26]
+
+
+def test_derive_masks_axis_rule_leaves_masks_without_shared_pixels_alone():
+    img, boxes = _rods_image()
+    img = img.astype(np.float32) / 255
+    assert np.array_equal(
+        derive_masks(img, np.array(boxes, np.float32)), derive_masks(img, np.array(boxes, np.float32), crossings="axis")
+    )
+    with pytest.raises(ValueError, match="crossings must be one of"):
+        derive_masks(img, np.array(boxes, np.float32), crossings="middle")
+
+
+def test_voc_crossings_option_reaches_the_derived_masks():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nearest, axis = VOCDataset(CIL)[0], VOCDataset(CIL, crossings="axis")[0]
+    assert (nearest.masks.sum(0) <= 1).all()
+    assert (axis.masks.sum(0) > 1).any()  # this spread has crossing chromosomes
+    same = [np.array_equal(a, b) for a, b in zip(nearest.masks, axis.masks)]
+    assert 0 < sum(same) < len(same)
+    with pytest.raises(ValueError, match="crossings must be one of"):
+        VOCDataset(CIL, crossings="middle")
+
+
 def test_derive_masks_ellipse_fallback_on_blank_image_is_counted():
     img = np.full((50, 50), 0.8, np.float32)
     boxes = np.array([[10, 10, 30, 40]], np.float32)
