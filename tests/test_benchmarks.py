@@ -200,3 +200,28 @@ def test_derived_vs_true_masks_on_the_mfish_fixture(capsys):
         )
     with pytest.raises(SystemExit, match="unknown"):
         mod.main(mod.get_args_parser().parse_args([*argv, "--rules", "middle"]))
+
+
+def test_show_derived_masks_compares_the_crossing_rules(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    mod = _load_benchmark("show_derived_masks")
+    (tmp_path / "JEPG").mkdir()
+    (tmp_path / "annotations").mkdir()
+    img = np.full((100, 100), 230, np.uint8)
+    cv2.line(img, (20, 15), (78, 85), 60, 9)  # two rods crossing in an X
+    cv2.line(img, (78, 18), (22, 82), 60, 9)
+    cv2.imwrite(str(tmp_path / "JEPG" / "x.png"), img)
+    objects = "".join(
+        f"<object><name>{k}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
+        "</bndbox></object>"
+        for k, (x1, y1, x2, y2) in enumerate([(11, 6, 87, 94), (13, 9, 87, 91)], start=1)
+    )
+    (tmp_path / "annotations" / "x.xml").write_text(f"<annotation>{objects}</annotation>")
+    out = tmp_path / "crossings.png"
+    argv = ["--root", str(tmp_path), "--ids", "x", "--crossings", "compare", "--out", str(out)]
+    mod.main(mod.get_args_parser().parse_args(argv))
+    assert out.stat().st_size > 0 and "(1 crossings)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not in"):
+        mod.main(mod.get_args_parser().parse_args([*argv[:2], "--ids", "nope", *argv[4:]]))
