@@ -129,12 +129,19 @@ def compare_crossings(args: argparse.Namespace, plt) -> None:
         ax_r.set_title('crossings="axis"', fontsize=8)
         ax_l.axis("off")
         ax_r.axis("off")
-    fig.suptitle("Two derived masks at a crossing: red, blue, both purple", fontsize=10)
-    fig.text(0.5, 0.005, "Images: CIL:54816, CC BY 4.0, Tseng et al., Sci Data 10:104 (2023)", ha="center", fontsize=7)
-    fig.tight_layout(rect=(0, 0.015, 1, 0.98))
-    atomic_save_figure(fig, args.out, dpi=110)
-    plt.close(fig)
+    _save(fig, plt, "Two derived masks at a crossing: red, blue, both purple", args.out, (0, 0.015, 1, 0.98))
     print(f"wrote {args.out} ({len(rows)} crossings)")
+
+
+def _save(fig, plt, title: str, out: str, rect: tuple[float, float, float, float]) -> None:
+    """Title, CIL attribution, layout; written atomically."""
+    fig.suptitle(title, fontsize=10)
+    fig.text(
+        0.5, rect[1] / 3, "Images: CIL:54816, CC BY 4.0, Tseng et al., Sci Data 10:104 (2023)", ha="center", fontsize=8
+    )
+    fig.tight_layout(rect=rect)
+    atomic_save_figure(fig, out, dpi=110)
+    plt.close(fig)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -166,11 +173,8 @@ def main(args: argparse.Namespace) -> None:
             fontsize=9,
         )
         ax.axis("off")
-    fig.suptitle("Masks derived from bounding boxes (datasets/derive_masks.py); grey: annotated boxes", fontsize=10)
-    fig.text(0.5, 0.01, "Images: CIL:54816, CC BY 4.0, Tseng et al., Sci Data 10:104 (2023)", ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
-    atomic_save_figure(fig, args.out, dpi=110)
-    plt.close(fig)
+    title = "Masks derived from bounding boxes (datasets/derive_masks.py); grey: annotated boxes"
+    _save(fig, plt, title, args.out, (0, 0.03, 1, 0.95))
     print(f"wrote {args.out}")
 
 
