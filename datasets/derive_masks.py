@@ -18,8 +18,8 @@ The rule, box by box:
    one pixel ring per step and all boxes at once, into the shared pixels that it claims: a shared pixel goes
    to the box whose own (connected) chromosome reaches it first. Anything still unreached goes to the nearest
    box centre. The output masks are therefore disjoint.
-5. Only with ``crossings="axis"``: where two chromosomes cross, the crossing belongs to both, and the other
-   chromosome's arms to neither. Each box claiming shared pixels gets a straight axis across it: of its two
+5. Only with ``crossings="axis"``: where two chromosomes cross, the crossing belongs to both, and each one's arms
+   to it alone. Each box claiming shared pixels gets a straight axis across it: of its two
    diagonals and two mid-lines (each ``inset`` px inside the box's ends: half a chromosome's width plus the
    boxes' margin around their chromosomes), the one along which the smoothed image is darkest. A shared pixel
    then belongs to every claimant whose axis passes within half a chromosome width of it (the width from the
