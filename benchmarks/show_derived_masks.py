@@ -3,10 +3,11 @@
     python benchmarks/show_derived_masks.py --root ../shared/data/cil54816 --out docs/derived_masks.png
     python benchmarks/show_derived_masks.py --crossings compare --out docs/crossing_masks.png
 
-With ``--crossings compare``, each row is one place where two derived masks would share pixels: the image,
-the two chromosomes' masks under the default rule (disjoint) and under ``crossings="axis"`` (the crossing
-belongs to both; overlap purple). Otherwise each panel is a crop (``--crop`` px square, at the densest part of the spread) with every derived mask in its
-own colour, its outline, and the annotated box as a thin grey rectangle. Data: CIL:54816, CC BY 4.0
+Each panel is a crop (``--crop`` px square, at the densest part of the spread) with every derived mask in its
+own colour, its outline, and the annotated box as a thin grey rectangle. With ``--crossings compare``, each
+row is instead one place where two derived masks share pixels under ``crossings="axis"``: the two
+chromosomes' masks under the default rule (disjoint) and under the axis rule (the crossing belongs to both;
+overlap purple). Data: CIL:54816, CC BY 4.0
 (Tseng et al., Sci Data 10:104 (2023), doi:10.1038/s41597-023-02003-7).
 """
 
