@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from datasets.derive_masks import CROSSING_RULES
 from karyotyping.core import (
     DEFAULT_CLS_WEIGHTS,
     DEFAULT_SEG_WEIGHTS,
@@ -58,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--split-seed", type=int, default=0)
     d.add_argument(
         "--derive-crossings",
-        choices=("nearest", "axis"),
+        choices=CROSSING_RULES,
         default="nearest",
         help="voc: how the true masks derived from the boxes share crossing chromosomes: nearest (disjoint, the "
         "default and the README's figures) or axis (the crossing belongs to both; datasets/derive_masks.py rule 5)",

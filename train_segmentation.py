@@ -58,9 +58,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     engine.add_test_fraction_argument(g)
     g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
+    from datasets.derive_masks import CROSSING_RULES
+
     g.add_argument(
         "--derive-crossings",
-        choices=("nearest", "axis"),
+        choices=CROSSING_RULES,
         default="nearest",
         help="voc datasets: how the masks derived from the boxes share crossing chromosomes: nearest (disjoint, "
         "default) or axis (the crossing belongs to both, masks may overlap; datasets/derive_masks.py rule 5)",
@@ -270,7 +272,7 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
     from datasets import check_train_only_data
 
     check_train_only_data(args.train_only_data)
-    uses_voc = "voc" in (args.dataset or ["voc"]) or any(name == "voc" for name, _ in args.train_only_data)
+    uses_voc = "voc" in args.dataset or any(name == "voc" for name, _ in args.train_only_data)
     if args.derive_crossings != "nearest" and not uses_voc:
         raise ValueError("--derive-crossings applies to voc datasets (masks derived from boxes); none is given")
     if args.imagenet:

@@ -57,9 +57,9 @@ def _tile(image: np.ndarray, box: tuple[int, int, int, int], masks, colours, box
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    import cv2
 
     from datasets import build_dataset
+    from fileio import atomic_write_image
     from karyotyping.detection import binarize_masks, detect_soft
     from karyotyping.runtime import resolve_device
     from metrics.matching import held_fraction
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         np.hstack([x for p in pairs[j : j + per_row] for x in (p, gap)][:-1]) for j in range(0, len(pairs), per_row)
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp.png")
-    cv2.imwrite(str(tmp), np.vstack(rows))
-    tmp.replace(args.out)
+    atomic_write_image(args.out, np.vstack(rows)[..., ::-1])  # the tiles are BGR (OpenCV); it takes RGB
     print(f"wrote {args.out}")
     return 0
 

@@ -191,11 +191,20 @@ def derive_masks(
             out[i, ya:yb, xa:xb] = best
     if stats is not None:
         stats["ellipse_fallback"] += fallback
-    claimed = out.copy() if crossings == "axis" else None
+    # rule 5 needs, from before rule 4, only who claimed each shared pixel and the foreground
+    claims = _claims(out) if crossings == "axis" else None
     _resolve_shared(out, boxes, stats)
-    if claimed is not None:
-        _share_crossings(out, claimed, boxes, dark)
+    if claims is not None:
+        _share_crossings(out, claims, boxes, dark)
     return out
+
+
+def _claims(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(ys, xs, claimed, fg)``: the pixels several ``masks`` [N, H, W] claim, which masks claim each (bool
+    [N, len(xs)]), and the union of the masks (uint8 [H, W])."""
+    count = masks.sum(0, dtype=np.uint16)
+    ys, xs = np.nonzero(count > 1)
+    return ys, xs, masks[:, ys, xs] > 0, (count > 0).astype(np.uint8)
 
 
 def _segment_distance(xx: np.ndarray, yy: np.ndarray, seg: tuple[float, float, float, float]) -> np.ndarray:
@@ -226,22 +235,25 @@ def _box_axis(dark: np.ndarray, box: np.ndarray, inset: float) -> tuple[float, f
     return best
 
 
-def _share_crossings(masks: np.ndarray, claimed: np.ndarray, boxes: np.ndarray, dark: np.ndarray) -> None:
+def _share_crossings(
+    masks: np.ndarray,
+    claims: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    boxes: np.ndarray,
+    dark: np.ndarray,
+) -> None:
     """Rule 5 of the module docstring, in place: ``masks`` [N, H, W] are the disjoint masks of rule 4,
-    ``claimed`` the masks before it (each box's whole component)."""
-    count = claimed.sum(0, dtype=np.uint16)
-    ys, xs = np.nonzero(count > 1)
+    ``claims`` what :func:`_claims` said of the masks before it (each box's whole component)."""
+    ys, xs, claimed, fg = claims
     if not len(xs):
         return
-    fg = claimed.any(0).astype(np.uint8)
     half_width = 2.0 * float(cv2.distanceTransform(fg, cv2.DIST_L2, 3)[fg > 0].mean())
     inset = half_width + box_margin(boxes, masks)
-    ids = np.flatnonzero(claimed[:, ys, xs].any(1))
+    ids = np.flatnonzero(claimed.any(1))
     px, py = xs.astype(np.float64), ys.astype(np.float64)
     near = np.zeros((len(ids), len(xs)), bool)
     for k, j in enumerate(ids):
         axis = _box_axis(dark, boxes[j], inset)
-        near[k] = (claimed[j, ys, xs] > 0) & (_segment_distance(px, py, axis) <= half_width)
+        near[k] = claimed[j] & (_segment_distance(px, py, axis) <= half_width)
     near_any = near.any(0)
     for k, j in enumerate(ids):
         masks[j, ys, xs] = near[k] | ((masks[j, ys, xs] > 0) & ~near_any)

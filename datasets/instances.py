@@ -362,7 +362,7 @@ def spread_instances_by_mode(
         if rec.labels[i] <= 0:
             skipped["unknown class (label 0)"] += 1
             continue
-        if straight[j].size == 0 or any(all_crops[mode][j].size == 0 for mode in specs):
+        if any(all_crops[mode][j].size == 0 for mode in specs):  # (empty in every mode alike)
             skipped["no centre line (degenerate mask)"] += 1
             continue
         keep.append(j)
