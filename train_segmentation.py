@@ -90,6 +90,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "validation and inference see whole spreads",
     )
     g.add_argument(
+        "--lab-augment",
+        action="store_true",
+        help="with --fixed-scale and --crop-size: crop first then scale (jittered by --scale-jitter), and augment "
+        "with what differs between labs (gamma, local contrast, sharpening, blur, noise, JPEG; "
+        "datasets.transforms.lab_train_transforms)",
+    )
+    g.add_argument(
+        "--scale-jitter",
+        type=float,
+        nargs=2,
+        default=(1.0, 1.0),
+        metavar=("LO", "HI"),
+        help="with --lab-augment: the training scale is --fixed-scale times a factor drawn log-uniformly from "
+        "[LO, HI] (default 1 1: none)",
+    )
+    g.add_argument(
         "--copy-paste",
         type=int,
         default=0,
@@ -128,6 +144,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         nargs="+",
         default=[256, 256, 256, 256],
         help="channels of the mask head's conv layers (e.g. 128 128: a much cheaper head on CPU)",
+    )
+    g.add_argument(
+        "--mask-roi-size",
+        type=int,
+        default=14,
+        help="RoIAlign grid of the mask head (14: 28x28 masks, torchvision's; 28: 56x56, finer)",
     )
     g.add_argument(
         "--box-head-dim", type=int, default=1024, help="width of the box head's two FC layers (256: small, fast model)"
@@ -245,6 +267,13 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
         raise ValueError(f"--fixed-scale must be in [0.05, 4], got {args.fixed_scale}")
     if args.crop_size is not None and (args.fixed_scale is None or args.crop_size < 64):
         raise ValueError("--crop-size needs --fixed-scale and at least 64 pixels")
+    if args.lab_augment and (args.fixed_scale is None or args.crop_size is None or not args.augment):
+        raise ValueError("--lab-augment needs --fixed-scale, --crop-size and --augment")
+    lo, hi = args.scale_jitter
+    if not 0 < lo <= hi:
+        raise ValueError(f"--scale-jitter LO HI needs 0 < LO <= HI, got {lo} {hi}")
+    if (lo, hi) != (1.0, 1.0) and not args.lab_augment:
+        raise ValueError("--scale-jitter needs --lab-augment")
     if args.copy_paste < 0 or (args.copy_paste and not args.augment):
         raise ValueError(f"--copy-paste must be >= 0 and needs --augment, got {args.copy_paste}")
     engine.check_test_fraction(args.val_fraction, args.test_fraction)
@@ -301,6 +330,8 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
         max_size=args.max_size,
         crop_size=args.crop_size,
         copy_paste=args.copy_paste if args.augment else 0,
+        lab_augment=args.lab_augment,
+        scale_jitter=tuple(args.scale_jitter),
     )
 
     trains, vals = [], []
@@ -353,6 +384,7 @@ def build_model_config(args: argparse.Namespace):
         box_batch_size_per_image=args.roi_batch_size,
         box_head_dim=args.box_head_dim,
         mask_head_layers=tuple(args.mask_head_layers),
+        mask_roi_size=args.mask_roi_size,
         fixed_scale=args.fixed_scale,
     )
     if args.smoke:  # fewer proposals: seconds, not minutes, on a CPU

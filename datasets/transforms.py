@@ -27,15 +27,20 @@ __all__ = [
     "GaussianBlur",
     "GaussianNoise",
     "HorizontalFlip",
+    "JpegQuality",
+    "LocalContrast",
     "RandomCrop",
     "RandomScale",
     "ResizeLongest",
     "ScaleBy",
+    "ScaleCrop",
+    "Sharpen",
     "Rot90",
     "VerticalFlip",
     "affine_record",
     "default_train_transforms",
     "detector_transforms",
+    "lab_train_transforms",
 ]
 
 
@@ -394,6 +399,45 @@ class RandomCrop:
         return _finish(out, boxes_moved=True)
 
 
+class ScaleCrop:
+    """Crop first, then scale: a random window of the record brought to ``size x size`` pixels at a scale of
+    ``factor`` times a random jitter (drawn log-uniformly from ``jitter``).
+
+    The same result as :class:`ScaleBy` then :class:`RandomCrop`, but only the window's pixels and the
+    masks that reach into it are resized, not every full-size mask: on a CIL spread (46 masks of ~1,000 px)
+    this is what a training step's loader spent most of its time on. ``max_side`` caps the longer side of
+    the whole scaled record, as the detector's own transform caps it. With a jitter the detector sees
+    chromosomes at other sizes than CIL's, so that it tolerates a scale estimate that misses.
+    """
+
+    def __init__(
+        self,
+        factor: float,
+        size: int,
+        *,
+        jitter: tuple[float, float] = (1.0, 1.0),
+        max_side: int | None = None,
+        min_visible: float = 0.3,
+    ) -> None:
+        if not factor > 0:
+            raise ValueError(f"ScaleCrop: the factor must be > 0, got {factor}")
+        lo, hi = (float(v) for v in jitter)
+        if not 0 < lo <= hi:
+            raise ValueError(f"ScaleCrop: jitter must be 0 < lo <= hi, got {jitter}")
+        if size < 16:
+            raise ValueError(f"ScaleCrop({size}): the crop must be at least 16 px")
+        self.factor, self.size, self.jitter, self.max_side = float(factor), int(size), (lo, hi), max_side
+        self.min_visible = float(min_visible)
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator | None = None) -> KaryoRecord:
+        lo, hi = self.jitter
+        j = lo if rng is None or lo == hi else math.exp(float(rng.uniform(math.log(lo), math.log(hi))))
+        f = fixed_scale_factor(rec.height, rec.width, self.factor * j, self.max_side)
+        window = max(16, round(self.size / f))  # the window in the record's own pixels
+        rec = RandomCrop(window, self.min_visible)(rec, rng)
+        return _scale_record(rec, f)
+
+
 # ---------------------------------------------------------------------------------------------- photometric
 class BrightnessContrastGamma:
     """``image -> clip((image ** gamma - 0.5) * contrast + 0.5 + brightness, 0, 1)`` with random factors.
@@ -438,6 +482,48 @@ class GaussianNoise:
         s = float(rng.uniform(self.lo, self.hi))
         img = rec.image + s * rng.standard_normal(rec.image.shape).astype(np.float32)
         return replace(rec, image=np.clip(img, 0, 1).astype(np.float32), meta=dict(rec.meta))
+
+
+class LocalContrast:
+    """CLAHE (contrast-limited adaptive histogram equalisation) with a random clip limit: the strong local
+    contrast and band contrast some labs' processing gives."""
+
+    def __init__(self, clip: tuple[float, float] = (1.0, 4.0), tiles: int = 8) -> None:
+        self.clip, self.tiles = (float(clip[0]), float(clip[1])), int(tiles)
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator) -> KaryoRecord:
+        c = float(rng.uniform(*self.clip))
+        u8 = np.round(np.clip(rec.image, 0, 1) * 255).astype(np.uint8)
+        img = cv2.createCLAHE(clipLimit=c, tileGridSize=(self.tiles, self.tiles)).apply(u8)
+        return replace(rec, image=(img.astype(np.float32) / 255.0), meta=dict(rec.meta))
+
+
+class Sharpen:
+    """Unsharp masking (``image + a * (image - blur(image, sigma))``): sharper edges and stronger bands."""
+
+    def __init__(self, amount: tuple[float, float] = (0.3, 1.5), sigma: tuple[float, float] = (1.0, 3.0)) -> None:
+        self.amount, self.sigma = (float(amount[0]), float(amount[1])), (float(sigma[0]), float(sigma[1]))
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator) -> KaryoRecord:
+        a, s = float(rng.uniform(*self.amount)), float(rng.uniform(*self.sigma))
+        img = rec.image + a * (rec.image - cv2.GaussianBlur(rec.image, (0, 0), s))
+        return replace(rec, image=np.clip(img, 0, 1).astype(np.float32), meta=dict(rec.meta))
+
+
+class JpegQuality:
+    """JPEG compression at a random quality in ``[lo, hi]`` (8-bit round trip through OpenCV's codec)."""
+
+    def __init__(self, lo: int = 20, hi: int = 90) -> None:
+        if not 1 <= lo <= hi <= 100:
+            raise ValueError(f"JpegQuality({lo}, {hi}): need 1 <= lo <= hi <= 100")
+        self.lo, self.hi = int(lo), int(hi)
+
+    def __call__(self, rec: KaryoRecord, rng: np.random.Generator) -> KaryoRecord:
+        q = int(rng.integers(self.lo, self.hi + 1))
+        u8 = np.round(np.clip(rec.image, 0, 1) * 255).astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, q])
+        img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if ok else u8
+        return replace(rec, image=(img.astype(np.float32) / 255.0), meta=dict(rec.meta))
 
 
 # ---------------------------------------------------------------------------------------------- composition
@@ -486,6 +572,26 @@ def default_train_transforms(max_side: int | None = None) -> Compose:
     return Compose(ts, ps)
 
 
+def lab_train_transforms() -> Compose:
+    """The augmentation for images from any lab (after :class:`ScaleCrop`): flips, quarter turns, small free
+    rotation, and what differs between labs' cameras and stainings: gamma (0.45-2.2), contrast, local contrast
+    (CLAHE), band sharpening, blur, noise and JPEG compression. Polarity is not augmented: the pipeline turns a
+    light-on-dark image to dark-on-light before the detector (:mod:`karyotyping.image_checks`)."""
+    ts: list = [
+        HorizontalFlip(),
+        VerticalFlip(),
+        Rot90(),
+        FreeRotation(20.0),
+        BrightnessContrastGamma(0.1, 0.35, 0.8),
+        LocalContrast((1.0, 4.0)),
+        Sharpen(),
+        GaussianBlur(0.3, 2.0),
+        GaussianNoise(0.0, 0.04),
+        JpegQuality(20, 90),
+    ]
+    return Compose(ts, [0.5, 0.5, 0.5, 0.3, 0.8, 0.25, 0.2, 0.3, 0.3, 0.25])
+
+
 def detector_transforms(
     *,
     augment: bool = True,
@@ -494,6 +600,8 @@ def detector_transforms(
     max_size: int = 1333,
     crop_size: int | None = None,
     copy_paste: int = 0,
+    lab_augment: bool = False,
+    scale_jitter: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[Compose | None, Compose | ResizeLongest | None]:
     """The detector trainer's (train, val) record transforms.
 
@@ -506,11 +614,26 @@ def detector_transforms(
         crop_size: with ``fixed_scale``, random square crops of training records of this many pixels.
         copy_paste: paste up to this many chromosomes from earlier spreads into each training record, last
             (:class:`datasets.copy_paste.CopyPaste`; 0: off).
+        lab_augment: with ``fixed_scale`` and ``crop_size``: crop first then scale (:class:`ScaleCrop`, the scale
+            jittered by ``scale_jitter``), then :func:`lab_train_transforms` instead of the default augmentation.
+        scale_jitter: (lo, hi) factors around ``fixed_scale`` for ``lab_augment`` (log-uniform).
     """
     if fixed_scale is not None and resize_longest is not None:
         raise ValueError("fixed_scale and resize_longest both set the scale: give one")
     if crop_size is not None and fixed_scale is None:
         raise ValueError("crop_size needs fixed_scale")
+    if lab_augment:
+        if fixed_scale is None or crop_size is None or resize_longest is not None:
+            raise ValueError("lab_augment needs fixed_scale and crop_size (and no resize_longest)")
+        if not augment:
+            raise ValueError("lab_augment needs augment")
+        steps_lab: list = [ScaleCrop(fixed_scale, crop_size, jitter=scale_jitter, max_side=max_size)]
+        steps_lab.append(lab_train_transforms())
+        if copy_paste:
+            from .copy_paste import CopyPaste
+
+            steps_lab.append(CopyPaste(copy_paste))
+        return Compose(steps_lab), None
     resize = None
     val_tf: ResizeLongest | None = None
     if resize_longest:

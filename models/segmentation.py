@@ -86,6 +86,9 @@ class SegConfig:
             12.8 M parameters; 256 makes a CPU-friendly model whose fp16 weights fit in ~23 MB).
         mask_head_layers: channels of the mask head's 3x3 conv layers (torchvision: four of 256). On a CPU
             this head dominates a training step (it runs on every positive RoI); ``(128, 128)`` is ~5x cheaper.
+        mask_roi_size: side of the RoIAlign grid the mask head reads (torchvision: 14); the predicted masks are
+            twice as fine (14 -> 28x28, 28 -> 56x56 masks). The head's weights do not depend on it, so a model
+            trained at one size warm-starts another.
         trainable_layers: backbone stages that train (ResNet 0..5, MobileNet 0..6, EfficientNet-Lite 0..8:
             stem and 7 block stages); None -> all when training from scratch, 3 when ``pretrained_path`` is
             given, 5 with ``imagenet`` (the stem and the first two block stages stay as ImageNet made them).
@@ -114,6 +117,7 @@ class SegConfig:
     box_batch_size_per_image: int = 512
     box_head_dim: int = 1024
     mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)
+    mask_roi_size: int = 14
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
@@ -149,6 +153,9 @@ class SegConfig:
             raise ValueError(f"need 16 <= min_size <= max_size, got min_size={self.min_size}, max_size={self.max_size}")
         if self.fixed_scale is not None and not 0.05 <= float(self.fixed_scale) <= 4.0:
             raise ValueError(f"fixed_scale must be in [0.05, 4], got {self.fixed_scale}")
+        if not 4 <= int(self.mask_roi_size) <= 64:
+            raise ValueError(f"mask_roi_size must be in [4, 64], got {self.mask_roi_size}")
+        self.mask_roi_size = int(self.mask_roi_size)
         if self.image_std <= 0:
             raise ValueError(f"image_std must be > 0, got {self.image_std}")
         if self.anchor_sizes is not None:
@@ -346,7 +353,7 @@ def build_segmentation_model(config: SegConfig) -> nn.Module:
         rpn_nms_thresh=config.rpn_nms_thresh,
         rpn_batch_size_per_image=config.rpn_batch_size_per_image,
         box_roi_pool=MultiScaleRoIAlign(featmap_names=feat_names, output_size=7, sampling_ratio=2),
-        mask_roi_pool=MultiScaleRoIAlign(featmap_names=feat_names, output_size=14, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(featmap_names=feat_names, output_size=config.mask_roi_size, sampling_ratio=2),
         box_score_thresh=config.box_score_thresh,
         box_nms_thresh=config.box_nms_thresh,
         box_detections_per_img=config.box_detections_per_img,

@@ -239,6 +239,9 @@ def test_smoke_training_resume_and_rebuild(tmp_path):
         (["--epochs", "0"], ValueError, "--epochs"),
         (["--detections-per-img", "50"], ValueError, "detections-per-img"),
         (["--derive-crossings", "axis"], ValueError, "--derive-crossings applies to voc"),
+        (["--lab-augment"], ValueError, "--lab-augment needs --fixed-scale"),
+        (["--scale-jitter", "0.5", "2"], ValueError, "--scale-jitter needs --lab-augment"),
+        (["--scale-jitter", "2", "0.5"], ValueError, "0 < LO <= HI"),
     ],
 )
 def test_bad_flags_fail_clearly(tmp_path, extra, exc, msg):
@@ -469,3 +472,22 @@ def test_trim_to_foreground_known_answers():
     # masks that leave no background around them: nothing to tell the polarity by, returned as they are
     full = np.ones((1, 40, 40), np.uint8)
     assert np.array_equal(trim_to_foreground(img, full), full)
+
+
+def test_finer_mask_grid_predicts_56px_masks_and_warm_starts_from_14(tmp_path):
+    import torch
+
+    from models.segmentation import SegConfig, build_segmentation_model, load_pretrained, save_weights
+
+    kw = dict(backbone="mobilenet_v3_fpn", agnostic=True, box_head_dim=256, mask_head_layers=(64,), min_size=64)
+    coarse = build_segmentation_model(SegConfig(**kw, max_size=64))
+    fine_cfg = SegConfig(**kw, max_size=64, mask_roi_size=28)
+    fine = build_segmentation_model(fine_cfg)
+    assert fine.roi_heads.mask_roi_pool.output_size == (28, 28)
+    x = fine.roi_heads.mask_head(torch.rand(3, 256, 28, 28))
+    assert fine.roi_heads.mask_predictor(x).shape == (3, 2, 56, 56)
+    save_weights(coarse, SegConfig(**kw, max_size=64), tmp_path / "coarse.pt")
+    report = load_pretrained(fine, tmp_path / "coarse.pt")  # the head's weights do not depend on the grid
+    assert not report.get("skipped") and not report.get("missing")
+    with pytest.raises(ValueError, match="mask_roi_size"):
+        SegConfig(**kw, max_size=64, mask_roi_size=2)

@@ -250,3 +250,43 @@ def test_voc_records_carry_the_annotation_margin(tmp_path):
     tight = masks_to_boxes(rec.masks)[0]
     assert rec.meta["box_margin"] == pytest.approx(np.median(np.abs(rec.boxes[0] - tight)))
     assert rec.meta["box_margin"] > 0
+
+
+def test_scale_crop_matches_scale_then_crop_in_size_and_keeps_alignment(spread):
+    from datasets.transforms import ScaleCrop
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        out = ScaleCrop(0.5, 96)(spread, rng)
+        assert out.image.shape == (96, 96)
+        assert out.meta["resize_factor"] == pytest.approx(0.5, rel=0.02)
+        _check_aligned(out, tol_px=2)
+    # the jitter draws factors inside [lo, hi] x factor
+    fs = [ScaleCrop(0.5, 64, jitter=(0.5, 2.0))(spread, rng).meta["resize_factor"] for _ in range(20)]
+    assert 0.24 <= min(fs) and max(fs) <= 1.01 and max(fs) / min(fs) > 1.5
+    with pytest.raises(ValueError, match="jitter"):
+        ScaleCrop(0.5, 64, jitter=(2.0, 1.0))
+
+
+@pytest.mark.parametrize("name", ["LocalContrast", "Sharpen", "JpegQuality"])
+def test_lab_photometric_transforms_touch_only_the_image(spread, name):
+    import datasets.transforms as T
+
+    out = getattr(T, name)()(spread, np.random.default_rng(1))
+    assert out.image.dtype == np.float32 and out.image.shape == spread.image.shape
+    assert 0.0 <= out.image.min() and out.image.max() <= 1.0
+    assert not np.array_equal(out.image, spread.image)
+    np.testing.assert_array_equal(out.masks, spread.masks)
+    np.testing.assert_array_equal(out.boxes, spread.boxes)
+
+
+def test_lab_augment_pipeline_and_its_preconditions(spread):
+    from datasets.transforms import detector_transforms
+
+    train, val = detector_transforms(fixed_scale=0.5, crop_size=96, lab_augment=True, scale_jitter=(0.8, 1.25))
+    assert val is None
+    out = train(spread, np.random.default_rng(3))
+    out.validate()
+    assert max(out.image.shape) <= 130  # a 96 px crop, maybe turned by the free rotation
+    with pytest.raises(ValueError, match="lab_augment needs fixed_scale"):
+        detector_transforms(fixed_scale=0.5, lab_augment=True)
