@@ -1,4 +1,5 @@
-"""The training-throughput benchmark runs one configuration and refuses CUDA where there is none."""
+"""The measuring scripts of benchmarks/ and experiments/ on small inputs with known answers (and the training-throughput
+benchmark refusing CUDA where there is none)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_box_margin_benchmark_on_a_known_margin(tmp_path, capsys):
     import cv2
     import numpy as np
 
-    spec = importlib.util.spec_from_file_location("box_margin", ROOT / "benchmarks" / "box_margin.py")
+    spec = importlib.util.spec_from_file_location("box_margin", ROOT / "experiments" / "box_margin.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     (tmp_path / "JEPG").mkdir()
@@ -110,7 +111,7 @@ def test_errors_by_shape_bins_the_trainer_val_errors(tmp_path, capsys):
     from datasets.instances import save_instance_cache
     from features.triad import FEATURE_NAMES
 
-    spec = importlib.util.spec_from_file_location("errors_by_shape", ROOT / "benchmarks" / "errors_by_shape.py")
+    spec = importlib.util.spec_from_file_location("errors_by_shape", ROOT / "experiments" / "errors_by_shape.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     n = 50
@@ -148,7 +149,7 @@ def test_merged_masks_finds_a_mask_that_holds_two_chromosomes(monkeypatch, tmp_p
     import karyotyping.detection as detection
     from datasets import build_dataset
 
-    spec = importlib.util.spec_from_file_location("merged_masks", ROOT / "benchmarks" / "merged_masks.py")
+    spec = importlib.util.spec_from_file_location("merged_masks", ROOT / "experiments" / "merged_masks.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     ds = build_dataset("synthetic", None, "val")

@@ -7,7 +7,7 @@ quintile and the share of all errors it holds. A feature whose top quintile hold
 says which inputs the classifier fails on (e.g. ``width_cv``, how irregular the mask's width is along
 the straightened chromosome: high for merged neighbours, overlaps and badly straightened bends).
 
-    python benchmarks/errors_by_shape.py --val-probs runs/cls_resnet18_extra3/val_probs.npz \\
+    python experiments/errors_by_shape.py --val-probs runs/cls_resnet18_extra3/val_probs.npz \\
         --cache runs/instance_cache/voc-8ab9d72b-val-vf0.1-s0-maxall-96x32.npz
 
 Prints a Markdown table and, last, one JSON line.

@@ -6,7 +6,7 @@ two or more true chromosomes (:func:`metrics.matching.error_breakdown` counts th
 ``lost_merged``), and draws it (red, left) beside the true masks it holds (one colour each, with their
 annotated boxes, right). Use a validation split.
 
-    python benchmarks/merged_masks.py --max-images 12 --out docs/merged_masks.png
+    python experiments/merged_masks.py --max-images 12 --out docs/merged_masks.png
 """
 
 from __future__ import annotations

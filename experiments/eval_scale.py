@@ -6,7 +6,7 @@ each image resized by F of its own pixels, the longest side capped at ``--max-si
 the same, so this shows what the scale alone does to a model trained at another one; a model trained at
 a fixed scale (``train_segmentation.py --fixed-scale``) is the fair comparison.
 
-    python benchmarks/eval_scale.py --seg-weights weights/segmentation.pt --scales fit 0.6 0.75 0.9
+    python experiments/eval_scale.py --seg-weights weights/segmentation.pt --scales fit 0.6 0.75 0.9
 
 Prints a Markdown table and, last, one JSON line.
 """

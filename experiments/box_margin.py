@@ -6,7 +6,7 @@ boxes is scored as missing where the two differ. This prints the outward margin 
 IoU between each annotated box and its mask's tight box, and the IoU of the annotated box with the tight
 box grown by the image's median margin (what ``datasets.transforms`` trains on after a rotation).
 
-    python benchmarks/box_margin.py --max-images 20
+    python experiments/box_margin.py --max-images 20
 
 Prints a Markdown table and, last, one JSON line.
 """
