@@ -29,7 +29,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images", type=Path, action="append", default=[], help="folder of source images (repeatable), if they moved"
     )
-    p.add_argument("--reviewer", default=None, help="default reviewer name on the page (default: login name)")
     return p
 
 
@@ -43,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
         for d in args.images:
             if not d.is_dir():
                 raise ReviewError(f"--images {d} is not a folder")
-        app = create_app(args.results_dir, image_dirs=tuple(args.images), reviewer=args.reviewer)
+        app = create_app(args.results_dir, image_dirs=tuple(args.images))
         server = make_server(app, args.port)
     except ReviewError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,13 +10,13 @@ and style comes from ``review/static``: the page works without internet.
 from __future__ import annotations
 
 import errno
-import getpass
 import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flask import Flask, abort, jsonify, render_template, request, send_file
+from flask import Flask, jsonify, render_template, request, send_file
+from werkzeug.exceptions import HTTPException
 
 from karyogram.labels import name_of
 from karyogram.render import FLAG_WORDS, LAYOUT, class_colour
@@ -58,21 +58,18 @@ def _public(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.items() if not k.startswith("_")}
 
 
-def create_app(
-    results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = (), reviewer: str | None = None
-) -> Flask:
-    """The app over ``results_dir`` (see the module docstring).
+def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = ()) -> Flask:
+    """The app over ``results_dir`` (see the module docstring). The reviewer's name is typed on the page:
+    there is no default (a login name would sign cells for whoever started the server).
 
     Args:
         results_dir: the folder ``inference_pipeline.py`` wrote.
         image_dirs: folders holding the source images when the recorded paths do not exist here.
-        reviewer: the default reviewer name shown on the page (default: the login name).
     """
     folder = ResultsFolder(results_dir, image_dirs)
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config["RESULTS"] = folder
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    default_reviewer = reviewer or getpass.getuser()
 
     def is_api() -> bool:
         return request.path.startswith("/api/")
@@ -89,6 +86,17 @@ def create_app(
         if is_api():
             return jsonify(error=str(exc)), exc.status
         return render_template("error.html", message=str(exc), status=exc.status), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        # Flask's own answers (no such route, wrong method) in the app's words, as JSON for the API
+        status = exc.code or 500
+        message = f"{request.path}: {exc.name.lower()}" + (
+            " (no page or file of the review app has this address)" if status == 404 else f" ({exc.description})"
+        )
+        if is_api():
+            return jsonify(error=message), status
+        return render_template("error.html", message=message, status=status), status
 
     @app.errorhandler(CellError)
     def _cell_error(exc: CellError):
@@ -118,7 +126,7 @@ def create_app(
     @app.get("/cell/<stem>")
     def cell_page(stem: str):
         folder.cell(stem)  # a missing or broken cell answers here, before the page's script runs
-        return render_template("cell.html", stem=stem, reviewer=default_reviewer, flag_words=FLAG_WORDS)
+        return render_template("cell.html", stem=stem, flag_words=FLAG_WORDS)
 
     # ------------------------------------------------------------------ JSON
     @app.get("/api/cell/<stem>")
@@ -208,19 +216,22 @@ def create_app(
     def cell_image(stem: str):
         return png(png_bytes(folder.load(stem).image))
 
-    @app.get("/cell/<stem>/crop/<int:i>.png")
-    def cell_crop(stem: str, i: int):
+    @app.get("/cell/<stem>/crop/<i>.png")
+    def cell_crop(stem: str, i: str):
         crops = folder.load(stem).crops
-        if not 0 <= i < len(crops):
-            raise NotFoundError(f"{stem} has no chromosome {i} (it has {len(crops)})")
-        return png(png_bytes(crops[i].image))
+        if not (i.isdigit() and int(i) < len(crops)):
+            raise NotFoundError(f"{stem} has no chromosome {i!r} (its chromosomes are 0..{len(crops) - 1})")
+        return png(png_bytes(crops[int(i)].image))
 
     @app.get("/thumb/<stem>.png")
     def thumb(stem: str):
         p = folder.json_path(stem).with_name(f"{stem}_overlay.png")
         if not p.is_file():
-            abort(404)
-        return png(thumbnail_png(p))
+            raise NotFoundError(f"{p}: no such overlay picture (inference_pipeline.py writes it with the JSON)")
+        try:
+            return png(thumbnail_png(p))
+        except ValueError as exc:
+            raise CellError(p, str(exc)) from None
 
     @app.get("/files/<path:rel>")
     def files(rel: str):

@@ -17,22 +17,39 @@ CONTOUR_EPSILON_PX = 0.8
 
 
 def find_image(cell: Cell, results_dir: Path, image_dirs: tuple[Path, ...] = ()) -> Path:
-    """The source image of a cell: the path the pipeline recorded (absolute, or relative to the current
-    folder or to the results folder), else a file of that name in ``image_dirs`` or the results folder.
+    """The source image of a cell (:func:`locate_image` of its recorded path)."""
+    return locate_image(cell.image, cell.path, results_dir, image_dirs)
+
+
+def locate_image(recorded: str, json_path: Path, results_dir: Path, image_dirs: tuple[Path, ...] = ()) -> Path:
+    """The source image the pipeline recorded in ``json_path``: the path itself (absolute, or relative to the
+    current folder or to the results folder), else a file of that name in one of ``image_dirs`` (the folders
+    the user named with ``--images``). No other folder is searched: a file of the same name elsewhere (the
+    results folder, ``reviewed_images/``) may be another slide's image.
 
     Raises:
-        CellError: no such file anywhere (naming where it looked and what to pass).
+        CellError: no such file (naming the recorded path and what to pass), or the name is found in several
+            ``image_dirs`` (which one is meant is unknown).
     """
-    rec = Path(cell.image)
-    cands = [rec] if rec.is_absolute() else [Path.cwd() / rec, results_dir / rec]
-    cands += [d / rec.name for d in (*image_dirs, results_dir, results_dir / "reviewed_images")]
-    for c in cands:
+    rec = Path(recorded)
+    direct = [rec] if rec.is_absolute() else [Path.cwd() / rec, results_dir / rec]
+    for c in direct:
         if c.is_file():
             return c
+    found = [d / rec.name for d in image_dirs if (d / rec.name).is_file()]
+    if len(found) > 1:
+        raise CellError(
+            json_path,
+            f"its source image {recorded!r} is missing, and a file named {rec.name} is in several --images folders "
+            f"({', '.join(str(f.parent) for f in found)}): pass only the folder that holds this cell's image",
+        )
+    if found:
+        return found[0]
+    where = f"; not in the --images folder(s) {', '.join(map(str, image_dirs))} either" if image_dirs else ""
     raise CellError(
-        cell.path,
-        f"its source image {cell.image!r} is not found (looked in {', '.join(str(c.parent) for c in cands)}); "
-        "start review.py with --images FOLDER holding " + rec.name,
+        json_path,
+        f"its source image {recorded!r} is missing{where}; start review.py with --images FOLDER holding {rec.name} "
+        "(files of the same name elsewhere are not used: they may be another slide's)",
     )
 
 

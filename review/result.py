@@ -144,6 +144,25 @@ def check_result(data: Any, p: Path) -> None:
             raise CellError(p, f"{where}: probs must be 24 numbers")
 
 
+def image_warnings(data: dict[str, Any], p: Path) -> list[str]:
+    """The pipeline's warnings about the image itself (``image_checks.out_of_range``: contrast, chromosome
+    width or scale outside what the models were trained on); [] when the file has no ``image_checks``
+    (written before the pipeline checked images).
+
+    Raises:
+        CellError: ``image_checks`` is there but not an object, or ``out_of_range`` not a list of strings.
+    """
+    checks = data.get("image_checks")
+    if checks is None:
+        return []
+    if not isinstance(checks, dict):
+        raise CellError(p, f"'image_checks' must be an object, got {type(checks).__name__}")
+    out = checks.get("out_of_range", [])
+    if not (isinstance(out, list) and all(isinstance(m, str) for m in out)):
+        raise CellError(p, f"'image_checks.out_of_range' must be a list of strings, got {out!r}")
+    return list(out)
+
+
 def parse_cell(data: Any, path: str | os.PathLike) -> Cell:
     """Check a pipeline result object (as read from ``path``) and read it as the core's typed result."""
     from karyotyping.core import KaryotypePrediction

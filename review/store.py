@@ -6,7 +6,7 @@ A save never touches the pipeline's files. It writes, each atomically (temp file
   and sanity score, each chromosome's ``pipeline_label`` / ``pipeline_flags``, and a ``review`` block
   (format version, revision, reviewer, time, accepted or not, every edit with its before/after);
 * ``<stem>_karyogram.reviewed.png`` and ``.pdf``: the karyogram of the corrected labels;
-* ``reviewed_images/<image file>``: a copy of the source image, so the folder is a self-contained dataset;
+* ``reviewed_images/<stem>.<ext>``: a copy of the source image, so the folder is a self-contained dataset;
 * ``reviewed_coco.json``: COCO instances of every reviewed cell (this cell's entry replaced), masks as
   RLE, categories 1..24 (``"1"``..``"22"``, ``"X"``, ``"Y"``) plus 0 ``"chromosome"`` for instances
   left unassigned; "not a chromosome" instances are left out. ``train_segmentation.py`` and
@@ -38,8 +38,8 @@ from fileio import atomic_write, atomic_write_json
 from karyogram.labels import name_of
 
 from .edits import EditError, apply_edits, n_flagged, summary
-from .imagery import Crop, chromosome_crops, find_image, outlines, read_grey, turned
-from .result import Cell, CellError, check_result, load_cell, mask_area, read_json
+from .imagery import Crop, chromosome_crops, find_image, locate_image, outlines, read_grey, turned
+from .result import Cell, CellError, check_result, image_warnings, load_cell, mask_area, read_json
 
 REVIEW_FORMAT = "karyotype-review"
 REVIEW_VERSION = 1
@@ -231,6 +231,8 @@ class ResultsFolder:
             "count": data.get("count"),
             "sanity_score": data.get("sanity_score"),
             "n_flagged": n_flagged([c["flags"] for c in data["chromosomes"]]),
+            "image": str(data["image"]),
+            "out_of_range": image_warnings(data, p),
         }
         self._rows[stem] = (key, row)
         return row
@@ -245,6 +247,8 @@ class ResultsFolder:
                 pipe = self._pipeline_row(stem)
                 row |= pipe
                 row["pipeline_karyotype"] = pipe["karyotype"]
+                # a cell whose image is missing is named here, not only on its page
+                locate_image(pipe["image"], self.json_path(stem), self.root, self.image_dirs)
                 rv = self.reviewed(stem)
                 if rv is not None:
                     r = rv["review"]
@@ -317,7 +321,8 @@ class ResultsFolder:
                 "reviewed_json": f"{stem}{REVIEWED_SUFFIX}",
                 "karyogram_png": f"{stem}_karyogram.reviewed.png",
                 "karyogram_pdf": f"{stem}_karyogram.reviewed.pdf",
-                "image": f"{IMAGES_DIR}/{loaded.image_path.name}",
+                # named by the cell, not by the image file: two slides' images may share a name
+                "image": f"{IMAGES_DIR}/{stem}{loaded.image_path.suffix}",
                 "coco": COCO_NAME,
             }
             out = dict(cell.data)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import socket
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def results(template, tmp_path) -> Path:
 def client(results):
     from review.app import create_app
 
-    app = create_app(results, reviewer="tester")
+    app = create_app(results)
     app.testing = True
     return app.test_client()
 
@@ -331,6 +332,75 @@ def test_missing_corrupt_and_other_version_jsons(client, results):
     (results / "lost.json").write_text(json.dumps(d2))
     r = client.get("/api/cell/lost")
     assert r.status_code == 422 and "lost.png" in r.get_json()["error"] and "--images" in r.get_json()["error"]
+
+
+def test_missing_image_is_named_in_the_index_and_never_taken_from_elsewhere(client, results, tmp_path):
+    from review.app import create_app
+
+    d = _cell(results, "cellA")
+    # an image of the same name in the results folder is another slide's, perhaps: not used
+    shutil.copy(d["image"], results / "lost.png")
+    (results / "lost.json").write_text(json.dumps(d | {"image": "/nowhere/lost.png"}))
+    html = client.get("/").get_data(as_text=True)
+    row = html[html.index('data-stem="lost"') :]
+    row = row[: row.index("</tr>")]
+    assert "broken" in html[html.rindex("<tr", 0, html.index('data-stem="lost"')) : html.index('data-stem="lost"')]
+    assert "&#39;/nowhere/lost.png&#39; is missing" in row and "--images" in row
+    r = client.get("/api/cell/lost")
+    assert r.status_code == 422 and "is missing" in r.get_json()["error"] and "not used" in r.get_json()["error"]
+    # --images finds it by name; the same name in two --images folders is refused
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(d["image"], tmp_path / "a" / "lost.png")
+    app = create_app(results, image_dirs=(tmp_path / "a",))
+    app.testing = True
+    assert app.test_client().get("/api/cell/lost").status_code == 200
+    shutil.copy(d["image"], tmp_path / "b" / "lost.png")
+    app = create_app(results, image_dirs=(tmp_path / "a", tmp_path / "b"))
+    app.testing = True
+    r = app.test_client().get("/api/cell/lost")
+    assert r.status_code == 422 and "several --images folders" in r.get_json()["error"]
+
+
+def test_unknown_addresses_get_the_apps_own_error(client):
+    r = client.get("/thumb/nosuch.png")
+    assert r.status_code == 404 and "no such overlay picture" in r.get_data(as_text=True)
+    assert 'id="error-message"' in r.get_data(as_text=True)
+    for url, words in (("/cell/cellA/crop/-1.png", "has no chromosome '-1'"), ("/cell/cellA/crop/x.png", "'x'"),
+                       ("/nowhere", "no page or file of the review app")):  # fmt: skip
+        r = client.get(url)
+        text = unescape(r.get_data(as_text=True))
+        assert r.status_code == 404 and words in text and "error-message" in text
+    r = client.get("/api/nowhere")
+    assert r.status_code == 404 and "no page or file" in r.get_json()["error"]
+    r = client.get("/api/cell/cellA/save")  # GET on a POST route
+    assert r.status_code == 405 and "method not allowed" in r.get_json()["error"]
+
+
+def test_index_warns_of_images_out_of_range(client, results):
+    d = _cell(results, "cellA")
+    checks = {"polarity": "light-on-dark", "inverted": True, "chromosome_width_px": 31.0, "processing_scale": 1.0,
+              "out_of_range": ["chromosome width 31 px (trained on 6-18 px)", "image inverted (light on dark)"]}  # fmt: skip
+    (results / "warned.json").write_text(json.dumps(d | {"image_checks": checks}))
+    (results / "fine.json").write_text(json.dumps(d | {"image_checks": checks | {"out_of_range": []}}))
+    html = client.get("/").get_data(as_text=True)
+    assert html.count('class="image-warning"') == 1
+    warned = html[html.index('data-stem="warned"') :]
+    warned = warned[: warned.index("</tr>")]
+    assert "image out of range" in warned and "chromosome width 31 px (trained on 6-18 px)" in warned
+    assert "image inverted" in warned
+    (results / "bad.json").write_text(json.dumps(d | {"image_checks": {"out_of_range": "x"}}))
+    html = client.get("/").get_data(as_text=True)
+    assert "bad.json: &#39;image_checks.out_of_range&#39; must be a list of strings" in html
+
+
+def test_reviewer_has_no_default_from_the_machine(client):
+    from review.app import create_app
+
+    page = client.get("/cell/cellA").get_data(as_text=True)
+    assert 'id="reviewer"' in page and "value=" not in page[page.index('id="reviewer"') :].split(">")[0]
+    with pytest.raises(TypeError):
+        create_app(".", reviewer="root")  # type: ignore[call-arg]
 
 
 def test_paths_outside_the_results_folder_are_refused(client, results, tmp_path):

@@ -69,16 +69,21 @@ def results(tmp_path_factory, browser) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def server(results):
+def _serve(folder: Path):
+    """The app over ``folder`` on a free port in a thread; yields its base URL."""
     from review.app import create_app, make_server
 
-    srv = make_server(create_app(results, reviewer="browser-test"), 0)
+    srv = make_server(create_app(folder), 0)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     yield f"http://127.0.0.1:{srv.server_port}"
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(results):
+    yield from _serve(results)
 
 
 def _wait(driver, cond, timeout=60.0, what="condition"):
@@ -311,3 +316,74 @@ def test_keyboard_swap_drag_to_debris_and_back(browser, server, results):
     assert "Nothing to undo" not in d.find_element(By.ID, "message").text
     body.send_keys("z")
     _wait(d, lambda d: "Nothing to undo" in d.find_element(By.ID, "message").text, what="empty undo stack")
+
+
+# ------------------------------------------------------------------------------ a folder of synthetic cells only
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory, browser) -> Path:
+    """Synthetic cells (no models needed): one per test that saves, so that the tests do not depend on each other."""
+    out = tmp_path_factory.mktemp("review_browser_synth") / "results"
+    for k, stem in enumerate(("reload", "signoff")):
+        write_synthetic_cell(out, stem, seed=10 + k)
+    return out
+
+
+@pytest.fixture(scope="module")
+def synth_server(synth):
+    yield from _serve(synth)
+
+
+def _open(d, url: str) -> None:
+    d.get(url)
+    _wait(d, lambda d: d.execute_script("return document.body.dataset.ready === '1'"), what=f"{url} ready")
+
+
+def _typed_name(d, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    box = d.find_element(By.ID, "reviewer")
+    box.clear()
+    box.send_keys(name)
+    d.find_element(By.TAG_NAME, "body").click()
+
+
+def test_one_undo_after_a_reload_takes_back_one_edit_and_no_stale_prompt(browser, synth_server, synth):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    d = browser
+    ch = json.loads((synth / "reload.json").read_text())["chromosomes"]
+    wrong = next(c["id"] for c in ch if "extra" in c["flags"])
+    _open(d, f"{synth_server}/cell/reload")
+    assert d.find_element(By.ID, "reviewer").get_attribute("value") == ""  # typed, never a default
+    body = d.find_element(By.TAG_NAME, "body")
+    iscn = lambda: d.find_element(By.ID, "iscn").text  # noqa: E731
+    msg = lambda: d.find_element(By.ID, "message").text  # noqa: E731
+    # digits with nothing selected: no "move to class" prompt left standing
+    body.send_keys(Keys.ESCAPE, "5")
+    _wait(d, lambda d: "Select a chromosome first" in msg(), what="select first")
+    body.send_keys(Keys.ENTER)
+    assert "move to class" not in msg() and iscn() == "46,XY,-1,+3"
+    # a prompt typed for one chromosome goes when another is selected
+    d.find_element(By.CSS_SELECTOR, f'.chrom[data-id="{wrong}"]').click()
+    body.send_keys("5")
+    _wait(d, lambda d: msg().startswith("move to class 5"), what="prompt")
+    d.find_element(By.CSS_SELECTOR, '.chrom[data-id="0"]').click()
+    _wait(d, lambda d: "move to class" not in msg(), what="prompt cleared")
+    # two edits, saved; after a reload one z takes back the last one only
+    d.find_element(By.CSS_SELECTOR, f'.chrom[data-id="{wrong}"]').click()
+    body.send_keys("1", Keys.ENTER)
+    _wait(d, lambda d: iscn() == "46,XY", what="moved to 1")
+    body.send_keys("r")
+    _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".chrom img.flipped"), what="flipped")
+    _typed_name(d, "Dr Reload")
+    ActionChains(d).key_down(Keys.CONTROL).send_keys("s").key_up(Keys.CONTROL).perform()
+    _wait(d, lambda d: "Saved (revision 1)" in msg(), what="saved")
+    _open(d, f"{synth_server}/cell/reload")
+    assert d.find_elements(By.CSS_SELECTOR, ".chrom img.flipped") and iscn() == "46,XY"
+    d.find_element(By.TAG_NAME, "body").send_keys("z")
+    _wait(d, lambda d: not d.find_elements(By.CSS_SELECTOR, ".chrom img.flipped"), what="flip undone")
+    assert iscn() == "46,XY"  # the move is still there
+    d.find_element(By.TAG_NAME, "body").send_keys("z")
+    _wait(d, lambda d: iscn() == "46,XY,-1,+3", what="move undone by the second z")

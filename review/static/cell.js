@@ -137,7 +137,7 @@
     return act(async () => {
       const reviewer = $("reviewer").value.trim();
       if (!reviewer) { message("Type your name in 'reviewer' first", "error"); $("reviewer").focus(); return; }
-      localStorage.setItem("karyo-reviewer", reviewer);
+      sessionStorage.setItem("karyo-reviewer", reviewer);
       message("Saving\u2026");
       try {
         const edits = flat();
@@ -279,7 +279,10 @@
 
   function drawInfo() {
     const box = $("info");
-    if (sel < 0) return;
+    if (sel < 0) {
+      box.innerHTML = '<p class="muted">Click a chromosome (here or in the karyogram), or press &rarr;.</p>';
+      return;
+    }
     const c = cell.chromosomes[sel];
     const k = state.labels[sel];
     const flags = state.flags[sel];
@@ -327,7 +330,10 @@
     drawInfo();
   }
 
+  const PROMPT = "move to class ";
   function select(i) {
+    // a class typed for the previous selection is dropped with its prompt
+    if (typed || $("message").textContent.startsWith(PROMPT)) { typed = ""; message(""); }
     sel = i;
     for (const el of document.querySelectorAll(".selected")) el.classList.remove("selected");
     if (i >= 0) {
@@ -423,12 +429,16 @@
     else if (ctrl && (k === "z" || k === "Z")) (ev.shiftKey ? redoOne : undo)();
     else if (ctrl && (k === "y" || k === "Y")) redoOne();
     else if (ctrl || ev.altKey) done = false;
-    else if (/^[0-9]$/.test(k)) { typed = (typed + k).slice(-2); message("move to class " + typed + " \u2014 Enter to apply, Esc to cancel"); }
+    else if (/^[0-9]$/.test(k)) {
+      if (sel < 0) { typed = ""; message("Select a chromosome first, then type its class", "error"); }
+      else { typed = (typed + k).slice(-2); message(PROMPT + typed + " \u2014 Enter to apply, Esc to cancel"); }
+    }
     else if (k === "Enter" && typed) {
       const n = Number(typed); typed = "";
-      if (n >= 1 && n <= 22) moveTo(sel, n); else message("No class " + n + " (1-22, x, y, u)", "error");
+      if (sel < 0) message("Select a chromosome first, then type its class", "error");
+      else if (n >= 1 && n <= 22) moveTo(sel, n); else message("No class " + n + " (1-22, x, y, u)", "error");
     }
-    else if (k === "Escape") { typed = ""; swapFrom = -1; message(""); draw(); }
+    else if (k === "Escape") { typed = ""; swapFrom = -1; message(""); select(-1); draw(); }
     else if (k === "x" || k === "X") moveTo(sel, 23);
     else if (k === "y" || k === "Y") moveTo(sel, 24);
     else if (k === "u") moveTo(sel, 0);
@@ -454,7 +464,8 @@
   $("redo").addEventListener("click", () => redoOne());
   $("save").addEventListener("click", () => save(false));
   $("accept").addEventListener("click", () => save(true));
-  $("reviewer").value = localStorage.getItem("karyo-reviewer") || $("reviewer").value;
+  // the name typed in this tab is kept while moving between cells (never a default from the machine)
+  $("reviewer").value = sessionStorage.getItem("karyo-reviewer") || "";
 
   // ------------------------------------------------------------------ start
   (async function start() {
@@ -467,7 +478,9 @@
     const maxH = Math.max(1, ...cell.chromosomes.map((c) => c.crop.h));
     cell.zoom = Math.min(1.6, 110 / maxH);
     revision = cell.review.revision;
-    groups = cell.review.edits.length ? [cell.review.edits] : [];
+    // each saved edit is one undo step: the grouping of the actions that made them is not saved, and one z
+    // must never take back more than one edit of a saved revision
+    groups = cell.review.edits.map((e) => [e]);
     savedSig = sig(flat());
     savedCount = flat().length;
     state = cell.state;
