@@ -24,7 +24,17 @@ from karyogram.render import FLAG_WORDS, LAYOUT, class_colour
 from .edits import NOT_CHROMOSOME
 from .imagery import png_bytes, thumbnail_png
 from .result import CellError
-from .store import NotFoundError, OutsideError, ResultsFolder, ReviewError, sha256_of
+from .store import (
+    ConfirmError,
+    NotFoundError,
+    OutsideError,
+    ResultsFolder,
+    ReviewError,
+    accept_doubts,
+    revisions_of,
+    sha256_of,
+    status_of,
+)
 
 #: index orders: key -> (row sort key, reverse); "doubt" puts the cells most in need of a look first
 SORTS: dict[str, Any] = {
@@ -58,6 +68,11 @@ def _public(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.items() if not k.startswith("_")}
 
 
+def with_doubts(state: dict[str, Any]) -> dict[str, Any]:
+    """The state with ``accept_doubts``: what an accept must be confirmed for (the page asks before sending)."""
+    return state | {"accept_doubts": accept_doubts(state)}
+
+
 def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = ()) -> Flask:
     """The app over ``results_dir`` (see the module docstring). The reviewer's name is typed on the page:
     there is no default (a login name would sign cells for whoever started the server).
@@ -84,7 +99,8 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
     @app.errorhandler(ReviewError)
     def _review_error(exc: ReviewError):
         if is_api():
-            return jsonify(error=str(exc)), exc.status
+            extra = {"confirm": exc.reasons} if isinstance(exc, ConfirmError) else {}
+            return jsonify(error=str(exc), **extra), exc.status
         return render_template("error.html", message=str(exc), status=exc.status), exc.status
 
     @app.errorhandler(HTTPException)
@@ -167,9 +183,10 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
                 }
             )  # fmt: skip
         review = (
-            {k: rv["review"][k] for k in ("revision", "reviewer", "saved_at", "accepted", "edits")}
+            {k: rv["review"].get(k) for k in ("revision", "reviewer", "saved_at", "edits", "note")}
+            | {"status": status_of(rv["review"]), "n_revisions": len(revisions_of(rv))}
             if rv
-            else {"revision": 0, "reviewer": None, "saved_at": None, "accepted": False, "edits": []}
+            else {"revision": 0, "reviewer": None, "saved_at": None, "status": None, "edits": [], "n_revisions": 0}
         )
         return jsonify(
             stem=stem,
@@ -182,7 +199,7 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
             chromosomes=chroms,
             pipeline={"karyotype": cell.data.get("karyotype"), "sanity_score": cell.data.get("sanity_score")},
             review=review,
-            state=_public(state),
+            state=_public(with_doubts(state)),
             prev=order[pos - 1] if pos > 0 else None,
             next=order[pos + 1] if 0 <= pos < len(order) - 1 else None,
             not_chromosome=NOT_CHROMOSOME,
@@ -191,20 +208,27 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
 
     @app.post("/api/cell/<stem>/state")
     def cell_state(stem: str):
-        return jsonify(_public(folder.state(stem, edits_of(body()))))
+        return jsonify(_public(with_doubts(folder.state(stem, edits_of(body())))))
 
     @app.post("/api/cell/<stem>/save")
     def cell_save(stem: str):
         data = body()
         edits = edits_of(data)
+        # "accepted": true is how pages before the sign-off rules asked for an accept
+        status = data.get("status", "accepted" if data.get("accepted") is True else "saved")
+        confirmed = data.get("confirmed", False)
+        if not isinstance(confirmed, bool):
+            raise ReviewError(f"'confirmed' must be true or false, got {confirmed!r}")
         res = folder.save(
             stem,
             edits,
             base_revision=data.get("base_revision"),
             reviewer=data.get("reviewer", ""),
-            accepted=bool(data.get("accepted", False)),
+            status=status,
+            confirmed=confirmed,
+            note=data.get("note") or "",
         )
-        return jsonify(res | {"state": _public(folder.state(stem, edits))})
+        return jsonify(res | {"state": _public(with_doubts(folder.state(stem, edits)))})
 
     # ------------------------------------------------------------------ pictures and files
     def png(data: bytes):

@@ -3,17 +3,24 @@
 A save never touches the pipeline's files. It writes, each atomically (temp file + rename):
 
 * ``<stem>.reviewed.json``: the pipeline's JSON with the corrected labels, pairs, flags, karyotype, count
-  and sanity score, each chromosome's ``pipeline_label`` / ``pipeline_flags``, and a ``review`` block
-  (format version, revision, reviewer, time, accepted or not, every edit with its before/after);
-* ``<stem>_karyogram.reviewed.png`` and ``.pdf``: the karyogram of the corrected labels;
+  and sanity score, each chromosome's ``pipeline_label`` / ``pipeline_flags``, a ``review`` block (format
+  version, revision, reviewer, time, status, every edit with its before/after) and ``revisions``: every
+  revision saved so far (who, when, which status, which edits), oldest first. A file of format version 1
+  (one ``review`` block, no ``revisions``) is read as one revision;
+* ``<stem>_karyogram.reviewed.png`` and ``.pdf``: the karyogram of the corrected labels, titled with its
+  status ("draft", "accepted by NAME on DATE" or "unanalysable");
 * ``reviewed_images/<stem>.<ext>``: a copy of the source image, so the folder is a self-contained dataset;
 * ``reviewed_coco.json``: COCO instances of every reviewed cell (this cell's entry replaced), masks as
   RLE, categories 1..24 (``"1"``..``"22"``, ``"X"``, ``"Y"``) plus 0 ``"chromosome"`` for instances
-  left unassigned; "not a chromosome" instances are left out. ``train_segmentation.py`` and
+  left unassigned; "not a chromosome" instances are left out, and so are cells marked unanalysable. ``train_segmentation.py`` and
   ``train_classification.py`` read it with ``--dataset coco --data-root RESULTS_DIR/reviewed_coco.json``.
 
 Two saves of one cell from two pages: each save names the revision it started from; a save that did
 not start from the latest revision is refused (:class:`ConflictError`), never merged silently.
+
+Sign-off: a save has a status, ``"saved"`` (a draft), ``"accepted"`` or ``"unanalysable"`` (the cell cannot
+be analysed: kept out of the training data). Accepting a cell with flagged chromosomes or a count other
+than 46 is refused (:class:`ConfirmError`) unless the request says ``confirmed``: the page asks first.
 """
 
 from __future__ import annotations
@@ -42,7 +49,13 @@ from .imagery import Crop, chromosome_crops, find_image, locate_image, outlines,
 from .result import Cell, CellError, check_result, image_warnings, load_cell, mask_area, read_json
 
 REVIEW_FORMAT = "karyotype-review"
-REVIEW_VERSION = 1
+REVIEW_VERSION = 2
+#: format versions of ``<stem>.reviewed.json`` this app reads (1: one ``review`` block, no ``revisions``)
+REVIEW_VERSIONS_READ = (1, 2)
+#: what a save can make of a cell
+STATUSES = ("saved", "accepted", "unanalysable")
+#: a normal count; accepting another asks for confirmation
+NORMAL_COUNT = 46
 REVIEWED_SUFFIX = ".reviewed.json"
 COCO_NAME = "reviewed_coco.json"
 IMAGES_DIR = "reviewed_images"
@@ -69,6 +82,42 @@ class OutsideError(ReviewError):
 
 class ConflictError(ReviewError):
     status = 409
+
+
+class ConfirmError(ReviewError):
+    """An accept that needs the reviewer's confirmation (flags, count); ``reasons`` says why."""
+
+    status = 428
+
+    def __init__(self, message: str, reasons: list[str]) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
+def accept_doubts(st: dict[str, Any]) -> list[str]:
+    """Why accepting a cell in state ``st`` (:func:`review.edits.summary`) needs a confirmation: flagged
+    chromosomes, a count other than :data:`NORMAL_COUNT`; [] when none."""
+    out = []
+    if st["n_flagged"]:
+        out.append(f"{st['n_flagged']} chromosome(s) still flagged")
+    if st["count"] != NORMAL_COUNT:
+        out.append(f"count {st['count']}, not {NORMAL_COUNT}")
+    return out
+
+
+def revisions_of(rv: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every saved revision of a review file (:meth:`ResultsFolder.reviewed`), oldest first; a version 1
+    file has only its last one."""
+    if isinstance(rv.get("revisions"), list):
+        return rv["revisions"]
+    r = rv["review"]
+    return [{k: r.get(k) for k in ("revision", "reviewer", "saved_at", "edits")} | {"status": status_of(r)}]
+
+
+def status_of(review: dict[str, Any]) -> str:
+    """The status of a ``review`` block (version 1 has only ``accepted``)."""
+    st = review.get("status")
+    return st if st in STATUSES else ("accepted" if review.get("accepted") else "saved")
 
 
 @dataclass
@@ -101,6 +150,18 @@ def _remember(cache: OrderedDict, key: str, value: Any) -> None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def sign_off(review: dict[str, Any]) -> str:
+    """What a reviewed karyogram says of its status: "accepted by NAME on DATE", "unanalysable (NAME, DATE)"
+    or "draft (NAME, DATE; not accepted)"."""
+    who, day = review["reviewer"], str(review["saved_at"])[:10]
+    status = status_of(review)
+    if status == "accepted":
+        return f"accepted by {who} on {day}"
+    if status == "unanalysable":
+        return f"unanalysable ({who}, {day})"
+    return f"draft ({who}, {day}; not accepted)"
 
 
 def sha256_of(path: Path) -> str:
@@ -194,12 +255,18 @@ class ResultsFolder:
             raise CellError(
                 p, "not a review file of this app (no 'review' block); move it away to review the cell again"
             )
-        if rv.get("version") != REVIEW_VERSION:
+        if rv.get("version") not in REVIEW_VERSIONS_READ:
             raise CellError(
-                p, f"review format version {rv.get('version')!r} is not {REVIEW_VERSION}; use the app that wrote it"
+                p,
+                f"review format version {rv.get('version')!r} is not one this app reads "
+                f"({', '.join(map(str, REVIEW_VERSIONS_READ))}); use the app that wrote it, or move the file away to "
+                "review the cell again",
             )
         if not isinstance(rv.get("revision"), int) or not isinstance(rv.get("edits"), list):
             raise CellError(p, "its 'review' block lacks an integer 'revision' or an 'edits' list")
+        revs = data.get("revisions", [])
+        if not (isinstance(revs, list) and all(isinstance(r, dict) and isinstance(r.get("edits"), list) for r in revs)):
+            raise CellError(p, "'revisions' must be a list of objects with an 'edits' list")
         return data
 
     def load(self, stem: str) -> LoadedCell:
@@ -257,10 +324,11 @@ class ResultsFolder:
                         "count": rv.get("count"),
                         "sanity_score": rv.get("sanity_score"),
                         "n_flagged": n_flagged([c.get("flags", []) for c in rv.get("chromosomes", [])]),
-                        "status": "accepted" if r.get("accepted") else "saved",
+                        "status": status_of(r),
                         "reviewer": r.get("reviewer"),
                         "saved_at": r.get("saved_at"),
                         "n_edits": len(r.get("edits", [])),
+                        "n_revisions": len(revisions_of(rv)),
                     }
             except (CellError, ReviewError) as exc:
                 row["error"] = str(exc)
@@ -289,15 +357,35 @@ class ResultsFolder:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def save(self, stem: str, edits: list[Any], *, base_revision: int, reviewer: str, accepted: bool) -> dict[str, Any]:
+    def save(
+        self,
+        stem: str,
+        edits: list[Any],
+        *,
+        base_revision: int,
+        reviewer: str,
+        status: str = "saved",
+        confirmed: bool = False,
+        note: str = "",
+    ) -> dict[str, Any]:
         """Write the review of a cell (module docstring); returns the new revision and the files written.
+
+        Args:
+            status: one of :data:`STATUSES`.
+            confirmed: the reviewer confirmed accepting a cell with flags or an abnormal count.
+            note: the reviewer's remark (why a cell is unanalysable), kept with the revision.
 
         Raises:
             ConflictError: the cell was saved since ``base_revision`` (by another page or person).
-            ReviewError: an edit does not apply, or a reviewer name is missing.
+            ConfirmError: an accept of a doubtful cell (:func:`accept_doubts`) without ``confirmed``.
+            ReviewError: an edit does not apply, a reviewer name is missing or the status is unknown.
         """
         if not isinstance(reviewer, str) or not reviewer.strip():
-            raise ReviewError("a reviewer name is needed to save (who reviewed this cell)")
+            raise ReviewError("a reviewer name is needed to save: type who reviewed this cell")
+        if status not in STATUSES:
+            raise ReviewError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        if not isinstance(note, str):
+            raise ReviewError(f"note must be text, got {note!r}")
         if not isinstance(base_revision, int) or isinstance(base_revision, bool):
             raise ReviewError(f"base_revision must be an integer, got {base_revision!r}")
         with self._locked():
@@ -314,6 +402,11 @@ class ResultsFolder:
             cell = loaded.cell
             st = self.state(stem, edits)
             state = st.pop("_state")
+            doubts = accept_doubts(st) if status == "accepted" else []
+            if doubts and not confirmed:
+                raise ConfirmError(
+                    f"not accepted: {'; '.join(doubts)}. Confirm to accept it as it is (nothing was written)", doubts
+                )
             revision = current + 1
             now = _now()
             kept = [{k: e[k] for k in _EDIT_KEYS if k in e} for e in edits]
@@ -349,13 +442,24 @@ class ResultsFolder:
                 sanity_score=st["sanity_score"],
                 chromosomes=chroms,
             )
+            this = {
+                "revision": revision,
+                "reviewer": reviewer.strip(),
+                "saved_at": now,
+                "status": status,
+                "confirmed": doubts if doubts else None,
+                "note": note.strip() or None,
+                "edits": kept,
+            }
             out["review"] = {
                 "format": REVIEW_FORMAT,
                 "version": REVIEW_VERSION,
                 "revision": revision,
                 "reviewer": reviewer.strip(),
                 "saved_at": now,
-                "accepted": bool(accepted),
+                "status": status,
+                "accepted": status == "accepted",
+                "note": this["note"],
                 "source": f"{stem}.json",
                 "source_sha256": sha256_of(cell.path),
                 "pipeline_karyotype": cell.data.get("karyotype"),
@@ -363,21 +467,30 @@ class ResultsFolder:
                 "edits": kept,
                 "files": files,
             }
+            out["revisions"] = [*(revisions_of(prev) if prev else []), this]
             coco = self._coco_with(stem, out, loaded, files["image"])  # before writing: a bad COCO file stops all
-            self._render(stem, loaded, st, state, files)
+            self._render(stem, loaded, st, state, files, out["review"])
             self._copy_image(loaded.image_path, self.root / files["image"])
             atomic_write_json(self.reviewed_path(stem), out)
             atomic_write_json(self.root / COCO_NAME, coco)
-        return {"revision": revision, "saved_at": now, "files": files, "accepted": bool(accepted)}
+        return {
+            "revision": revision,
+            "saved_at": now,
+            "files": files,
+            "status": status,
+            "accepted": status == "accepted",
+        }
 
-    def _render(self, stem: str, loaded: LoadedCell, st: dict[str, Any], state: Any, files: dict[str, str]) -> None:
+    def _render(
+        self, stem: str, loaded: LoadedCell, st: dict[str, Any], state: Any, files: dict[str, str], rv: dict[str, Any]
+    ) -> None:
         from karyogram.render import render_karyogram
 
         keep = [i for i in range(len(loaded.crops)) if not state.debris[i]]
         crops = [turned(loaded.crops[i]) if state.flipped[i] else loaded.crops[i] for i in keep]
         new_index = {i: j for j, i in enumerate(keep)}
         pair = [new_index.get(st["pair"][i], -1) for i in keep]
-        title = f"{st['karyotype'] or 'no chromosomes'}   ({stem}, reviewed)"
+        title = f"{st['karyotype'] or 'no chromosomes'}   ({stem}: {sign_off(rv)})"
         for key in ("karyogram_png", "karyogram_pdf"):
             render_karyogram(
                 [c.image for c in crops],
@@ -396,9 +509,8 @@ class ResultsFolder:
             shutil.copyfileobj(fin, fout)
 
     def _coco_with(self, stem: str, reviewed: dict[str, Any], loaded: LoadedCell, image_rel: str) -> dict[str, Any]:
-        """``reviewed_coco.json`` with this cell's image and instances replaced by the reviewed ones."""
-        from datasets.coco import categories
-
+        """``reviewed_coco.json`` with this cell's image and instances replaced by the reviewed ones (removed
+        when the cell is unanalysable)."""
         path = self.root / COCO_NAME
         if path.exists():
             data = read_json(path, "move it away and save again: it is rebuilt from the saves that follow")
@@ -416,6 +528,8 @@ class ResultsFolder:
         ids = [im["id"] for im in data["images"] if isinstance(im.get("id"), int)]
         image_id = old[0]["id"] if old and isinstance(old[0].get("id"), int) else max(ids, default=0) + 1
         rv = reviewed["review"]
+        if rv["status"] == "unanalysable":  # not training data: its entry goes, nothing comes in
+            return self._coco_document(images, anns)
         images.append(
             {
                 "id": image_id,
@@ -449,6 +563,12 @@ class ResultsFolder:
                 d = crop.p_dir if not c["polarity_flipped"] else (-crop.p_dir[0], -crop.p_dir[1])
                 a["p_dir"] = [round(d[0], 5), round(d[1], 5)]
             anns.append(a)
+        return self._coco_document(images, anns)
+
+    @staticmethod
+    def _coco_document(images: list[dict[str, Any]], anns: list[dict[str, Any]]) -> dict[str, Any]:
+        from datasets.coco import categories
+
         for k, a in enumerate(anns, start=1):
             a["id"] = k
         cats = categories()

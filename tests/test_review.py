@@ -478,7 +478,7 @@ def test_concurrent_saves_of_one_cell_one_wins(results):
 
     def save(k: int) -> None:
         try:
-            folder.save("cellA", edits[k : k + 1], base_revision=0, reviewer=f"t{k}", accepted=False)
+            folder.save("cellA", edits[k : k + 1], base_revision=0, reviewer=f"t{k}")
             outcome.append("saved")
         except ConflictError:
             outcome.append("refused")
@@ -526,3 +526,99 @@ def test_index_decodes_no_masks_and_few_cells_stay_in_memory(results, monkeypatc
     for k in range(CELLS_IN_MEMORY + 2):
         folder.state(f"copy{k}", [])
     assert len(folder._cells) == CELLS_IN_MEMORY and "copy0" not in folder._cells
+
+
+# ---------------------------------------------------------------------------------------------- sign-off
+def _save(client, stem: str, **kw):
+    return client.post(f"/api/cell/{stem}/save", json={"edits": [], "base_revision": 0, "reviewer": "ana"} | kw)
+
+
+def test_accepting_a_doubtful_cell_needs_confirmation_and_every_revision_is_kept(client, results):
+    from review.store import sign_off
+
+    r = _save(client, "cellA", status="accepted")  # flagged chromosomes (the "3" that is a 1)
+    assert (
+        r.status_code == 428
+        and "not accepted" in r.get_json()["error"]
+        and "nothing was written" in r.get_json()["error"]
+    )
+    assert r.get_json()["confirm"] == ["2 chromosome(s) still flagged"]
+    assert not (results / "cellA.reviewed.json").exists() and not (results / "reviewed_coco.json").exists()
+    assert (
+        client.post("/api/cell/cellA/state", json={"edits": []}).get_json()["accept_doubts"] == r.get_json()["confirm"]
+    )
+    assert _save(client, "cellA", status="accepted", confirmed="yes").status_code == 400
+    r = _save(client, "cellA", status="accepted", confirmed=True)
+    assert r.status_code == 200 and r.get_json()["status"] == "accepted"
+    edits = _edits_for(_cell(results, "cellA"))[0][:2]  # the fix: 46,XY with no flag needs no confirmation
+    r = _save(client, "cellA", edits=edits, base_revision=1, reviewer="bo", status="accepted")
+    assert r.status_code == 200, r.get_json()
+    r = _save(client, "cellA", edits=edits[:1], base_revision=2, reviewer="cy")
+    rv = json.loads((results / "cellA.reviewed.json").read_text())
+    assert [(x["revision"], x["reviewer"], x["status"], len(x["edits"])) for x in rv["revisions"]] == [
+        (1, "ana", "accepted", 0),
+        (2, "bo", "accepted", 2),
+        (3, "cy", "saved", 1),
+    ]
+    assert (
+        rv["revisions"][0]["confirmed"] == ["2 chromosome(s) still flagged"] and rv["revisions"][1]["confirmed"] is None
+    )
+    assert rv["review"]["status"] == "saved" and not rv["review"]["accepted"]
+    assert sign_off(rv["review"]).startswith("draft (cy, ") and "not accepted" in sign_off(rv["review"])
+    assert sign_off(rv["review"] | {"status": "accepted"}) == f"accepted by cy on {rv['review']['saved_at'][:10]}"
+    for bad, words in (({"status": "final"}, "status must be one of"), ({"reviewer": "  "}, "reviewer name")):
+        r = _save(client, "cellB", **bad)
+        assert r.status_code == 400 and words in r.get_json()["error"]
+    assert not (results / "cellB.reviewed.json").exists()
+
+
+def test_a_version_1_review_file_is_read_and_an_older_one_refused(client, results):
+    edits = _edits_for(_cell(results, "cellA"))[0][:2]
+    assert _save(client, "cellA", edits=edits, accepted=True).status_code == 200  # the page's former request
+    rv = json.loads((results / "cellA.reviewed.json").read_text())
+    assert rv["review"]["status"] == "accepted"
+    # the same file as the first app wrote it: one review block, no revisions, no status
+    old = rv | {"review": {k: v for k, v in rv["review"].items() if k not in ("status", "note")} | {"version": 1}}
+    del old["revisions"]
+    (results / "cellA.reviewed.json").write_text(json.dumps(old))
+    d = client.get("/api/cell/cellA").get_json()
+    assert d["review"]["status"] == "accepted" and d["review"]["n_revisions"] == 1 and len(d["review"]["edits"]) == 2
+    assert "accepted" in client.get("/").get_data(as_text=True)
+    assert _save(client, "cellA", edits=edits[:1], base_revision=1, reviewer="bo").status_code == 200
+    rv = json.loads((results / "cellA.reviewed.json").read_text())
+    assert rv["review"]["version"] == 2 and [x["status"] for x in rv["revisions"]] == ["accepted", "saved"]
+    assert rv["revisions"][0]["edits"] == old["review"]["edits"]
+    # an edit log of a schema this app does not know: a clear message, and the file is not touched
+    older = old | {"review": old["review"] | {"version": 0}}
+    (results / "cellA.reviewed.json").write_text(json.dumps(older))
+    for r in (client.get("/api/cell/cellA"), _save(client, "cellA", base_revision=1)):
+        assert r.status_code == 422
+        assert "review format version 0 is not one this app reads (1, 2)" in r.get_json()["error"]
+    assert json.loads((results / "cellA.reviewed.json").read_text()) == older
+    (results / "cellA.reviewed.json").write_text(json.dumps(rv | {"revisions": [{"edits": "x"}]}))
+    r = client.get("/api/cell/cellA")
+    assert r.status_code == 422 and "'revisions' must be a list" in r.get_json()["error"]
+
+
+def test_unanalysable_cells_stay_out_of_the_training_file(client, results):
+    from datasets.coco import COCODataset
+
+    for stem in ("cellA", "cellB"):
+        assert _save(client, stem).status_code == 200
+    coco = json.loads((results / "reviewed_coco.json").read_text())
+    assert [im["review_stem"] for im in coco["images"]] == ["cellA", "cellB"]
+    r = _save(client, "cellA", base_revision=1, status="unanalysable", note="too few spread")
+    assert r.status_code == 200 and r.get_json()["status"] == "unanalysable"
+    coco = json.loads((results / "reviewed_coco.json").read_text())
+    assert [im["review_stem"] for im in coco["images"]] == ["cellB"]
+    ids = {im["id"] for im in coco["images"]}
+    assert coco["annotations"] and all(a["image_id"] in ids for a in coco["annotations"])
+    assert len(COCODataset(results / "reviewed_coco.json")) == 1
+    rv = json.loads((results / "cellA.reviewed.json").read_text())
+    assert rv["review"]["note"] == "too few spread" and rv["revisions"][-1]["status"] == "unanalysable"
+    html = client.get("/").get_data(as_text=True)
+    assert "status-unanalysable" in html
+    # unanalysable never asks for a confirmation, and saving it again as a draft brings it back
+    assert _save(client, "cellA", base_revision=2).status_code == 200
+    coco = json.loads((results / "reviewed_coco.json").read_text())
+    assert sorted(im["review_stem"] for im in coco["images"]) == ["cellA", "cellB"]

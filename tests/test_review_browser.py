@@ -237,7 +237,10 @@ def test_review_a_cell_in_the_browser(browser, server, results, tmp_path):
     # ---- accept the synthetic cell from its page (keyboard "a"), then fine-tune both trainers on the file
     d.get(server + "/cell/synthetic_46XY")
     _wait(d, lambda d: d.execute_script("return document.body.dataset.ready === '1'"), what="second cell ready")
+    _typed_name(d, "Dr Test")
     d.find_element(By.TAG_NAME, "body").send_keys("a")
+    _wait(d, lambda d: d.find_element(By.ID, "confirm").is_displayed(), what="asked: flags")
+    d.find_element(By.ID, "confirm-yes").click()
     _wait(d, lambda d: "Accepted and saved" in d.find_element(By.ID, "message").text, what="accepted")
     assert "1 still unassigned" in d.find_element(By.ID, "message").text  # the speck, left as it is
     coco = json.loads((results / "reviewed_coco.json").read_text())
@@ -355,6 +358,8 @@ def test_one_undo_after_a_reload_takes_back_one_edit_and_no_stale_prompt(browser
     d = browser
     ch = json.loads((synth / "reload.json").read_text())["chromosomes"]
     wrong = next(c["id"] for c in ch if "extra" in c["flags"])
+    d.get(synth_server + "/")
+    d.execute_script("sessionStorage.clear()")  # a name typed in an earlier test of this tab
     _open(d, f"{synth_server}/cell/reload")
     assert d.find_element(By.ID, "reviewer").get_attribute("value") == ""  # typed, never a default
     body = d.find_element(By.TAG_NAME, "body")
@@ -387,3 +392,53 @@ def test_one_undo_after_a_reload_takes_back_one_edit_and_no_stale_prompt(browser
     assert iscn() == "46,XY"  # the move is still there
     d.find_element(By.TAG_NAME, "body").send_keys("z")
     _wait(d, lambda d: iscn() == "46,XY,-1,+3", what="move undone by the second z")
+
+
+def test_accept_with_flags_asks_first_and_unanalysable_leaves_training_data(browser, synth_server, synth):
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    d.get(synth_server + "/")
+    d.execute_script("sessionStorage.clear()")  # a name typed in an earlier test of this tab
+    _open(d, f"{synth_server}/cell/signoff")
+    body = d.find_element(By.TAG_NAME, "body")
+    msg = lambda: d.find_element(By.ID, "message").text  # noqa: E731
+    dialog = lambda: d.find_element(By.ID, "confirm")  # noqa: E731
+    # no name typed: nothing is saved
+    body.send_keys("a")
+    _wait(d, lambda d: "Type your name" in msg(), what="name first")
+    _typed_name(d, "Dr Sign")
+    # the cell has flagged chromosomes (a 1 called 3): accepting asks, naming why; cancel writes nothing
+    d.find_element(By.TAG_NAME, "body").send_keys("a")
+    _wait(d, lambda d: dialog().is_displayed(), what="asked")
+    assert "2 chromosome(s) still flagged" in d.find_element(By.ID, "confirm-text").text
+    d.find_element(By.ID, "confirm-no").click()
+    _wait(d, lambda d: "Not accepted" in msg(), what="cancelled")
+    assert not dialog().is_displayed() and not (synth / "signoff.reviewed.json").exists()
+    d.find_element(By.ID, "accept").click()
+    _wait(d, lambda d: dialog().is_displayed(), what="asked again")
+    d.find_element(By.ID, "confirm-yes").click()
+    _wait(d, lambda d: "Accepted and saved (revision 1)" in msg(), what="accepted")
+    rv = json.loads((synth / "signoff.reviewed.json").read_text())
+    assert rv["review"]["status"] == "accepted" and rv["review"]["reviewer"] == "Dr Sign"
+    assert rv["revisions"][0]["confirmed"] == ["2 chromosome(s) still flagged"]
+    stems = lambda: [im["review_stem"] for im in json.loads((synth / "reviewed_coco.json").read_text())["images"]]  # noqa: E731
+    others = [s for s in stems() if s != "signoff"]  # cells saved by other tests
+    assert "signoff" in stems()
+    # then unanalysable, with a reason: the cell leaves the training file; both revisions are kept
+    d.find_element(By.TAG_NAME, "body").send_keys("n")
+    _wait(d, lambda d: dialog().is_displayed(), what="asked why")
+    d.find_element(By.ID, "confirm-note").send_keys("chromosomes overlap too much")
+    d.find_element(By.ID, "confirm-yes").click()
+    _wait(d, lambda d: "Marked unanalysable and saved (revision 2)" in msg(), what="unanalysable")
+    assert "unanalysable rev 2 by Dr Sign" in d.find_element(By.ID, "status").text
+    rv = json.loads((synth / "signoff.reviewed.json").read_text())
+    assert [(r["revision"], r["status"], r["reviewer"]) for r in rv["revisions"]] == [
+        (1, "accepted", "Dr Sign"),
+        (2, "unanalysable", "Dr Sign"),
+    ]
+    assert rv["review"]["note"] == "chromosomes overlap too much"
+    assert stems() == others
+    d.get(synth_server + "/")
+    row = d.find_element(By.CSS_SELECTOR, 'tr[data-stem="signoff"]')
+    assert "unanalysable" in row.text and "Dr Sign" in row.text

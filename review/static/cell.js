@@ -133,33 +133,64 @@
   }
 
   // ------------------------------------------------------------------ saving
-  function save(accepted) {
+  // an in-page question (the confirm dialog); resolves to null (cancelled) or the note typed
+  function ask(text, yes, withNote) {
+    const dlg = $("confirm");
+    $("confirm-text").textContent = text;
+    $("confirm-yes").textContent = yes;
+    $("confirm-note-row").hidden = !withNote;
+    $("confirm-note").value = "";
+    return new Promise((resolve) => {
+      const done = (v) => { dlg.onclose = null; if (dlg.open) dlg.close(); resolve(v); };
+      $("confirm-yes").onclick = () => done($("confirm-note").value.trim());
+      $("confirm-no").onclick = () => done(null);
+      dlg.onclose = () => done(null);
+      dlg.showModal();
+      (withNote ? $("confirm-note") : $("confirm-yes")).focus();
+    });
+  }
+
+  const DONE_WORDS = { saved: "Saved", accepted: "Accepted and saved", unanalysable: "Marked unanalysable and saved" };
+
+  // status: "saved" (a draft), "accepted" (asks first when the cell has doubts) or "unanalysable" (asks why)
+  function save(status) {
     return act(async () => {
       const reviewer = $("reviewer").value.trim();
       if (!reviewer) { message("Type your name in 'reviewer' first", "error"); $("reviewer").focus(); return; }
       sessionStorage.setItem("karyo-reviewer", reviewer);
+      let confirmed = false, note = "";
+      if (status === "accepted" && state.accept_doubts.length) {
+        const a = await ask("Accept this cell although " + state.accept_doubts.join(" and ") + "?", "Accept anyway", false);
+        if (a === null) { message("Not accepted"); return; }
+        confirmed = true;
+      }
+      if (status === "unanalysable") {
+        const a = await ask("Mark this cell unanalysable? It stays out of the training data.", "Unanalysable", true);
+        if (a === null) { message("Not marked"); return; }
+        note = a;
+      }
       message("Saving\u2026");
       try {
         const edits = flat();
         const res = await request(API + "/save", {
-          edits: edits, base_revision: revision, reviewer: reviewer, accepted: !!accepted,
+          edits: edits, base_revision: revision, reviewer: reviewer, status: status, confirmed: confirmed, note: note,
         });
         revision = res.revision;
         savedSig = sig(edits);
         savedCount = edits.length;
-        cell.review = { revision: res.revision, reviewer: reviewer, saved_at: res.saved_at, accepted: res.accepted };
+        cell.review = { revision: res.revision, reviewer: reviewer, saved_at: res.saved_at, status: res.status };
         state = res.state;
         draw();
         const f = res.files;
         const m = $("message");
         m.className = "ok";
-        m.textContent = (res.accepted ? "Accepted and saved" : "Saved") + " (revision " + res.revision + "): ";
+        m.textContent = DONE_WORDS[res.status] + " (revision " + res.revision + "): ";
         for (const [k, label] of [["reviewed_json", "JSON"], ["karyogram_png", "karyogram"], ["karyogram_pdf", "PDF"], ["coco", "training file"]]) {
           const a = document.createElement("a");
           a.href = "/files/" + f[k]; a.textContent = label; a.target = "_blank";
           m.append(a, " ");
         }
-        if (state.n_unassigned) {
+        if (state.n_unassigned && res.status !== "unanalysable") {
           m.append("\u2014 " + state.n_unassigned + " still unassigned: in the training file as class-unknown " +
             "'chromosome' (the detector learns them, the classifier skips them)");
         }
@@ -320,7 +351,7 @@
     $("sanity").textContent = state.sanity_score.toFixed(3);
     $("nflagged").textContent = state.n_flagged;
     const r = cell.review;
-    $("status").textContent = (dirty() ? "unsaved edits \u00b7 " : "") + (revision ? (r.accepted ? "accepted" : "saved") +
+    $("status").textContent = (dirty() ? "unsaved edits \u00b7 " : "") + (revision ? (r.status === "saved" ? "draft" : r.status) +
       " rev " + revision + " by " + r.reviewer : "not reviewed");
     $("status").className = "fig" + (dirty() ? " dirty" : "");
     $("undo").disabled = !groups.length;
@@ -418,6 +449,7 @@
 
   // ------------------------------------------------------------------ keyboard
   document.addEventListener("keydown", (ev) => {
+    if ($("confirm").open) return;  // the dialog's own keys (Enter, Esc)
     if (ev.target.matches("input, select, textarea")) {
       if (ev.key === "Escape") ev.target.blur();
       return;
@@ -425,7 +457,7 @@
     const k = ev.key;
     const ctrl = ev.ctrlKey || ev.metaKey;
     let done = true;
-    if (ctrl && (k === "s" || k === "S")) save(false);
+    if (ctrl && (k === "s" || k === "S")) save("saved");
     else if (ctrl && (k === "z" || k === "Z")) (ev.shiftKey ? redoOne : undo)();
     else if (ctrl && (k === "y" || k === "Y")) redoOne();
     else if (ctrl || ev.altKey) done = false;
@@ -447,7 +479,8 @@
     else if (k === "s") swapKey();
     else if (k === "z") undo();
     else if (k === "Z") redoOne();
-    else if (k === "a") save(true);
+    else if (k === "a") save("accepted");
+    else if (k === "n") save("unanalysable");
     else if (k === "ArrowRight" || k === "ArrowDown") step(1, false);
     else if (k === "ArrowLeft" || k === "ArrowUp") step(-1, false);
     else if (k === "f") step(1, true);
@@ -462,8 +495,9 @@
   window.addEventListener("beforeunload", (ev) => { if (cell && dirty()) { ev.preventDefault(); ev.returnValue = ""; } });
   $("undo").addEventListener("click", () => undo());
   $("redo").addEventListener("click", () => redoOne());
-  $("save").addEventListener("click", () => save(false));
-  $("accept").addEventListener("click", () => save(true));
+  $("save").addEventListener("click", () => save("saved"));
+  $("accept").addEventListener("click", () => save("accepted"));
+  $("unanalysable").addEventListener("click", () => save("unanalysable"));
   // the name typed in this tab is kept while moving between cells (never a default from the machine)
   $("reviewer").value = sessionStorage.getItem("karyo-reviewer") || "";
 
