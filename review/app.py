@@ -2,6 +2,7 @@
 
 Pages: ``/`` (index, ``?sort=doubt|name|sanity|flagged|count|status``), ``/cell/<stem>``. JSON:
 ``GET /api/cell/<stem>``, ``POST /api/cell/<stem>/state`` (the cell after a list of edits),
+``POST /api/cell/<stem>/segment`` (a cut, join, separation, drawing or erasure -> one edit),
 ``POST /api/cell/<stem>/save``. Pictures: ``/cell/<stem>/image.png``, ``/cell/<stem>/crop/<i>.png``,
 ``/thumb/<stem>.png``; any file of the folder: ``/files/<path>`` (refused outside it). Every script
 and style comes from ``review/static``: the page works without internet.
@@ -142,6 +143,7 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
     @app.get("/cell/<stem>")
     def cell_page(stem: str):
         folder.cell(stem)  # a missing or broken cell answers here, before the page's script runs
+        folder.warm(stem)  # the classifier of segmentation edits loads while the reviewer looks
         return render_template("cell.html", stem=stem, flag_words=FLAG_WORDS)
 
     # ------------------------------------------------------------------ JSON
@@ -209,6 +211,16 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
     @app.post("/api/cell/<stem>/state")
     def cell_state(stem: str):
         return jsonify(_public(with_doubts(folder.state(stem, edits_of(body())))))
+
+    @app.post("/api/cell/<stem>/segment")
+    def cell_segment(stem: str):
+        """A segmentation edit: ``{"edits": [...], "tool": "cut", "line": [[x, y], ...]}`` (see
+        :func:`review.segment.make_edit`) -> ``{"edit", "message", "state"}`` (the state after the edit)."""
+        data = body()
+        edits = edits_of(data)
+        params = {k: v for k, v in data.items() if k not in ("edits", "tool")}
+        edit, message = folder.segment(stem, edits, data.get("tool"), params)
+        return jsonify(edit=edit, message=message, state=_public(with_doubts(folder.state(stem, [*edits, edit]))))
 
     @app.post("/api/cell/<stem>/save")
     def cell_save(stem: str):

@@ -45,8 +45,10 @@ from fileio import atomic_write, atomic_write_json
 from karyogram.labels import name_of
 
 from .edits import EditError, apply_edits, n_flagged, summary
-from .imagery import Crop, chromosome_crops, find_image, locate_image, outlines, read_grey, turned
+from .geometry import GeometryError
+from .imagery import Crop, chromosome_crops, find_image, locate_image, outlines, png_bytes, read_grey, turned
 from .result import Cell, CellError, check_result, image_warnings, load_cell, mask_area, read_json
+from .segment import Identifier, decode, identifier_for, make_edit
 
 REVIEW_FORMAT = "karyotype-review"
 REVIEW_VERSION = 2
@@ -63,7 +65,8 @@ IMAGES_DIR = "reviewed_images"
 _NOT_CELLS = re.compile(r"^(summary|coco_results)(\.rank\d+)?\.json$|^reviewed_coco\.json$")
 _STEM_OK = re.compile(r"^[^/\\\x00]+$")
 #: edit fields kept in the reviewed JSON (others the browser sends are dropped)
-_EDIT_KEYS = ("op", "id", "ids", "before", "after", "at")
+_EDIT_KEYS = ("op", "id", "ids", "before", "after", "at", "line", "path", "half_width", "outline", "stroke", "radius",
+              "removed", "added")  # fmt: skip
 
 
 class ReviewError(ValueError):
@@ -134,6 +137,8 @@ class LoadedCell:
 
 #: cells kept decoded in memory (masks, image, crops)
 CELLS_IN_MEMORY = 4
+#: crops and outlines of instances added by segmentation edits kept in memory
+PIECES_IN_MEMORY = 512
 
 
 def _version(path: Path) -> tuple[int, int]:
@@ -141,10 +146,10 @@ def _version(path: Path) -> tuple[int, int]:
     return (st.st_mtime_ns, st.st_size)
 
 
-def _remember(cache: OrderedDict, key: str, value: Any) -> None:
+def _remember(cache: OrderedDict, key: Any, value: Any, keep: int = CELLS_IN_MEMORY) -> None:
     cache[key] = value
     cache.move_to_end(key)
-    while len(cache) > CELLS_IN_MEMORY:
+    while len(cache) > keep:
         cache.popitem(last=False)
 
 
@@ -190,6 +195,7 @@ class ResultsFolder:
         self._loaded: OrderedDict[str, LoadedCell] = OrderedDict()
         self._cells: OrderedDict[str, tuple[tuple[int, int], Cell]] = OrderedDict()
         self._rows: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._pieces: OrderedDict[tuple[str, str], tuple[Crop, Any]] = OrderedDict()
 
     # ------------------------------------------------------------------ paths
     def resolve(self, rel: str) -> Path:
@@ -338,13 +344,78 @@ class ResultsFolder:
 
     # ------------------------------------------------------------------ state
     def state(self, stem: str, edits: list[Any]) -> dict[str, Any]:
-        """The cell after ``edits`` (see :func:`review.edits.summary`); :class:`ReviewError` if one does not apply."""
+        """The cell after ``edits`` (see :func:`review.edits.summary`), plus ``added``: what the page shows of
+        each instance a segmentation edit added (:meth:`piece_info`); :class:`ReviewError` if an edit does
+        not apply."""
         cell = self.cell(stem)
         try:
-            st = apply_edits(cell.labels, edits)
+            st = apply_edits(cell.labels, edits, [cell.height, cell.width])
         except EditError as exc:
             raise ReviewError(str(exc)) from None
-        return summary(st, cell.flags, cell.pair_of) | {"_state": st}
+        out = summary(st, cell.flags, cell.pair_of) | {"_state": st}
+        loaded = self.load(stem) if st.added else None
+        out["added"] = [self.piece_info(stem, loaded, st.n_pipeline + k, a) for k, a in enumerate(st.added)]
+        return out
+
+    def piece(self, stem: str, loaded: LoadedCell, added: dict[str, Any]) -> tuple[Crop, Any]:
+        """The crop and outline of an instance a segmentation edit added (computed once per mask)."""
+        key = (stem, added["mask"]["counts"])
+        hit = self._pieces.get(key)
+        if hit is None:
+            m = decode(added["mask"])[None]
+            hit = (chromosome_crops(loaded.image, m)[0], outlines(m)[0])
+            _remember(self._pieces, key, hit, PIECES_IN_MEMORY)
+        return hit
+
+    def piece_info(self, stem: str, loaded: Any, i: int, added: dict[str, Any]) -> dict[str, Any]:
+        """What the page shows of added instance ``i``: outline, crop (size, centromere row, PNG as a data
+        URL), the classifier's top classes."""
+        import base64
+
+        crop, outline = self.piece(stem, loaded, added)
+        h, w = crop.image.shape
+        probs = np.asarray(added["probs"], np.float64)
+        best = np.argsort(-probs, kind="stable")[:3]
+        return {
+            "id": i,
+            "pipeline_label": 0,
+            "pipeline_flags": [],
+            "confidence": None,
+            "top": [{"class": int(j) + 1, "name": name_of(int(j) + 1), "p": round(float(probs[j]), 3)} for j in best],
+            "crop": {"w": w, "h": h, "cen": round(crop.centromere_row, 2)},
+            "outline": outline,
+            "png": "data:image/png;base64," + base64.b64encode(png_bytes(crop.image)).decode("ascii"),
+            "from": added.get("from", []),
+        }
+
+    def segment(self, stem: str, edits: list[Any], tool: str, params: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """A segmentation edit on the cell after ``edits`` (:func:`review.segment.make_edit`).
+
+        Raises:
+            ReviewError: the edits do not apply, or the gesture makes no edit (the geometry's message).
+        """
+        st = self.state(stem, edits)["_state"]
+        try:
+            return make_edit(self.load(stem), st, tool, params, self.identifier(stem))
+        except GeometryError as exc:
+            raise ReviewError(f"not done: {exc}") from None
+
+    def warm(self, stem: str) -> None:
+        """Load the cell's classifier in the background (seconds), so that the first segmentation edit is quick;
+        a file that cannot be read is reported by that edit."""
+
+        def load() -> None:
+            with contextlib.suppress(Exception):
+                self.identifier(stem).load()
+
+        threading.Thread(target=load, daemon=True).start()
+
+    def identifier(self, stem: str) -> Identifier:
+        """The classifier the pipeline used for this cell (its JSON's ``models.classifier`` when that file is
+        here), else the shipped one; loaded once per file and process."""
+        rec = (self.cell(stem).data.get("models") or {}).get("classifier")
+        path = Path(rec) if isinstance(rec, str) and Path(rec).is_file() else None
+        return identifier_for(path)
 
     # ------------------------------------------------------------------ saving
     @contextlib.contextmanager
@@ -419,18 +490,40 @@ class ResultsFolder:
                 "coco": COCO_NAME,
             }
             out = dict(cell.data)
+            # the instances present after the edits, numbered 0..M-1 as the pipeline numbers them; review_id is
+            # the number the edit log uses (pipeline ids, then the added ones)
+            n = state.n_pipeline
+            present = [i for i in range(len(state.labels)) if state.alive[i]]
+            new_id = {i: k for k, i in enumerate(present)}
+            crops = [loaded.crops[i] if i < n else self.piece(stem, loaded, state.added[i - n])[0] for i in present]
             chroms = []
-            for i, c in enumerate(cell.data["chromosomes"]):
+            for i in present:
                 k = st["labels"][i]
+                if i < n:
+                    c = cell.data["chromosomes"][i]
+                    base = {**c, "pipeline_label": c["label"], "pipeline_flags": c["flags"]}
+                else:
+                    a = state.added[i - n]
+                    base = {k_: a[k_] for k_ in ("probs", "box", "mask", "length_px", "centromere_index")}
+                    base |= {
+                        "score": 1.0,  # drawn or cut by the reviewer, not detected
+                        "confidence": round(max(a["probs"]), 4),
+                        "centromere_xy": a.get("centromere_xy"),
+                        "polarity_ok": bool(a.get("polarity_ok", False)),
+                        "pipeline_label": None,
+                        "pipeline_flags": [],
+                        "made_from": a.get("from", []),
+                    }
+                pr = st["pair"][i]
                 chroms.append(
-                    {
-                        **c,
+                    base
+                    | {
+                        "id": new_id[i],
+                        "review_id": i,
                         "label": k,
                         "name": name_of(k),
-                        "pair": st["pair"][i] if st["pair"][i] >= 0 else None,
+                        "pair": new_id.get(pr) if pr >= 0 else None,
                         "flags": st["flags"][i],
-                        "pipeline_label": c["label"],
-                        "pipeline_flags": c["flags"],
                         "not_chromosome": state.debris[i],
                         "polarity_flipped": state.flipped[i],
                     }
@@ -441,6 +534,7 @@ class ResultsFolder:
                 count=st["count"],
                 sanity_score=st["sanity_score"],
                 chromosomes=chroms,
+                detections=len(chroms),
             )
             this = {
                 "revision": revision,
@@ -468,8 +562,8 @@ class ResultsFolder:
                 "files": files,
             }
             out["revisions"] = [*(revisions_of(prev) if prev else []), this]
-            coco = self._coco_with(stem, out, loaded, files["image"])  # before writing: a bad COCO file stops all
-            self._render(stem, loaded, st, state, files, out["review"])
+            coco = self._coco_with(stem, out, crops, files["image"])  # before writing: a bad COCO file stops all
+            self._render(stem, out, crops, files)
             self._copy_image(loaded.image_path, self.root / files["image"])
             atomic_write_json(self.reviewed_path(stem), out)
             atomic_write_json(self.root / COCO_NAME, coco)
@@ -481,23 +575,23 @@ class ResultsFolder:
             "accepted": status == "accepted",
         }
 
-    def _render(
-        self, stem: str, loaded: LoadedCell, st: dict[str, Any], state: Any, files: dict[str, str], rv: dict[str, Any]
-    ) -> None:
+    def _render(self, stem: str, reviewed: dict[str, Any], crops: list[Crop], files: dict[str, str]) -> None:
+        """The karyogram of the reviewed chromosomes (``crops`` one per entry), titled with the sign-off."""
         from karyogram.render import render_karyogram
 
-        keep = [i for i in range(len(loaded.crops)) if not state.debris[i]]
-        crops = [turned(loaded.crops[i]) if state.flipped[i] else loaded.crops[i] for i in keep]
+        chroms = reviewed["chromosomes"]
+        keep = [i for i, c in enumerate(chroms) if not c["not_chromosome"]]
+        shown = [turned(crops[i]) if chroms[i]["polarity_flipped"] else crops[i] for i in keep]
         new_index = {i: j for j, i in enumerate(keep)}
-        pair = [new_index.get(st["pair"][i], -1) for i in keep]
-        title = f"{st['karyotype'] or 'no chromosomes'}   ({stem}: {sign_off(rv)})"
+        pair = [new_index.get(chroms[i]["pair"], -1) if chroms[i]["pair"] is not None else -1 for i in keep]
+        title = f"{reviewed['karyotype'] or 'no chromosomes'}   ({stem}: {sign_off(reviewed['review'])})"
         for key in ("karyogram_png", "karyogram_pdf"):
             render_karyogram(
-                [c.image for c in crops],
-                [c.centromere_row for c in crops],
-                [st["labels"][i] for i in keep],
+                [c.image for c in shown],
+                [c.centromere_row for c in shown],
+                [chroms[i]["label"] for i in keep],
                 pair_of=pair,
-                flags=[st["flags"][i] for i in keep],
+                flags=[chroms[i]["flags"] for i in keep],
                 title=title,
                 path=self.root / files[key],
             )
@@ -508,7 +602,7 @@ class ResultsFolder:
         with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
             shutil.copyfileobj(fin, fout)
 
-    def _coco_with(self, stem: str, reviewed: dict[str, Any], loaded: LoadedCell, image_rel: str) -> dict[str, Any]:
+    def _coco_with(self, stem: str, reviewed: dict[str, Any], crops: list[Crop], image_rel: str) -> dict[str, Any]:
         """``reviewed_coco.json`` with this cell's image and instances replaced by the reviewed ones (removed
         when the cell is unanalysable)."""
         path = self.root / COCO_NAME
@@ -556,7 +650,7 @@ class ResultsFolder:
                 "area": mask_area(c["mask"]),
                 "segmentation": c["mask"],
             }
-            crop = loaded.crops[i] if i < len(loaded.crops) else None
+            crop = crops[i] if i < len(crops) else None
             if c.get("centromere_xy") is not None:
                 a["centromere"] = c["centromere_xy"]
             if crop is not None and crop.p_dir is not None:

@@ -24,13 +24,9 @@ def write_synthetic_cell(
     """A pipeline-layout result of a synthetic spread: true labels except that one chromosome 1 is labelled 3
     (flagged ``low_confidence`` and ``extra``; its homolog ``unpaired``), plus a round speck of debris
     (label 0, ``unassigned``). The image goes to ``image_dir`` (default ``out_dir``). Returns the JSON."""
-    from datasets.coco import encode_mask
     from datasets.io import atomic_write_image
     from datasets.synthetic import SyntheticConfig, generate_spread
-    from karyogram.iscn import iscn_string
-    from karyogram.labels import name_of
     from karyogram.render import render_overlay
-    from metrics.karyotype import sanity_score
 
     cfg = SyntheticConfig(image_size=(420, 520), scale=(700.0, 900.0), debris=(0, 3), nuclei_mean=0.0)
     rec = generate_spread(np.random.default_rng(seed), cfg, karyotype)
@@ -65,13 +61,37 @@ def write_synthetic_cell(
         members = [i for i in range(n) if labels[i] == k and i != wrong]
         for a, b in zip(members[0::2], members[1::2]):
             pair[a], pair[b] = b, a
+    confidence = [0.4 if i == wrong else 0.95 for i in range(n)]
+    cens = [rec.centromeres[i] if i < len(rec) else None for i in range(n)]
+    data = _result_json(img_path, masks, labels, flags, pair, confidence, cens)
+    (out_dir / f"{stem}.json").write_text(json.dumps(data))
+    render_overlay(rec.image, masks, labels, flags=flags, path=out_dir / f"{stem}_overlay.png")
+    return data
+
+
+def _result_json(
+    img_path: Path,
+    masks: np.ndarray,
+    labels: list[int],
+    flags: list[list[str]],
+    pair: list[int],
+    confidence: list[float],
+    centromeres: list[Any],
+) -> dict[str, Any]:
+    """The pipeline's JSON of instances ``masks`` uint8 [N, H, W] with these labels (probability 0.99 each)."""
+    from datasets.coco import encode_mask
+    from karyogram.iscn import iscn_string
+    from karyogram.labels import name_of
+    from metrics.karyotype import sanity_score
+
+    n, h, w = masks.shape
     chromosomes = []
     for i in range(n):
         ys, xs = np.nonzero(masks[i])
         probs = np.full(24, 0.01 / 23)
         if labels[i]:
             probs[labels[i] - 1] = 0.99
-        cen = rec.centromeres[i] if i < len(rec) else [float(xs.mean()), float(ys.mean())]
+        cen = centromeres[i] if centromeres[i] is not None else [float(xs.mean()), float(ys.mean())]
         chromosomes.append(
             {
                 "id": i,
@@ -79,7 +99,7 @@ def write_synthetic_cell(
                 "name": name_of(labels[i]),
                 "score": 0.99,
                 "probs": [round(float(p), 5) for p in probs],
-                "confidence": 0.4 if i == wrong else 0.95,
+                "confidence": confidence[i],
                 "box": [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)],
                 "mask": encode_mask(masks[i]),
                 "length_px": float(max(np.ptp(xs), np.ptp(ys))),
@@ -90,13 +110,13 @@ def write_synthetic_cell(
                 "flags": flags[i],
             }
         )
-    data = {
+    return {
         "image": str(img_path),
         "width": int(w),
         "height": int(h),
         "processing_scale": 1.0,
         "karyotype": iscn_string(labels),
-        "sex": "XY",
+        "sex": "XY" if 24 in labels else "XX",
         "count": sum(1 for k in labels if k),
         "detections": n,
         "sanity_score": round(float(sanity_score(labels)), 4),
@@ -105,8 +125,57 @@ def write_synthetic_cell(
         "models": {"segmentation": "synthetic", "classifier": "synthetic"},
         "notes": [],
     }
+
+
+#: the rods of :func:`write_rods_cell`: name -> (end, end) in (x, y) pixels, all 8 px wide
+RODS = {
+    "cross_a": ((30, 70), (150, 70)),  # crosses cross_b: the two are one instance
+    "cross_b": ((90, 15), (90, 125)),
+    "whole": ((190, 20), (190, 140)),  # one chromosome, to cut
+    "piece_1": ((40, 170), (100, 170)),  # one chromosome found as two pieces with a gap of 6 px
+    "piece_2": ((107, 170), (160, 170)),
+    "far": ((220, 190), (260, 190)),  # far from the pieces
+}
+ROD_WIDTH = 8
+
+
+def rod_mask(name: str, shape: tuple[int, int] = (220, 280)) -> np.ndarray:
+    """uint8 [H, W] of one rod of :data:`RODS`."""
+    import cv2
+
+    m = np.zeros(shape, np.uint8)
+    cv2.line(m, *RODS[name], 1, thickness=ROD_WIDTH)
+    return m
+
+
+def write_rods_cell(out_dir: Path, stem: str = "rods") -> dict[str, Any]:
+    """A hand-made cell of dark rods on white with known answers (:data:`RODS`): instance 0 is the two
+    crossing rods found as one, 1 a rod to cut, 2 and 3 the two pieces of one rod, 4 a rod far away."""
+    from datasets.io import atomic_write_image
+    from karyogram.render import render_overlay
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shape = (220, 280)
+    masks = np.stack(
+        [
+            rod_mask("cross_a") | rod_mask("cross_b"),
+            rod_mask("whole"),
+            rod_mask("piece_1"),
+            rod_mask("piece_2"),
+            rod_mask("far"),
+        ]
+    )
+    image = np.where(masks.any(0), 0.3, 0.95).astype(np.float32)
+    # a band or two, so that the measurements see a chromosome
+    image[masks.any(0) & ((np.arange(shape[1])[None, :] // 9) % 3 == 0)] = 0.15
+    img_path = out_dir / f"{stem}.png"
+    atomic_write_image(img_path, np.round(image * 255).astype(np.uint8))
+    labels = [1, 2, 3, 3, 4]
+    flags = [["suspected_overlap"], [], ["unpaired"], ["extra"], ["unpaired"]]
+    pair = [-1, -1, 3, 2, -1]
+    data = _result_json(img_path, masks, labels, flags, pair, [0.5] * 5, [None] * 5)
     (out_dir / f"{stem}.json").write_text(json.dumps(data))
-    render_overlay(rec.image, masks, labels, flags=flags, path=out_dir / f"{stem}_overlay.png")
+    render_overlay(image, masks, labels, flags=flags, path=out_dir / f"{stem}_overlay.png")
     return data
 
 

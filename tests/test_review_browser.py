@@ -23,7 +23,14 @@ from pathlib import Path
 import pytest
 
 from karyogram.iscn import iscn_string
-from tests.review_fixtures import pipeline_results, smoke_train_both, write_synthetic_cell
+from tests.review_fixtures import (
+    RODS,
+    pipeline_results,
+    rod_mask,
+    smoke_train_both,
+    write_rods_cell,
+    write_synthetic_cell,
+)
 
 CHROMIUM = os.environ.get("KARYO_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("KARYO_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -328,6 +335,7 @@ def synth(tmp_path_factory, browser) -> Path:
     out = tmp_path_factory.mktemp("review_browser_synth") / "results"
     for k, stem in enumerate(("reload", "signoff")):
         write_synthetic_cell(out, stem, seed=10 + k)
+    write_rods_cell(out, "rods")
     return out
 
 
@@ -442,3 +450,111 @@ def test_accept_with_flags_asks_first_and_unanalysable_leaves_training_data(brow
     d.get(synth_server + "/")
     row = d.find_element(By.CSS_SELECTOR, 'tr[data-stem="signoff"]')
     assert "unanalysable" in row.text and "Dr Sign" in row.text
+
+
+def _gesture(d, points, shape=(220, 280)):
+    """Drag the mouse through ``points`` (image pixels) on the spread."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    svg = d.find_element(By.ID, "spread-svg")
+    r = svg.rect
+    h, w = shape
+    xy = [(x * r["width"] / w - r["width"] / 2, y * r["height"] / h - r["height"] / 2) for x, y in points]
+    ch = ActionChains(d).move_to_element_with_offset(svg, int(xy[0][0]), int(xy[0][1])).click_and_hold()
+    for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
+        ch = ch.move_by_offset(int(round(x1)) - int(round(x0)), int(round(y1)) - int(round(y0)))
+    ch.release().perform()
+
+
+def test_segmentation_edits_on_the_spread(browser, synth_server, synth):
+    """Cut, join, draw, delete and separate a crossing on the rods cell; undo/redo; saved masks in the training file."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from review.segment import decode
+
+    d = browser
+    _open(d, f"{synth_server}/cell/rods")
+    msg = lambda: d.find_element(By.ID, "message").text  # noqa: E731
+    n_out = lambda: len(d.find_elements(By.CSS_SELECTOR, "#spread-svg g.outline"))  # noqa: E731
+    body = lambda: d.find_element(By.TAG_NAME, "body")  # noqa: E731
+    shots = os.environ.get("KARYO_REVIEW_SCREENSHOT_DIR")
+    assert n_out() == 5
+    # cut the lone rod across its middle: two instances where there was one
+    body().send_keys("c")
+    (x, y0), (_, y1) = RODS["whole"]
+    _gesture(d, [(x - 14, 80), (x - 5, 80), (x + 5, 80), (x + 14, 80)])
+    _wait(d, lambda d: "cut #1 into 2" in msg(), what="cut")
+    assert n_out() == 6 and not d.find_elements(By.CSS_SELECTOR, '#spread-svg g[data-id="1"]')
+    assert d.find_elements(By.CSS_SELECTOR, '#spread-svg g[data-id="5"]') and d.find_elements(
+        By.CSS_SELECTOR, '.chrom[data-id="6"]'
+    )
+    if shots:
+        time.sleep(0.3)
+        d.save_screenshot(str(Path(shots) / "review_cut.png"))
+    # a cut that splits nothing: a clear message, nothing changes
+    _gesture(d, [(x - 14, 40), (x, 40)])
+    _wait(d, lambda d: "does not cut this chromosome in two" in msg(), what="cut refused")
+    assert n_out() == 6
+    # join the two pieces of one rod (click one, then the other)
+    body().send_keys("j")
+    for i in (2, 3):
+        ActionChains(d).move_to_element(
+            d.find_element(By.CSS_SELECTOR, f'#spread-svg g[data-id="{i}"] polygon')
+        ).click().perform()
+    _wait(d, lambda d: "joined #2 and #3" in msg(), what="join")
+    assert n_out() == 5
+    # draw a missed chromosome in an empty place
+    body().send_keys("o")
+    _gesture(d, [(230, 30), (245, 30), (252, 60), (245, 100), (230, 100), (226, 60), (230, 32)])
+    _wait(d, lambda d: "drew a chromosome: new #8" in msg(), what="draw")
+    assert n_out() == 6
+    # delete it again as debris: select tool, click it, the Delete button
+    body().send_keys("v")
+    ActionChains(d).move_to_element(
+        d.find_element(By.CSS_SELECTOR, '#spread-svg g[data-id="8"] polygon')
+    ).click().perform()
+    d.find_element(By.ID, "tool-delete").click()
+    _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, '#debris .chrom[data-id="8"]'), what="deleted")
+    # separate the crossing: a path along the horizontal rod
+    body().send_keys("p")
+    (ax0, ay), (ax1, _) = RODS["cross_a"]
+    _gesture(d, [(ax0 - 4, ay), (60, ay), (90, ay), (120, ay), (ax1 + 4, ay)])
+    _wait(d, lambda d: "separated a chromosome from #0" in msg(), what="separate")
+    assert n_out() == 7
+    if shots:
+        body().send_keys("v")
+        ActionChains(d).move_to_element(
+            d.find_element(By.CSS_SELECTOR, '#spread-svg g[data-id="10"] polygon')
+        ).click().perform()
+        time.sleep(0.3)
+        d.save_screenshot(str(Path(shots) / "review_separate.png"))
+    # undo takes the separation back; redo brings it again
+    body().send_keys(Keys.ESCAPE, "z")
+    _wait(d, lambda d: n_out() == 6 and d.find_elements(By.CSS_SELECTOR, '#spread-svg g[data-id="0"]'), what="undone")
+    ActionChains(d).key_down(Keys.SHIFT).send_keys("Z").key_up(Keys.SHIFT).perform()
+    _wait(d, lambda d: n_out() == 7, what="redone")
+    _typed_name(d, "Dr Cut")
+    ActionChains(d).key_down(Keys.CONTROL).send_keys("s").key_up(Keys.CONTROL).perform()
+    _wait(d, lambda d: "Saved (revision 1)" in msg(), what="saved")
+    rv = json.loads((synth / "rods.reviewed.json").read_text())
+    assert [e["op"] for e in rv["review"]["edits"]] == ["cut", "join", "draw", "debris", "separate"]
+    by_review_id = {c["review_id"]: c for c in rv["chromosomes"]}
+    assert sorted(by_review_id) == [4, 5, 6, 7, 8, 9, 10]  # 0-3 replaced; 8 is the drawn one, marked debris
+    assert by_review_id[8]["not_chromosome"]
+    coco = json.loads((synth / "reviewed_coco.json").read_text())
+    im = next(i for i in coco["images"] if i["review_stem"] == "rods")
+    anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
+    assert len(anns) == 6  # the debris left out
+    masks = [decode(a["segmentation"]) for a in anns]
+    a_rod, b_rod = rod_mask("cross_a"), rod_mask("cross_b")
+    iou = lambda m, t: float((m & t).sum() / (m | t).sum())  # noqa: E731
+    sep = max(masks, key=lambda m: iou(m, a_rod))
+    rest = max(masks, key=lambda m: iou(m, b_rod))
+    assert iou(sep, a_rod) > 0.9 and iou(rest, b_rod) > 0.9
+    assert ((sep & rest) >= (a_rod & b_rod)).all()  # the crossing belongs to both
+    whole = rod_mask("whole")
+    halves = [m for m in masks if (m & whole).sum() > 0.9 * m.sum()]
+    assert len(halves) == 2 and ((halves[0] | halves[1]) == whole).all()

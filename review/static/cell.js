@@ -53,13 +53,14 @@
   }
 
   // the label an instance carries under its debris mark (the server's effective label is 0)
-  function rawLabel(i) {
-    let k = cell.chromosomes[i].pipeline_label;
-    for (const e of flat()) {
-      if (e.op === "move" && e.id === i) k = e.after;
-      if (e.op === "swap") { if (e.ids[0] === i) k = e.after[0]; if (e.ids[1] === i) k = e.after[1]; }
-    }
-    return k;
+  function rawLabel(i) { return state.raw_labels[i]; }
+
+  // a chromosome's fixed facts: the pipeline's instances from the cell, the ones edits added from the state
+  function info(i) { return i < cell.chromosomes.length ? cell.chromosomes[i] : state.added[i - cell.chromosomes.length]; }
+  // ids of the instances present (not replaced by a segmentation edit)
+  function present() { const out = []; state.alive.forEach((a, i) => { if (a) out.push(i); }); return out; }
+  function cropUrl(i) {
+    return i < cell.chromosomes.length ? "/cell/" + encodeURIComponent(STEM) + "/crop/" + i + ".png" : info(i).png;
   }
 
   async function commit(edits, what) {
@@ -204,13 +205,13 @@
   const Z = () => cell.zoom;
 
   function cropBox(i) {
-    const c = cell.chromosomes[i].crop;
+    const c = info(i).crop;
     const cen = state.flipped[i] ? c.h - 1 - c.cen : c.cen;
     return { w: c.w, h: c.h, cen: cen };
   }
 
   function chromEl(i) {
-    const c = cell.chromosomes[i];
+    const c = info(i);
     const b = cropBox(i);
     const wrap = document.createElement("div");
     wrap.className = "chrom";
@@ -221,7 +222,7 @@
     if (i === swapFrom) wrap.classList.add("swap-from");
     wrap.title = "#" + i + " " + cell.names[state.labels[i]] + (flags.length ? " \u2014 " + flags.map((f) => FLAG_WORDS[f] || f).join(", ") : "");
     const img = document.createElement("img");
-    img.src = "/cell/" + encodeURIComponent(STEM) + "/crop/" + i + ".png";
+    img.src = cropUrl(i);
     img.width = Math.max(1, Math.round(b.w * Z()));
     img.height = Math.max(1, Math.round(b.h * Z()));
     img.draggable = false;
@@ -272,7 +273,7 @@
     for (const [id, pred] of [["unassigned", (i) => state.labels[i] === 0 && !state.debris[i]], ["debris", (i) => state.debris[i]]]) {
       const box = $(id).querySelector(".members");
       box.textContent = "";
-      cell.chromosomes.forEach((c, i) => { if (pred(i)) box.append(chromEl(i)); });
+      present().forEach((i) => { if (pred(i)) box.append(chromEl(i)); });
       $(id).querySelector("h3").textContent = (id === "debris" ? "not a chromosome" : "unassigned") + " (" + box.children.length + ")";
     }
   }
@@ -280,7 +281,8 @@
   function drawSpread() {
     const svg = $("spread-svg");
     svg.textContent = "";
-    cell.chromosomes.forEach((c, i) => {
+    present().forEach((i) => {
+      const c = info(i);
       const g = document.createElementNS(SVGNS, "g");
       g.classList.add("outline");
       g.dataset.id = i;
@@ -314,14 +316,14 @@
       box.innerHTML = '<p class="muted">Click a chromosome (here or in the karyogram), or press &rarr;.</p>';
       return;
     }
-    const c = cell.chromosomes[sel];
+    const c = info(sel);
     const k = state.labels[sel];
     const flags = state.flags[sel];
     box.innerHTML = "";
     const h = document.createElement("h3");
     h.textContent = "Chromosome #" + sel + ": " + (state.debris[sel] ? "not a chromosome" : "class " + cell.names[k]);
     const p = document.createElement("p");
-    p.textContent = "pipeline: " + cell.names[c.pipeline_label] +
+    p.textContent = (sel >= cell.chromosomes.length ? "added by an edit (from #" + c.from.join(", #") + ")" : "pipeline: " + cell.names[c.pipeline_label]) +
       (c.confidence !== null ? " (confidence " + c.confidence.toFixed(2) + ")" : "") +
       (c.top.length ? "; classifier: " + c.top.map((t) => t.name + " " + t.p.toFixed(2)).join(", ") : "") +
       (state.flipped[sel] ? "; polarity flipped" : "") +
@@ -379,8 +381,8 @@
   // karyogram order: slots row by row, then unassigned, then debris
   function order() {
     const out = state.slots.flatMap((row) => row.flatMap(([, m]) => m));
-    cell.chromosomes.forEach((c, i) => { if (state.labels[i] === 0 && !state.debris[i]) out.push(i); });
-    cell.chromosomes.forEach((c, i) => { if (state.debris[i]) out.push(i); });
+    present().forEach((i) => { if (state.labels[i] === 0 && !state.debris[i]) out.push(i); });
+    present().forEach((i) => { if (state.debris[i]) out.push(i); });
     return out;
   }
   function step(d, onlyFlagged) {
@@ -407,10 +409,89 @@
     swap(a, sel);
   }
 
+  // ------------------------------------------------------------------ segmentation tools on the spread
+  // each gesture goes to the server, which returns one edit (new masks, classified, the cell reassigned)
+  let tool = "select";
+  let joinFirst = -1;
+  let stroke = null;        // {pts: [[x, y], ...], el: polyline} while a line is being drawn
+  const HINTS = {
+    select: "",
+    cut: "Cut: drag a line across a chromosome, from outside to outside",
+    join: "Join: click one piece, then the other",
+    separate: "Separate: drag along one chromosome, through the crossing",
+    draw: "Draw: drag around the missed chromosome (one closed loop)",
+    erase: "Erase: drag over the pixels to remove (brush radius at right)",
+  };
+  function setTool(t) {
+    tool = t;
+    joinFirst = -1;
+    for (const b of document.querySelectorAll("#tools button[data-tool]")) b.classList.toggle("on", b.dataset.tool === t);
+    $("spread").dataset.tool = t;
+    message(HINTS[t]);
+  }
+  function imagePoint(ev) {
+    const r = $("spread-svg").getBoundingClientRect();
+    const x = (ev.clientX - r.left) * cell.width / r.width, y = (ev.clientY - r.top) * cell.height / r.height;
+    return [Math.round(x * 10) / 10, Math.round(y * 10) / 10];
+  }
+  function segment(t, params) {
+    return act(async () => {
+      message("Working\u2026");
+      try {
+        const res = await request(API + "/segment", Object.assign({ edits: flat(), tool: t }, params));
+        groups.push([stamp(res.edit)]);
+        redo = [];
+        state = res.state;
+        sel = -1;
+        draw();
+        message(res.message, "ok");
+      } catch (err) {
+        message(err.message, "error");
+      }
+    });
+  }
+  function startStroke(ev) {
+    const p = imagePoint(ev);
+    const el = document.createElementNS(SVGNS, "polyline");
+    el.id = "stroke";
+    $("spread-svg").append(el);
+    stroke = { pts: [p], el: el };
+    moveStroke(ev);
+  }
+  function moveStroke(ev) {
+    const p = imagePoint(ev);
+    const q = stroke.pts[stroke.pts.length - 1];
+    if (Math.hypot(p[0] - q[0], p[1] - q[1]) >= 1) stroke.pts.push(p);
+    stroke.el.setAttribute("points", stroke.pts.map((v) => v.join(",")).join(" "));
+  }
+  function endStroke() {
+    const pts = stroke.pts;
+    stroke.el.remove();
+    stroke = null;
+    if (tool === "cut") return segment("cut", { line: pts });
+    if (tool === "separate") return segment("separate", { path: pts });
+    if (tool === "draw") return segment("draw", { outline: pts });
+    if (tool === "erase") return segment("erase", { stroke: pts, radius: Number($("brush").value) });
+  }
+  function joinClick(ev) {
+    const g = ev.target.closest("#spread-svg g.outline");
+    if (!g) { message("Join: click on a chromosome's outline", "error"); return; }
+    const i = Number(g.dataset.id);
+    if (joinFirst < 0 || joinFirst === i) { joinFirst = i; select(i); message("Join #" + i + " with: click the other piece"); return; }
+    const a = joinFirst;
+    joinFirst = -1;
+    segment("join", { ids: [a, i] });
+  }
+
   // ------------------------------------------------------------------ mouse: click to select, drag to move
   let drag = null;
   document.addEventListener("pointerdown", (ev) => {
     if (ev.button !== 0) return;
+    if (tool !== "select" && ev.target.closest("#spread")) {
+      ev.preventDefault();
+      if (tool === "join") joinClick(ev); else startStroke(ev);
+      return;
+    }
     const el = ev.target.closest(".chrom, #spread-svg g.outline");
     if (!el) return;
     ev.preventDefault();
@@ -419,6 +500,7 @@
     if (el.classList.contains("chrom")) drag = { id: i, x: ev.clientX, y: ev.clientY, ghost: null, el: el };
   });
   document.addEventListener("pointermove", (ev) => {
+    if (stroke) { moveStroke(ev); return; }
     if (!drag) return;
     if (!drag.ghost) {
       if (Math.hypot(ev.clientX - drag.x, ev.clientY - drag.y) < 4) return;
@@ -434,6 +516,7 @@
     if (drop) drop.classList.add("over");
   });
   document.addEventListener("pointerup", (ev) => {
+    if (stroke) { endStroke(); return; }
     if (!drag) return;
     const d = drag;
     drag = null;
@@ -470,7 +553,13 @@
       if (sel < 0) message("Select a chromosome first, then type its class", "error");
       else if (n >= 1 && n <= 22) moveTo(sel, n); else message("No class " + n + " (1-22, x, y, u)", "error");
     }
-    else if (k === "Escape") { typed = ""; swapFrom = -1; message(""); select(-1); draw(); }
+    else if (k === "Escape") { typed = ""; swapFrom = -1; setTool("select"); select(-1); draw(); }
+    else if (k === "v") setTool("select");
+    else if (k === "c") setTool("cut");
+    else if (k === "j") setTool("join");
+    else if (k === "p") setTool("separate");
+    else if (k === "o") setTool("draw");
+    else if (k === "e") setTool("erase");
     else if (k === "x" || k === "X") moveTo(sel, 23);
     else if (k === "y" || k === "Y") moveTo(sel, 24);
     else if (k === "u") moveTo(sel, 0);
@@ -498,6 +587,8 @@
   $("save").addEventListener("click", () => save("saved"));
   $("accept").addEventListener("click", () => save("accepted"));
   $("unanalysable").addEventListener("click", () => save("unanalysable"));
+  for (const b of document.querySelectorAll("#tools button[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
+  $("tool-delete").addEventListener("click", () => { if (sel < 0) message("Select a chromosome first", "error"); else toggleDebris(sel); });
   // the name typed in this tab is kept while moving between cells (never a default from the machine)
   $("reviewer").value = sessionStorage.getItem("karyo-reviewer") || "";
 
