@@ -622,3 +622,186 @@ def test_unanalysable_cells_stay_out_of_the_training_file(client, results):
     assert _save(client, "cellA", base_revision=2).status_code == 200
     coco = json.loads((results / "reviewed_coco.json").read_text())
     assert sorted(im["review_stem"] for im in coco["images"]) == ["cellA", "cellB"]
+
+
+# ---------------------------------------------------------------------------------------------- segmentation edits
+@pytest.fixture
+def rods(tmp_path) -> Path:
+    from tests.review_fixtures import write_rods_cell
+
+    write_rods_cell(tmp_path / "rods_results")
+    return tmp_path / "rods_results"
+
+
+@pytest.fixture
+def rods_client(rods):
+    from review.app import create_app
+
+    app = create_app(rods)
+    app.testing = True
+    return app.test_client()
+
+
+def _segment(client, edits: list, stem: str = "rods", **gesture):
+    return client.post(f"/api/cell/{stem}/segment", json={"edits": edits, **gesture})
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_geometry_known_answers():
+    """Crossing rods at right angles and at 45 degrees, a rod cut across, two pieces joined."""
+    import cv2
+
+    from review.geometry import cut, join, separate
+
+    def rod(p, q, shape=(160, 160)):
+        m = np.zeros(shape, np.uint8)
+        cv2.line(m, p, q, 1, thickness=8)
+        return m
+
+    for a, b in [(((20, 80), (140, 80)), ((80, 20), (80, 140))), (((20, 80), (140, 80)), ((35, 35), (125, 125)))]:
+        ra, rb = rod(*a), rod(*b)
+        new, rest = separate(ra | rb, np.array([a[0], a[1]], np.float64))
+        assert _iou(new, ra) > 0.9 and _iou(rest, rb) > 0.9, (a, b)
+        assert ((new & rest) >= (ra & rb)).all()  # the crossing in both
+        assert ((new | rest) == (ra | rb)).all()  # no pixel lost
+    r = rod((20, 80), (140, 80))
+    pieces = cut(r, np.array([[80.0, 60], [80, 100]]))
+    assert len(pieces) == 2 and ((pieces[0] | pieces[1]) == r).all() and not (pieces[0] & pieces[1]).any()
+    assert abs(int(pieces[0].sum()) - int(pieces[1].sum())) < 0.1 * r.sum()
+    left, right = rod((20, 80), (70, 80)), rod((78, 80), (140, 80))
+    assert _iou(join(left, right), r) > 0.95
+
+
+def test_separate_and_cut_through_the_api(rods_client, rods):
+    from review.segment import decode
+    from tests.review_fixtures import rod_mask
+
+    r = _segment(rods_client, [], tool="separate", path=[[25, 70], [155, 70]])
+    assert r.status_code == 200, r.get_json()
+    d = r.get_json()
+    e = d["edit"]
+    assert e["op"] == "separate" and e["removed"] == [0] and len(e["added"]) == 2
+    rest, new = (decode(a["mask"]) for a in e["added"])
+    a, b = rod_mask("cross_a"), rod_mask("cross_b")
+    assert _iou(new, a) > 0.95 and _iou(rest, b) > 0.95 and ((new & rest) >= (a & b)).all()
+    st = d["state"]
+    assert st["alive"] == [False, True, True, True, True, True, True] and st["count"] == 6
+    assert [x["id"] for x in st["added"]] == [5, 6] and st["added"][0]["png"].startswith("data:image/png;base64,")
+    assert all(len(x["probs"]) == 24 and x["length_px"] > 50 for x in e["added"])
+    # a cut across the lone rod, after the separation: two halves, together the rod
+    r = _segment(rods_client, [e], tool="cut", line=[[175, 80], [205, 80]])
+    assert r.status_code == 200, r.get_json()
+    e2 = r.get_json()["edit"]
+    assert e2["removed"] == [1] and len(e2["added"]) == 2
+    h1, h2 = (decode(x["mask"]) for x in e2["added"])
+    assert ((h1 | h2) == rod_mask("whole")).all() and not (h1 & h2).any()
+    # saved: the reviewed JSON is a pipeline result with the new masks; the trainers' reader sees them
+    r = rods_client.post("/api/cell/rods/save", json={"edits": [e, e2], "base_revision": 0, "reviewer": "ana"})
+    assert r.status_code == 200, r.get_json()
+    rv = json.loads((rods / "rods.reviewed.json").read_text())
+    assert [c["review_id"] for c in rv["chromosomes"]] == [2, 3, 4, 5, 6, 7, 8]
+    assert [c["id"] for c in rv["chromosomes"]] == list(range(7))
+    from datasets.coco import COCODataset
+    from karyotyping.core import KaryotypePrediction
+
+    pred = KaryotypePrediction.from_json_dict(rv)
+    assert pred.masks.shape == (7, 220, 280) and (pred.masks[3] == rest).all()
+    rec = COCODataset(rods / "reviewed_coco.json")[0]
+    assert len(rec.masks) == 7 and any(_iou(m, new) == 1.0 for m in rec.masks)
+    # the page after a reload rebuilds the added instances from the saved edits
+    d = rods_client.get("/api/cell/rods").get_json()
+    assert len(d["state"]["added"]) == 4 and d["state"]["count"] == 7
+
+
+def test_reassignment_keeps_the_reviewers_labels(rods_client):
+    move = {"op": "move", "id": 4, "before": 4, "after": 17}
+    r = _segment(rods_client, [move], tool="cut", line=[[175, 80], [205, 80]])
+    assert r.status_code == 200, r.get_json()
+    st = r.get_json()["state"]
+    assert st["labels"][4] == 17 and r.get_json()["edit"]["after"]["touched"][4]
+    # an erased chromosome the reviewer had placed keeps its class; the new one from a cut does not inherit
+    edits = [move, r.get_json()["edit"]]
+    r = _segment(rods_client, edits, tool="erase", stroke=[[222, 190]], radius=3)
+    assert r.status_code == 200, r.get_json()
+    e = r.get_json()["edit"]
+    assert e["removed"] == [4] and r.get_json()["state"]["labels"][7] == 17 and e["after"]["touched"][7]
+
+
+@pytest.mark.parametrize(
+    "gesture, words",
+    [
+        ({"tool": "cut", "line": [[175, 80], [188, 80]]}, "does not cut this chromosome in two"),
+        ({"tool": "cut", "line": [[10, 10], [20, 10]]}, "crosses no chromosome"),
+        ({"tool": "cut", "line": [[175, 80], [400, 80]]}, "leaves the image at (400, 80)"),
+        ({"tool": "cut", "line": "x"}, "list of [x, y] points"),
+        ({"tool": "draw", "outline": [[230, 30], [250, 100], [250, 30], [230, 100]]}, "crosses itself"),
+        ({"tool": "draw", "outline": [[230, 30], [290, 30], [250, 100]]}, "leaves the image"),
+        ({"tool": "draw", "outline": [[230, 30], [232, 30], [231, 32]]}, "encloses only"),
+        ({"tool": "join", "ids": [2, 4]}, "apart, more than 1.5 x their width"),
+        ({"tool": "join", "ids": [2, 2]}, "two different chromosomes"),
+        ({"tool": "join", "ids": [2, 99]}, "cannot be joined"),
+        ({"tool": "erase", "stroke": [[10, 10]], "radius": 3}, "nothing to erase there"),
+        ({"tool": "erase", "stroke": [[60, 170]], "radius": 500}, "brush radius must be"),
+        ({"tool": "separate", "path": [[60, 160], [60, 200], [10, 210]]}, "path runs inside this mask for only"),
+        ({"tool": "separate", "path": [[10, 10], [20, 200]]}, "path crosses no chromosome"),
+        ({"tool": "bulldoze"}, "unknown tool 'bulldoze'"),
+    ],
+)
+def test_bad_gestures_are_refused_and_change_nothing(rods_client, rods, gesture, words):
+    before = {p.name: _sha(p) for p in rods.iterdir()}
+    r = _segment(rods_client, [], **gesture)
+    assert r.status_code == 400 and words in r.get_json()["error"], r.get_json()
+    assert r.get_json()["error"].startswith("not done: ")
+    assert {p.name: _sha(p) for p in rods.iterdir()} == before
+
+
+def test_stale_or_broken_segmentation_edits_are_refused(rods_client, rods):
+    e = _segment(rods_client, [], tool="join", ids=[2, 3]).get_json()["edit"]
+    # made on other labels (another tab moved a chromosome first): refused, naming the edit
+    move = {"op": "move", "id": 1, "before": 2, "after": 9}
+    r = rods_client.post("/api/cell/rods/state", json={"edits": [move, e]})
+    assert r.status_code == 400 and "edit 2: join was made on other labels" in r.get_json()["error"]
+    # an edit on a chromosome an earlier edit removed
+    r = rods_client.post("/api/cell/rods/state", json={"edits": [e, {"op": "move", "id": 2, "before": 3, "after": 9}]})
+    assert r.status_code == 400 and "removed by an earlier segmentation edit" in r.get_json()["error"]
+    # an added mask of another size, or without probabilities
+    bad = json.loads(json.dumps(e))
+    bad["added"][0]["mask"]["size"] = [10, 10]
+    r = rods_client.post("/api/cell/rods/save", json={"edits": [bad], "base_revision": 0, "reviewer": "a"})
+    assert r.status_code == 400 and "added mask is [10, 10]" in r.get_json()["error"]
+    bad = json.loads(json.dumps(e))
+    del bad["added"][0]["probs"]
+    r = rods_client.post("/api/cell/rods/state", json={"edits": [bad]})
+    assert r.status_code == 400 and "needs 'probs'" in r.get_json()["error"]
+    assert not (rods / "rods.reviewed.json").exists() and not (rods / "reviewed_coco.json").exists()
+    # a stale save of segmentation edits: 409, nothing overwritten
+    assert (
+        rods_client.post("/api/cell/rods/save", json={"edits": [e], "base_revision": 0, "reviewer": "a"}).status_code
+        == 200
+    )
+    saved = (rods / "rods.reviewed.json").read_bytes()
+    r = rods_client.post("/api/cell/rods/save", json={"edits": [], "base_revision": 0, "reviewer": "b"})
+    assert r.status_code == 409 and (rods / "rods.reviewed.json").read_bytes() == saved
+
+
+@pytest.mark.slow
+def test_trainers_read_a_cut_and_a_drawn_chromosome(rods_client, rods, tmp_path):
+    from tests.review_fixtures import write_synthetic_cell
+
+    e1 = _segment(rods_client, [], tool="cut", line=[[175, 80], [205, 80]]).get_json()["edit"]
+    e2 = _segment(rods_client, [e1], tool="draw", outline=[[230, 30], [250, 30], [250, 100], [230, 100]]).get_json()
+    edits = [e1, e2["edit"]]
+    r = rods_client.post("/api/cell/rods/save", json={"edits": edits, "base_revision": 0, "reviewer": "ana"})
+    assert r.status_code == 200, r.get_json()
+    write_synthetic_cell(rods, "other", seed=4)  # the trainers split off a validation image
+    assert (
+        rods_client.post("/api/cell/other/save", json={"edits": [], "base_revision": 0, "reviewer": "ana"}).status_code
+        == 200
+    )
+    coco = json.loads((rods / "reviewed_coco.json").read_text())
+    assert len([a for a in coco["annotations"] if a["image_id"] == coco["images"][0]["id"]]) == 7
+    out = smoke_train_both(rods / "reviewed_coco.json", tmp_path / "runs")
+    assert (tmp_path / "runs" / "seg" / "last.pth").is_file() and out["cls"] is not None
