@@ -336,6 +336,7 @@ def synth(tmp_path_factory, browser) -> Path:
     for k, stem in enumerate(("reload", "signoff")):
         write_synthetic_cell(out, stem, seed=10 + k)
     write_rods_cell(out, "rods")
+    write_rods_cell(out, "rods_zoom")
     return out
 
 
@@ -453,18 +454,22 @@ def test_accept_with_flags_asks_first_and_unanalysable_leaves_training_data(brow
 
 
 def _gesture(d, points, shape=(220, 280)):
-    """Drag the mouse through ``points`` (image pixels) on the spread."""
+    """Drag the mouse through ``points`` (image pixels) on the spread, wherever zoom and pan have put it."""
     from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
 
-    svg = d.find_element(By.ID, "spread-svg")
-    r = svg.rect
+    r = d.execute_script(
+        "const r = document.getElementById('spread-svg').getBoundingClientRect(); return [r.left, r.top, r.width, r.height]"
+    )
     h, w = shape
-    xy = [(x * r["width"] / w - r["width"] / 2, y * r["height"] / h - r["height"] / 2) for x, y in points]
-    ch = ActionChains(d).move_to_element_with_offset(svg, int(xy[0][0]), int(xy[0][1])).click_and_hold()
-    for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
-        ch = ch.move_by_offset(int(round(x1)) - int(round(x0)), int(round(y1)) - int(round(y0)))
-    ch.release().perform()
+    xy = [(int(round(r[0] + (x + 0.5) * r[2] / w)), int(round(r[1] + (y + 0.5) * r[3] / h))) for x, y in points]
+    ch = ActionChains(d)
+    ptr = ch.w3c_actions.pointer_action
+    ptr.move_to_location(*xy[0])
+    ptr.pointer_down()
+    for p in xy[1:]:
+        ptr.move_to_location(*p)
+    ptr.pointer_up()
+    ch.perform()
 
 
 def test_segmentation_edits_on_the_spread(browser, synth_server, synth):
@@ -558,3 +563,40 @@ def test_segmentation_edits_on_the_spread(browser, synth_server, synth):
     whole = rod_mask("whole")
     halves = [m for m in masks if (m & whole).sum() > 0.9 * m.sum()]
     assert len(halves) == 2 and ((halves[0] | halves[1]) == whole).all()
+
+
+def test_looking_closely_zoom_pan_overlay_contrast(browser, synth_server):
+    """Zoom and pan the spread, and a cut made while zoomed lands where it was drawn; overlay modes; invert."""
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    _open(d, f"{synth_server}/cell/rods_zoom")
+    body = lambda: d.find_element(By.TAG_NAME, "body")  # noqa: E731
+    rect = lambda i: d.execute_script(f"return document.getElementById('{i}').getBoundingClientRect().width")  # noqa: E731
+    body().send_keys("+", "+")
+    assert d.find_element(By.ID, "zoom").text == "225%"
+    assert abs(rect("spread-svg") / rect("spread") - 2.25) < 0.01
+    t0 = d.find_element(By.ID, "spread-view").get_attribute("style")
+    _gesture(d, [(140, 110), (130, 105), (120, 100)])  # the background: pans
+    t1 = d.find_element(By.ID, "spread-view").get_attribute("style")
+    assert t1 != t0 and "scale(2.25)" in t1
+    body().send_keys("c")
+    (x, _), _ = RODS["whole"]
+    _gesture(d, [(x - 14, 80), (x, 80), (x + 14, 80)])
+    _wait(d, lambda d: "cut #1 into 2" in d.find_element(By.ID, "message").text, what="cut while zoomed")
+    body().send_keys("w")
+    assert d.find_element(By.ID, "zoom").text == "100%"
+    # overlay: filled -> outlines only -> none -> filled
+    spread = d.find_element(By.ID, "spread")
+    poly = lambda: d.find_element(By.CSS_SELECTOR, "#spread-svg g.outline polygon")  # noqa: E731
+    body().send_keys("v", "m")
+    assert spread.get_attribute("data-overlay") == "outline" and poly().value_of_css_property("fill-opacity") == "0"
+    body().send_keys("m")
+    assert spread.get_attribute("data-overlay") == "off" and not poly().is_displayed()
+    body().send_keys("m")
+    assert spread.get_attribute("data-overlay") == "filled" and poly().is_displayed()
+    # contrast and invert act on the image only
+    body().send_keys("i")
+    assert "invert(1)" in d.find_element(By.ID, "spread-img").get_attribute("style")
+    d.execute_script("const c = document.getElementById('contrast'); c.value = 2; c.dispatchEvent(new Event('input'))")
+    assert "contrast(2)" in d.find_element(By.ID, "spread-img").get_attribute("style")

@@ -483,9 +483,59 @@
     segment("join", { ids: [a, i] });
   }
 
+  // ------------------------------------------------------------------ looking closely: zoom, pan, overlay, contrast
+  const view = { z: 1, tx: 0, ty: 0 };
+  const OVERLAYS = ["filled", "outline", "off"];
+  let pan = null;
+  function applyView() {
+    const box = $("spread").getBoundingClientRect();
+    view.tx = Math.min(0, Math.max(box.width * (1 - view.z), view.tx));
+    view.ty = Math.min(0, Math.max(box.height * (1 - view.z), view.ty));
+    $("spread-view").style.transform = "translate(" + view.tx + "px, " + view.ty + "px) scale(" + view.z + ")";
+    $("zoom").textContent = Math.round(view.z * 100) + "%";
+  }
+  // zoom by factor f about the point (cx, cy) of the spread's box (default its centre)
+  function zoom(f, cx, cy) {
+    const box = $("spread").getBoundingClientRect();
+    if (cx === undefined) { cx = box.width / 2; cy = box.height / 2; }
+    const z = Math.min(16, Math.max(1, view.z * f));
+    view.tx = cx - (cx - view.tx) * (z / view.z);
+    view.ty = cy - (cy - view.ty) * (z / view.z);
+    view.z = z;
+    applyView();
+  }
+  function fit() { view.z = 1; view.tx = 0; view.ty = 0; applyView(); }
+  function overlay(mode) {
+    const m = mode || OVERLAYS[(OVERLAYS.indexOf($("spread").dataset.overlay) + 1) % OVERLAYS.length];
+    $("spread").dataset.overlay = m;
+    $("overlay").textContent = "overlay: " + m;
+  }
+  function imageLook() {
+    $("spread-img").style.filter = "contrast(" + $("contrast").value + ")" + ($("invert").checked ? " invert(1)" : "");
+  }
+  $("spread").addEventListener("wheel", (ev) => {
+    ev.preventDefault();
+    const box = $("spread").getBoundingClientRect();
+    zoom(ev.deltaY < 0 ? 1.25 : 0.8, ev.clientX - box.left, ev.clientY - box.top);
+  }, { passive: false });
+  $("zoom-in").addEventListener("click", () => zoom(1.5));
+  $("zoom-out").addEventListener("click", () => zoom(1 / 1.5));
+  $("zoom-fit").addEventListener("click", fit);
+  $("overlay").addEventListener("click", () => overlay());
+  $("contrast").addEventListener("input", imageLook);
+  $("invert").addEventListener("change", imageLook);
+
   // ------------------------------------------------------------------ mouse: click to select, drag to move
   let drag = null;
   document.addEventListener("pointerdown", (ev) => {
+    const onSpread = ev.target.closest("#spread");
+    // pan: the middle button anywhere on the spread, or the left one on its background with the select tool
+    if (onSpread && (ev.button === 1 || (ev.button === 0 && tool === "select" && !ev.target.closest("g.outline")))) {
+      ev.preventDefault();
+      pan = { x: ev.clientX, y: ev.clientY, tx: view.tx, ty: view.ty };
+      $("spread").classList.add("panning");
+      return;
+    }
     if (ev.button !== 0) return;
     if (tool !== "select" && ev.target.closest("#spread")) {
       ev.preventDefault();
@@ -500,6 +550,7 @@
     if (el.classList.contains("chrom")) drag = { id: i, x: ev.clientX, y: ev.clientY, ghost: null, el: el };
   });
   document.addEventListener("pointermove", (ev) => {
+    if (pan) { view.tx = pan.tx + ev.clientX - pan.x; view.ty = pan.ty + ev.clientY - pan.y; applyView(); return; }
     if (stroke) { moveStroke(ev); return; }
     if (!drag) return;
     if (!drag.ghost) {
@@ -516,6 +567,7 @@
     if (drop) drop.classList.add("over");
   });
   document.addEventListener("pointerup", (ev) => {
+    if (pan) { pan = null; $("spread").classList.remove("panning"); return; }
     if (stroke) { endStroke(); return; }
     if (!drag) return;
     const d = drag;
@@ -555,6 +607,11 @@
     }
     else if (k === "Escape") { typed = ""; swapFrom = -1; setTool("select"); select(-1); draw(); }
     else if (k === "v") setTool("select");
+    else if (k === "+" || k === "=") zoom(1.5);
+    else if (k === "-") zoom(1 / 1.5);
+    else if (k === "w") fit();
+    else if (k === "m") overlay();
+    else if (k === "i") { $("invert").checked = !$("invert").checked; imageLook(); }
     else if (k === "c") setTool("cut");
     else if (k === "j") setTool("join");
     else if (k === "p") setTool("separate");
