@@ -158,6 +158,7 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     from karyotyping.detection import detect_dataset
     from karyotyping.runtime import resolve_device
     from metrics.detection import coco_evaluate, encode_record
+    from metrics.pipeline import gt_masks, instance_metrics
     from models.segmentation import load_segmentation_checkpoint
 
     device = resolve_device(args.device)
@@ -180,14 +181,14 @@ def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
     else:
         res.update({k: v for k, v in agn.items() if not isinstance(v, dict)})
     # instance matching on the kept detections (pipeline threshold)
-    t_masks, p_masks = [_gt_masks(g)[0] for g in gts], kept
-    res.update(_instance_metrics(t_masks, p_masks))
+    t_masks, p_masks = [gt_masks(g)[0] for g in gts], kept
+    res.update(instance_metrics(t_masks, p_masks))
     res.update(
         {
             "count_error_mean_abs": float(np.mean([abs(len(p) - len(t)) for t, p in zip(t_masks, p_masks)])),
             "pipeline_score_thresh": args.pipeline_score_thresh,  # the threshold of the matching figures above
             "gt_masks_derived": bool(any(g.masks_derived for g in gts)),
-            "gt_masks_from_boxes": bool(any(_gt_masks(g)[1] for g in gts)),
+            "gt_masks_from_boxes": bool(any(gt_masks(g)[1] for g in gts)),
         }
     )
     return res
@@ -200,7 +201,6 @@ def _gt_instances(ds, n: int, quiet: bool, crop_specs: dict[str, tuple[int, int]
     the whole spread, the crops of each crop mode of ``crop_specs`` (mode -> (height, width)) fitted into
     that box), plus a Counter of the instances left out (degenerate masks, no class).
     """
-    from collections import Counter
 
     from datasets.instances import spread_instances_by_mode
 
@@ -277,20 +277,6 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def _instance_metrics(t_masks: list[np.ndarray], p_masks: list[np.ndarray]) -> dict[str, float]:
-    """Instance matching at IoU 0.5 summed over images (precision, recall, F1), PQ_all and mean AJI+."""
-    from metrics.matching import aggregated_jaccard_index, matching_dataset, panoptic_quality_all
-
-    m = matching_dataset(t_masks, p_masks, thresh=0.5)
-    return {
-        "precision@0.5": m.precision,
-        "recall@0.5": m.recall,
-        "f1@0.5": m.f1,
-        "PQ_all": float(panoptic_quality_all(t_masks, p_masks)),
-        "AJI": float(np.mean([aggregated_jaccard_index(t, p) for t, p in zip(t_masks, p_masks)])),
-    }
-
-
 def _iscn(labels: np.ndarray) -> str:
     """ISCN numerical karyotype of a cell's labels (unassigned 0 ignored)."""
     from karyogram.iscn import iscn_string
@@ -299,68 +285,12 @@ def _iscn(labels: np.ndarray) -> str:
     return iscn_string(a[a > 0])
 
 
-def _true_count(rec) -> int | None:
-    """Number of chromosomes in a ground-truth record: its instances, else the count of meta["karyotype"]."""
-    if len(rec):
-        return len(rec)
-    kt = rec.meta.get("karyotype")
-    if kt:
-        from karyogram.iscn import parse_iscn
-
-        try:
-            return int(parse_iscn(str(kt))["count"])
-        except ValueError:
-            return None
-    return None
-
-
-def _gt_masks(rec) -> tuple[np.ndarray, bool]:
-    """Stacked ground-truth masks uint8 [N, H, W]; filled boxes where the source has none (flag True)."""
-    from datasets.record import boxes_to_masks
-
-    if rec.masks is not None:
-        return rec.masks, False
-    return boxes_to_masks(rec.boxes, rec.height, rec.width), len(rec) > 0
-
-
 def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole pipeline vs ground truth, in the original image's pixels.
-
-    * instance segmentation (every image with ground-truth instances): predicted instances matched
-      one-to-one to true ones at IoU >= 0.5 -> precision / recall / F1, PQ (class-agnostic), AJI+;
-    * system-level detection AP: COCO box and mask AP of the pipeline's *final* output. The detector is
-      class-agnostic; a chromosome's class comes from the classifier + karyotype assignment, so the
-      24-class ``system_{bbox,segm}_AP*`` score each assigned chromosome (label 1..24) with
-      ``detection score x assignment confidence`` (the min-marginal posterior of its label; unassigned
-      chromosomes are left out). ``agnostic_{bbox,segm}_AP*`` score every kept detection with its
-      detection score. Both only see detections above ``--pipeline-score-thresh`` (the pipeline's
-      operating point), so they are lower bounds of the detector's own AP (``--stage seg``);
-    * identification (images whose true instances all carry classes 1..24): each true chromosome gets
-      the label of its matched prediction (0 if missed) -> accuracy, cell exact rate; mPQ;
-    * where the true chromosomes go (:func:`metrics.matching.error_breakdown`): the fractions ``true_found_rate``
-      (matched at mask IoU 0.5), ``true_mask_failed_rate`` (a predicted box overlaps it at IoU 0.5 but no mask
-      matches) and ``true_missed_rate`` (nothing there), summing to 1, and ``found_identification_accuracy``
-      (right labels among the found ones, images with classes); so ``accuracy`` = found rate x that accuracy;
-      and the lost ones by where their pixels went: ``true_lost_merged_rate`` (half or more inside one predicted
-      mask; ``true_lost_merged_into_found_rate``: of those, in a mask matched to another chromosome),
-      ``true_lost_split_rate`` (over several masks) and ``true_lost_uncovered_rate`` (mostly under none); found
-      + these three = 1;
-    * every image: count error |assigned count - true count| and the sanity score of the predicted labels.
-      An image whose ground truth has instances without classes (labels 0), or only a karyotype in its
-      metadata, contributes to these (and to the segmentation metrics when it has instances) only.
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    from datasets.record import KaryoRecord
+    """The whole pipeline vs ground truth, in the original image's pixels: every figure of
+    :class:`metrics.pipeline.PipelineEvaluator` (instance matching, system and agnostic AP, identification, where
+    the true chromosomes go, fragments, count and sanity), with the pipeline's settings beside them."""
     from karyotyping.core import KaryotypePipeline
-    from metrics.detection import coco_evaluate
-    from metrics.identification import identification_metrics, plot_confusion, plot_per_class
-    from metrics.karyotype import sanity_score
-    from metrics.matching import (
-        error_breakdown,
-        iou_matrix,
-        multiclass_panoptic_quality,
-    )
+    from metrics.pipeline import PipelineEvaluator
 
     pipe = KaryotypePipeline(
         args.seg_weights,
@@ -370,114 +300,26 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
         **pipeline_options(args),
     )
     ds, n = _dataset(args)
-    # instance-level lists (images with ground-truth instances)
-    t_masks, p_masks, t_lab, p_lab = [], [], [], []
-    # class-level lists (images whose instances all carry classes)
-    true_l, pred_l, sys_gt, sys_pred, agn_gt, agn_pred = [], [], [], [], [], []
-    sanity, count_err, n_with_classes, boxes_only = [], [], 0, False
-    fate: Counter = Counter()  # what became of the true chromosomes
+    ev = PipelineEvaluator(plots_dir=None if args.no_plots else args.out)
     # the pipeline core on each record's own image array: no file, no JSON, no rounding
     for rec in _iter(ds, n, args.quiet, "pipeline"):
-        pred = pipe.run(rec.image, name=rec.image_id or None)
-        labels = pred.labels
-        pm = pred.masks  # final instances at the original resolution
-        det = pred.scores
-        conf = pred.confidence
-        sanity.append(sanity_score(labels))
-        tc = _true_count(rec)
-        if tc is not None:
-            count_err.append(abs(int((labels > 0).sum()) - tc))
-        if not len(rec):
-            continue
-        gm, from_boxes = _gt_masks(rec)
-        boxes_only |= from_boxes
-        t_masks.append(gm)
-        p_masks.append(pm)
-        t_lab.append(rec.labels)
-        p_lab.append(labels)
-        pboxes = pred.boxes
-        with_classes = bool((rec.labels > 0).all())
-        fate.update(
-            error_breakdown(
-                gm, rec.boxes, pm, pboxes, rec.labels if with_classes else None, labels if with_classes else None
-            )
-        )
-        agn_gt.append(rec)
-        agn_pred.append(KaryoRecord(image=rec.image, boxes=pboxes, labels=np.ones(len(pm), np.int64), masks=pm,
-                                    scores=det))  # fmt: skip
-        if not (rec.labels > 0).all():
-            continue  # instances without classes: segmentation metrics only
-        n_with_classes += 1
-        keep = labels > 0
-        sys_gt.append(rec)
-        sys_pred.append(KaryoRecord(image=rec.image, boxes=pboxes[keep], labels=labels[keep], masks=pm[keep],
-                                    scores=det[keep] * conf[keep]))  # fmt: skip
-        # identification: each true chromosome gets the label of its matched prediction (0 if missed)
-        lab = np.zeros(len(rec), np.int64)
-        if len(pm):
-            iou = iou_matrix(gm, pm)
-            rows, cols = linear_sum_assignment(-iou)
-            for a, b in zip(rows, cols):
-                if iou[a, b] >= 0.5:
-                    lab[a] = labels[b]
-        true_l.append(rec.labels)
-        pred_l.append(lab)
-    res: dict[str, Any] = {
-        "images": n,
-        "stage": "full",
-        "images_with_instances": len(t_masks),
-        "images_with_classes": n_with_classes,
-        "sanity_score": float(np.mean(sanity)) if sanity else float("nan"),
-        "count_error_mean_abs": float(np.mean(count_err)) if count_err else float("nan"),
-        "count_exact_rate": float(np.mean([e == 0 for e in count_err])) if count_err else float("nan"),
-        "pipeline_score_thresh": args.pipeline_score_thresh,
-        "pipeline_mask_overlap": args.mask_overlap,
-        "pipeline_mask_thresh": args.mask_thresh,
-        "pipeline_exclusive_masks": args.exclusive_masks,
-        "pipeline_trim_masks": args.trim_masks,
-        "pipeline_flip_tta": args.flip_tta,
-        "ap_score": "detection score x assignment confidence (system_*); detection score (agnostic_*)",
-    }
-    if t_masks:
-        res.update(_instance_metrics(t_masks, p_masks))
-        for k in (
-            "found",
-            "mask_failed",
-            "missed",
-            "lost_merged",
-            "lost_merged_into_found",
-            "lost_split",
-            "lost_uncovered",
-        ):
-            res[f"true_{k}_rate"] = fate[k] / max(fate["true"], 1)
-        if fate["right"] + fate["wrong"]:
-            res["found_identification_accuracy"] = fate["right"] / (fate["right"] + fate["wrong"])
-        res["gt_masks_from_boxes"] = boxes_only
-        agn = coco_evaluate(agn_gt, agn_pred, agnostic=True)
-        res.update({f"agnostic_{k}": v for k, v in agn.items() if not isinstance(v, dict)})
-    if n_with_classes:
-        sys_ap = coco_evaluate(sys_gt, sys_pred, agnostic=False)
-        res.update({f"system_{k}": v for k, v in sys_ap.items()})
-        tm = [t for t, lab in zip(t_masks, t_lab) if (lab > 0).all()]
-        pm_ = [p for p, lab in zip(p_masks, t_lab) if (lab > 0).all()]
-        pl = [p for p, lab in zip(p_lab, t_lab) if (lab > 0).all()]
-        tl = [lab for lab in t_lab if (lab > 0).all()]
-        mpq, mpq_per_class = multiclass_panoptic_quality(tm, tl, pm_, pl)
-        ident = identification_metrics(true_l, pred_l)
-        args.out.mkdir(parents=True, exist_ok=True)
-        if not args.no_plots:
-            plot_confusion(np.asarray(ident["confusion"]), args.out / "confusion_full.png")
-            plot_per_class(ident["per_class"], args.out / "per_class_full.png")
-        res.update(
-            {
-                "mPQ": float(mpq),
-                "per_class_PQ": mpq_per_class,
-                "accuracy": ident["accuracy"],
-                "cell_exact_rate": ident["cell_exact_rate"],
-                "macro_F1": ident["macro_F1"],
-                "per_class": ident["per_class"],
-            }
-        )
+        ev.process(rec, pipe.run(rec.image, name=rec.image_id or None))
+    figures = ev.evaluate()
+    res: dict[str, Any] = {"images": n, "stage": "full"}
+    res.update(
+        {
+            "pipeline_score_thresh": args.pipeline_score_thresh,
+            "pipeline_mask_overlap": args.mask_overlap,
+            "pipeline_mask_thresh": args.mask_thresh,
+            "pipeline_exclusive_masks": args.exclusive_masks,
+            "pipeline_trim_masks": args.trim_masks,
+            "pipeline_flip_tta": args.flip_tta,
+            "pipeline_polarity": args.polarity,
+            "pipeline_auto_scale": args.auto_scale,
+            "ap_score": "detection score x assignment confidence (system_*); detection score (agnostic_*)",
+        }
+    )
+    res.update(figures)
     return res
 
 

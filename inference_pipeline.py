@@ -9,6 +9,12 @@ For every image ``<stem>`` it writes ``<stem>.json``, ``<stem>_karyogram.png`` a
 for a folder also ``coco_results.json`` (COCO results format, all images) and ``summary.json`` (which
 files were processed, which failed and why). The exit status is non-zero only when no image could be
 processed (or, with ``--strict``, when any failed).
+
+Before detection each image is checked (:mod:`karyotyping.image_checks`): a light-on-dark image is inverted, an
+image whose chromosomes are wider or narrower than the training images' is resized to their scale, and every
+reason to distrust the result (a scale or contrast outside the training range, a count far from 46, an
+implausible karyotype) is printed as a ``[warning]`` line and written in the JSON's ``image_checks.out_of_range``
+and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -111,7 +117,12 @@ def main(args: argparse.Namespace) -> int:
             if os.environ.get("KARYO_DEBUG"):
                 traceback.print_exc()
             continue
-        done.append({"image": str(path), "json": str(paths["json"]), "karyotype": pred.karyotype})
+        outside = list(pred.image_checks.out_of_range) if pred.image_checks is not None else []
+        for msg in outside:  # a karyotype the models could not make must not be trusted: say so on the terminal
+            print(f"[warning] {path}: outside what the models were trained on: {msg}", file=sys.stderr)
+        done.append(
+            {"image": str(path), "json": str(paths["json"]), "karyotype": pred.karyotype, "out_of_range": outside}
+        )
         coco += coco_results(pred, image_id=1 + rank + k * world)  # 1-based, as datasets.coco
         if len(files) == 1:
             kt = pred.karyotype or "none (no chromosome found)"

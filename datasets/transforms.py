@@ -12,7 +12,7 @@ transforms touch the image only and keep it in [0, 1].
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import cv2
@@ -28,6 +28,7 @@ __all__ = [
     "GaussianNoise",
     "HorizontalFlip",
     "JpegQuality",
+    "LAB_VARIANTS",
     "LocalContrast",
     "RandomCrop",
     "RandomScale",
@@ -484,6 +485,21 @@ class GaussianNoise:
         return replace(rec, image=np.clip(img, 0, 1).astype(np.float32), meta=dict(rec.meta))
 
 
+def _with_image(rec: KaryoRecord, image: np.ndarray) -> KaryoRecord:
+    return replace(rec, image=np.clip(image, 0, 1).astype(np.float32), meta=dict(rec.meta))
+
+
+def _clahe(image: np.ndarray, clip: float, tiles: int = 8) -> np.ndarray:
+    u8 = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    return cv2.createCLAHE(clipLimit=clip, tileGridSize=(tiles, tiles)).apply(u8).astype(np.float32) / 255.0
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    u8 = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+
+
 class LocalContrast:
     """CLAHE (contrast-limited adaptive histogram equalisation) with a random clip limit: the strong local
     contrast and band contrast some labs' processing gives."""
@@ -492,10 +508,7 @@ class LocalContrast:
         self.clip, self.tiles = (float(clip[0]), float(clip[1])), int(tiles)
 
     def __call__(self, rec: KaryoRecord, rng: np.random.Generator) -> KaryoRecord:
-        c = float(rng.uniform(*self.clip))
-        u8 = np.round(np.clip(rec.image, 0, 1) * 255).astype(np.uint8)
-        img = cv2.createCLAHE(clipLimit=c, tileGridSize=(self.tiles, self.tiles)).apply(u8)
-        return replace(rec, image=(img.astype(np.float32) / 255.0), meta=dict(rec.meta))
+        return _with_image(rec, _clahe(rec.image, float(rng.uniform(*self.clip)), self.tiles))
 
 
 class Sharpen:
@@ -519,11 +532,24 @@ class JpegQuality:
         self.lo, self.hi = int(lo), int(hi)
 
     def __call__(self, rec: KaryoRecord, rng: np.random.Generator) -> KaryoRecord:
-        q = int(rng.integers(self.lo, self.hi + 1))
-        u8 = np.round(np.clip(rec.image, 0, 1) * 255).astype(np.uint8)
-        ok, buf = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, q])
-        img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if ok else u8
-        return replace(rec, image=(img.astype(np.float32) / 255.0), meta=dict(rec.meta))
+        return _with_image(rec, _jpeg(rec.image, int(rng.integers(self.lo, self.hi + 1))))
+
+
+#: the ways another lab's images differ from CIL's, each a deterministic transform of a record (image and
+#: annotations together): ``benchmarks/robustness.py`` runs the whole pipeline on each
+LAB_VARIANTS: dict[str, Callable[[KaryoRecord], KaryoRecord]] = {
+    "original": lambda r: r,
+    "inverted": lambda r: _with_image(r, 1.0 - r.image),
+    "scale_0.5": lambda r: ScaleBy(0.5)(r),
+    "scale_0.35": lambda r: ScaleBy(0.35)(r),
+    "scale_2": lambda r: ScaleBy(2.0)(r),
+    "scale_3": lambda r: ScaleBy(3.0)(r),
+    "clahe": lambda r: _with_image(r, _clahe(r.image, 3.0)),
+    "gamma_2.2": lambda r: _with_image(r, np.power(np.clip(r.image, 0, 1), 2.2)),
+    "gamma_0.5": lambda r: _with_image(r, np.power(np.clip(r.image, 0, 1), 0.5)),
+    "jpeg_30": lambda r: _with_image(r, _jpeg(r.image, 30)),
+    "blur_2": lambda r: _with_image(r, cv2.GaussianBlur(r.image, (0, 0), 2.0)),
+}
 
 
 # ---------------------------------------------------------------------------------------------- composition

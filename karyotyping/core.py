@@ -89,6 +89,8 @@ class KaryotypePrediction:
             overlay draws (None when read back from JSON).
         crops / centromere_rows: straightened crops (p arm up) and centromere rows, what the karyogram draws.
         timings_s, models, notes: seconds per stage, the weights files, messages for the user.
+        image_checks: polarity, chromosome width, processing scale, contrast and the reasons the image is outside
+            what the models know (:class:`karyotyping.image_checks.ImageChecks`; None for an older JSON).
     """
 
     image: str | None
@@ -118,6 +120,7 @@ class KaryotypePrediction:
     timings_s: dict[str, float] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    image_checks: Any = None
 
     def __len__(self) -> int:
         return int(len(self.labels))
@@ -142,7 +145,16 @@ class KaryotypePrediction:
 
 
 #: the :class:`KaryotypePipeline` arguments that :func:`add_pipeline_args` adds as flags of the same names
-PIPELINE_OPTIONS = ("mask_overlap", "mask_thresh", "exclusive_masks", "trim_masks", "flip_tta")
+PIPELINE_OPTIONS = (
+    "mask_overlap",
+    "mask_thresh",
+    "exclusive_masks",
+    "trim_masks",
+    "flip_tta",
+    "polarity",
+    "chromosome_width",
+    "auto_scale",
+)
 
 
 def pipeline_options(args: Any) -> dict[str, Any]:
@@ -185,6 +197,29 @@ def add_pipeline_args(group: Any) -> None:
         help="classify each chromosome's crop also upside down and average the two "
         f"(default: {'on' if FLIP_TTA else 'off'} for the shipped classifier)",
     )
+    from karyotyping.image_checks import POLARITIES
+
+    group.add_argument(
+        "--polarity",
+        choices=("auto", *POLARITIES),
+        default="auto",
+        help="the image's polarity: auto (recognised from its background), dark-on-light (G-banded bright field) "
+        "or light-on-dark (fluorescence, DAPI, inverted display: inverted for the models)",
+    )
+    group.add_argument(
+        "--chromosome-width",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="median chromosome width in the image's pixels, if you know your calibration (default: measured)",
+    )
+    group.add_argument(
+        "--auto-scale",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bring images whose chromosomes are wider or narrower than the models' training images to their "
+        "scale before detection (default: on)",
+    )
 
 
 @contextmanager
@@ -216,6 +251,12 @@ class KaryotypePipeline:
         flip_tta: classify each crop also upside down and average (:func:`models.classifier.predict_proba`
             ``flip``).
         max_side: images with a longer side are downscaled to it for processing (warned).
+        polarity: "auto" (:func:`karyotyping.image_checks.detect_polarity`), "dark-on-light" or "light-on-dark"
+            (inverted before the models).
+        chromosome_width: the chromosomes' median width in the image's pixels when the user knows it; None:
+            measured (:func:`karyotyping.image_checks.estimate_chromosome_width`).
+        auto_scale: resize the image by :func:`karyotyping.image_checks.processing_factor` before detection, so
+            that its chromosomes have the size the models were trained at (results mapped back).
 
     Raises:
         PipelineError: a weights file is missing, unreadable or refused (not weights-only), a threshold is out
@@ -235,6 +276,9 @@ class KaryotypePipeline:
         trim_masks: bool = True,
         flip_tta: bool = FLIP_TTA,
         max_side: int = DEFAULT_MAX_SIDE,
+        polarity: str = "auto",
+        chromosome_width: float | None = None,
+        auto_scale: bool = True,
     ) -> None:
         from karyogram.assign import config_for_classifier
         from karyotyping.runtime import resolve_device
@@ -256,6 +300,12 @@ class KaryotypePipeline:
             raise PipelineError(f"--mask-thresh must be in (0, 1), got {mask_thresh}")
         if max_side < 32:
             raise PipelineError(f"--max-side must be >= 32 pixels, got {max_side}")
+        from karyotyping.image_checks import POLARITIES
+
+        if polarity not in ("auto", *POLARITIES):
+            raise PipelineError(f"--polarity must be auto, {' or '.join(POLARITIES)}, got {polarity!r}")
+        if chromosome_width is not None and not 1.0 <= chromosome_width <= 500.0:
+            raise PipelineError(f"--chromosome-width must be in [1, 500] pixels, got {chromosome_width}")
         try:
             self.device = resolve_device(device)
         except ValueError as exc:
@@ -276,6 +326,9 @@ class KaryotypePipeline:
         self.trim_masks = trim_masks
         self.flip_tta = flip_tta
         self.max_side = max_side
+        self.polarity = polarity
+        self.chromosome_width = chromosome_width
+        self.auto_scale = auto_scale
         self.seg_weights = str(seg_weights)
         self.cls_weights = str(cls_weights)
         # priors only for the evidence the classifier has not seen already (see config_for_classifier)
@@ -330,22 +383,80 @@ class KaryotypePipeline:
         with _timer(timings, "load"):
             full = to_grey_float(image, name)
             height, width = full.shape
-            scale = 1.0
-            work = full
-            if max(height, width) > self.max_side:
-                import cv2
-
-                scale = self.max_side / max(height, width)
-                work = cv2.resize(full, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-                msg = f"{label}: {width}x{height} image downscaled to {work.shape[1]}x{work.shape[0]} for processing"
-                warnings.warn(msg, stacklevel=2)
-                notes.append(msg)
+        with _timer(timings, "image_checks"):
+            work, checks, wanted = self.prepare(full, label, notes)
             del full
         with _timer(timings, "segmentation"):
             rec = self.segment(work)
-        return self._identify(
-            rec, work, name=name, width=width, height=height, scale=scale, timings=timings, notes=notes
+        pred = self._identify(
+            rec,
+            work,
+            name=name,
+            width=width,
+            height=height,
+            scale=checks.processing_scale,
+            timings=timings,
+            notes=notes,
         )
+        from karyotyping.image_checks import out_of_range
+
+        checks.out_of_range = out_of_range(checks, count=pred.count, sanity=pred.sanity_score, factor_wanted=wanted)
+        pred.image_checks = checks
+        pred.notes += [f"{label}: outside what the models were trained on: {m}" for m in checks.out_of_range]
+        return pred
+
+    def prepare(self, full: np.ndarray, label: str, notes: list[str]) -> tuple[np.ndarray, Any, float]:
+        """The image the models see: ``full`` float32 [H, W] made dark-on-light and brought to the models' scale.
+
+        Returns (image at processing resolution, :class:`karyotyping.image_checks.ImageChecks` without its
+        ``out_of_range`` yet, the scale correction the measure asked for before the ``max_side`` cap). Every
+        change is said in ``notes`` (and warned).
+        """
+        import cv2
+
+        from karyotyping.image_checks import (
+            SCALE_RANGE,
+            ImageChecks,
+            detect_polarity,
+            estimate_chromosome_width,
+            grey_range,
+            processing_factor,
+        )
+
+        height, width = full.shape
+        lo, _, hi = grey_range(full)
+        polarity = detect_polarity(full) if self.polarity == "auto" else self.polarity
+        checks = ImageChecks(polarity=polarity, contrast=hi - lo)
+        if polarity == "light-on-dark":
+            full = 1.0 - full
+            checks.inverted = True
+            notes.append(f"{label}: light chromosomes on a dark background: inverted for the models")
+        if self.chromosome_width is not None:
+            checks.chromosome_width_px, checks.width_source = float(self.chromosome_width), "given"
+        else:
+            checks.chromosome_width_px = estimate_chromosome_width(full)
+        wanted = processing_factor(checks.chromosome_width_px) if self.auto_scale else 1.0
+        # a correction beyond the range the detector was trained for is more likely a wrong measure (one nucleus,
+        # debris) than such an image: it goes only to the range's end, and out_of_range flags the image
+        clamped = float(np.clip(wanted, *SCALE_RANGE))
+        cap = self.max_side / max(height, width)
+        f = min(clamped, cap)
+        if f != 1.0:
+            size = (max(1, round(width * f)), max(1, round(height * f)))
+            full = cv2.resize(full, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
+            full = np.clip(full, 0.0, 1.0)
+            verb = "downscaled" if f < 1 else "upscaled"
+            msg = f"{label}: {width}x{height} image {verb} to {size[0]}x{size[1]} for processing"
+            if cap < clamped:  # the cap, not the chromosomes' scale, set the size: the models see smaller chromosomes
+                msg += f" (longer side capped at --max-side {self.max_side})"
+                warnings.warn(msg, stacklevel=3)
+            elif clamped != wanted:
+                msg += f" (chromosomes {checks.chromosome_width_px:.1f} px wide; the correction stops at the models' range)"
+            else:
+                msg += f" (chromosomes {checks.chromosome_width_px:.1f} px wide, the models' scale)"
+            notes.append(msg)
+        checks.processing_scale = float(f)
+        return np.ascontiguousarray(full, np.float32), checks, wanted
 
     def process(self, image_path: str | os.PathLike) -> KaryotypePrediction:
         """Read one image file (:func:`datasets.io.read_image`; its warnings become notes) and :meth:`run` it."""

@@ -62,6 +62,7 @@ def to_json_dict(pred: KaryotypePrediction) -> dict[str, Any]:
         "timings_s": {k: round(v, 4) for k, v in pred.timings_s.items()},
         "models": dict(pred.models),
         "notes": list(pred.notes),
+        "image_checks": None if pred.image_checks is None else pred.image_checks.to_dict(),
     }
 
 
@@ -72,6 +73,8 @@ def from_json_dict(d: dict[str, Any]) -> KaryotypePrediction:
         ValueError: a key is missing or a chromosome entry is malformed (the message names it).
     """
     from pycocotools import mask as mask_utils
+
+    from karyotyping.image_checks import ImageChecks
 
     try:
         width, height = int(d["width"]), int(d["height"])
@@ -106,6 +109,7 @@ def from_json_dict(d: dict[str, Any]) -> KaryotypePrediction:
             timings_s=dict(d.get("timings_s", {})),
             models=dict(d.get("models", {})),
             notes=list(d.get("notes", [])),
+            image_checks=None if d.get("image_checks") is None else ImageChecks.from_dict(d["image_checks"]),
         )
     except KeyError as exc:
         raise ValueError(f"not a karyotype JSON document: missing key {exc}") from None

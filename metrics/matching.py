@@ -37,7 +37,12 @@ from scipy.optimize import linear_sum_assignment
 
 from karyogram.labels import name_of
 
+#: the IoU at which a predicted chromosome matches a true one, everywhere figures are computed (F1@0.5,
+#: identification of found chromosomes, the error breakdown)
+MATCH_IOU = 0.5
+
 __all__ = [
+    "MATCH_IOU",
     "Matching",
     "CRITERIA",
     "matching",

@@ -226,3 +226,41 @@ def test_show_derived_masks_compares_the_crossing_rules(tmp_path, capsys):
     assert out.stat().st_size > 0 and "(1 crossings)" in capsys.readouterr().out
     with pytest.raises(ValueError, match="not in"):
         mod.main(mod.get_args_parser().parse_args([*argv[:2], "--ids", "nope", *argv[4:]]))
+
+
+def _load_script(rel: str):
+    name = Path(rel).stem
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(not (ROOT / "weights" / "segmentation.pt").is_file(), reason="shipped weights/ not present")
+def test_robustness_runs_variants_and_inverted_equals_original(tmp_path, capsys):
+    """The bundled CIL cell through the pipeline as it is, inverted and at half the resolution: one row each,
+    the inverted one exactly the original's (the pipeline inverts it back), a table and robustness.json."""
+    import json
+
+    mod = _load_script("benchmarks/robustness.py")
+    argv = ["--data-root", str(ROOT / "tests" / "fixtures" / "cil"), "--split", "train", "--val-fraction", "0",
+            "--max-images", "1", "--variants", "original", "inverted", "scale_0.5", "--out", str(tmp_path),
+            "--quiet"]  # fmt: skip
+    res = mod.main(mod.get_args_parser().parse_args(argv))["variants"]
+    assert set(res) == {"original", "inverted", "scale_0.5"}
+    for k in ("f1@0.5", "accuracy", "count_exact_rate", "fragments_per_true", "out_of_range_rate"):
+        assert res["inverted"][k] == res["original"][k], k
+    assert res["original"]["f1@0.5"] > 0.5 and res["scale_0.5"]["f1@0.5"] > 0.5
+    assert "| scale_0.5 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "robustness.json").read_text())["variants"]["original"]["images"] == 1
+
+
+def test_robustness_scale_estimate_follows_resampling(tmp_path):
+    mod = _load_script("benchmarks/robustness.py")
+    argv = ["--data-root", str(ROOT / "tests" / "fixtures" / "cil"), "--split", "train", "--val-fraction", "0",
+            "--scale-estimate", "--out", str(tmp_path)]  # fmt: skip
+    res = mod.main(mod.get_args_parser().parse_args(argv))
+    assert res["calibration"]["images"] == 1 and 5 < res["calibration"]["reference_width_px"] < 40
+    est = res["scale_estimate"]
+    for name in ("scale_0.5", "scale_0.35", "scale_2", "scale_3"):
+        assert est[name]["median_ratio"] == pytest.approx(1.0, abs=0.15), name

@@ -94,6 +94,8 @@ def gt_segment(monkeypatch):
         raise AssertionError("segment() given an image that is not one of the evaluation spreads")
 
     monkeypatch.setattr(KaryotypePipeline, "segment", segment)
+    # the fake detector answers in the image's own pixels: no rescaling to the models' chromosome width
+    monkeypatch.setattr("karyotyping.image_checks.processing_factor", lambda *a, **k: 1.0)
 
 
 def test_seg_stage(weights, tmp_path, capsys):  # noqa: F811
