@@ -214,3 +214,61 @@ def smoke_train_both(coco_json: Path, tmp: Path) -> dict[str, Any]:
             )
         )  # fmt: skip
     return {"seg": seg, "cls": cls}
+
+
+def write_merged_cell(out_dir: Path, stem: str = "merged", seed: int = 7) -> dict[str, Any]:
+    """A synthetic spread in which, as a detector might, two crossing chromosomes were found as one instance and
+    two touching ones as one. Returns the pipeline JSON's instance ids and the known answers: ``crossing``
+    (``id``, the true masks ``first`` and ``second``, ``path`` along the first: the centre line, 4 px beyond
+    each end) and ``touching`` (``id``, the true masks ``first`` and ``second``, a ``line`` across their
+    contact)."""
+    import cv2
+
+    from datasets.io import atomic_write_image
+    from datasets.synthetic import SyntheticConfig, generate_spread
+    from features.geometry import centerline
+    from karyogram.render import render_overlay
+    from review.geometry import mask_width
+
+    cfg = SyntheticConfig(
+        image_size=(420, 520), scale=(700.0, 900.0), debris=(0, 3), nuclei_mean=0.0, p_cross=0.25, p_touch=0.25
+    )
+    rec = generate_spread(np.random.default_rng(seed), cfg, "46,XY")
+    m = rec.masks.astype(np.uint8)
+    n = len(m)
+    k3 = np.ones((3, 3), np.uint8)
+    near = np.array([[(cv2.dilate(m[i], k3) & m[j]).sum() if i != j else 0 for j in range(n)] for i in range(n)])
+    over = np.array([[(m[i] & m[j]).sum() if i != j else 0 for j in range(n)] for i in range(n)])
+    alone = [int((near[i] > 0).sum()) == 1 for i in range(n)]
+    cross = next((i, j) for i in range(n) for j in range(i + 1, n) if over[i, j] > 20 and alone[i] and alone[j])
+    touch = next((i, j) for i in range(n) for j in range(i + 1, n) if over[i, j] == 0 and near[i, j] > 3 and alone[i] and alone[j])  # fmt: skip
+    # the path: the first chromosome's centre line, on beyond both ends
+    line = centerline(m[cross[0]]).astype(np.float64)
+    a, b = line[0] - line[min(3, len(line) - 1)], line[-1] - line[max(-4, -len(line))]
+    path = np.concatenate([[line[0] + 4 * a / np.hypot(*a)], line, [line[-1] + 4 * b / np.hypot(*b)]])
+    # the cut: across the contact, perpendicular to the line between the two
+    k, q = touch
+    c = np.argwhere((cv2.dilate(m[k], k3) & m[q]) | (cv2.dilate(m[q], k3) & m[k]))[:, ::-1].astype(np.float64)
+    ctr = c.mean(0)
+    d = np.argwhere(m[q])[:, ::-1].mean(0) - np.argwhere(m[k])[:, ::-1].mean(0)
+    u = np.array([-d[1], d[0]]) / np.hypot(*d)
+    ext = np.abs((c - ctr) @ u).max() + 0.5 * max(mask_width(m[k]), mask_width(m[q])) + 4
+    cut_line = np.array([ctr - ext * u, ctr + ext * u])
+    keep = [i for i in range(n) if i not in (cross[1], touch[1])]
+    masks = np.stack(
+        [m[i] | m[cross[1]] if i == cross[0] else m[i] | m[touch[1]] if i == touch[0] else m[i] for i in keep]
+    )
+    labels = [int(rec.labels[i]) for i in keep]
+    flags = [["suspected_overlap"] if i in (cross[0], touch[0]) else [] for i in keep]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    img_path = out_dir / f"{stem}.png"
+    atomic_write_image(img_path, np.round(rec.image * 255).astype(np.uint8))
+    pair = [-1] * len(keep)
+    data = _result_json(img_path, masks, labels, flags, pair, [0.9] * len(keep), [None] * len(keep))
+    (out_dir / f"{stem}.json").write_text(json.dumps(data))
+    render_overlay(rec.image, masks, labels, flags=flags, path=out_dir / f"{stem}_overlay.png")
+    return {
+        "json": data,
+        "crossing": {"id": keep.index(cross[0]), "first": m[cross[0]], "second": m[cross[1]], "path": path},
+        "touching": {"id": keep.index(touch[0]), "first": m[touch[0]], "second": m[touch[1]], "line": cut_line},
+    }

@@ -427,11 +427,12 @@
     joinFirst = -1;
     for (const b of document.querySelectorAll("#tools button[data-tool]")) b.classList.toggle("on", b.dataset.tool === t);
     $("spread").dataset.tool = t;
-    message(HINTS[t]);
+    if (HINTS[t]) message(HINTS[t]);  // back to select: the last edit's message stays
   }
   function imagePoint(ev) {
     const r = $("spread-svg").getBoundingClientRect();
-    const x = (ev.clientX - r.left) * cell.width / r.width, y = (ev.clientY - r.top) * cell.height / r.height;
+    // the SVG's units are pixel corners (pixel i spans i..i+1); the server's points are pixel centres
+    const x = (ev.clientX - r.left) * cell.width / r.width - 0.5, y = (ev.clientY - r.top) * cell.height / r.height - 0.5;
     return [Math.round(x * 10) / 10, Math.round(y * 10) / 10];
   }
   function segment(t, params) {
