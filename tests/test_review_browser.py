@@ -667,3 +667,26 @@ def test_separate_a_crossing_and_cut_a_touching_pair_of_a_synthetic_spread(brows
     rest, new = got[n + 2], got[n + 3]
     assert iou(new, c["first"]) > 0.9 and iou(rest, c["second"]) > 0.9
     assert (new & rest).sum() >= 0.8 * (c["first"] & c["second"]).sum()  # the crossing in both
+
+
+def test_the_edits_classifier_and_assignment_are_the_pipelines(results):
+    """On the pipeline's own result, the code behind the segmentation edits gives back the pipeline's figures:
+    the same probabilities (to 0.05: the JSON rounds the boxes the axis crops are cut from) and, assigned again
+    with nothing locked, exactly its labels and flags."""
+    import numpy as np
+
+    from datasets.io import read_image
+    from karyotyping.identify import measure_and_classify
+    from review.result import load_cell
+    from review.segment import identifier_for, reassign
+
+    cell = load_cell(results / "cil_104023.json")
+    p = cell.prediction
+    members, config = identifier_for(None).load()
+    some = [0, 7, 23, 45]
+    found = measure_and_classify(members, read_image(p.image), p.masks, p.boxes, which=some)
+    assert found.probs.shape == (4, 24) and np.abs(found.probs - p.probs[some]).max() < 0.05
+    assert (found.probs.argmax(1) == p.probs[some].argmax(1)).all()
+    n = len(p)
+    labels, _, flags = reassign(p.probs, p.length_px, p.centromere_index, [0] * n, list(range(n)), [], config)
+    assert labels == [int(v) for v in p.labels] and [sorted(f) for f in flags] == [sorted(f) for f in p.flags]
