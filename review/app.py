@@ -3,7 +3,7 @@
 Pages: ``/`` (index, ``?sort=doubt|name|sanity|flagged|count|status``), ``/cell/<stem>``. JSON:
 ``GET /api/cell/<stem>``, ``POST /api/cell/<stem>/state`` (the cell after a list of edits),
 ``POST /api/cell/<stem>/segment`` (a cut, join, separation, drawing or erasure -> one edit),
-``POST /api/cell/<stem>/save``. Pictures: ``/cell/<stem>/image.png``, ``/cell/<stem>/crop/<i>.png``,
+``POST /api/cell/<stem>/save``, ``GET /api/ideogram/<class>?resolution=400`` (G-bands). Pictures: ``/cell/<stem>/image.png``, ``/cell/<stem>/crop/<i>.png``,
 ``/thumb/<stem>.png``; any file of the folder: ``/files/<path>`` (refused outside it). Every script
 and style comes from ``review/static``: the page works without internet.
 """
@@ -207,6 +207,33 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
             not_chromosome=NOT_CHROMOSOME,
             notes=notes,
         )
+
+    @app.get("/api/ideogram/<k>")
+    def ideogram(k: str):
+        """The G-bands of class ``k`` (1..24) at ``?resolution=400|550|850`` (ISCN, GRCh38; see
+        :func:`karyogram.reference.bands`): fractions of the length from the p-arm end."""
+        from karyogram.reference import RESOLUTIONS, bands
+
+        res = request.args.get("resolution", "400")
+        if not (res.isdigit() and int(res) in RESOLUTIONS):
+            raise ReviewError(f"resolution must be one of {', '.join(map(str, RESOLUTIONS))} bands, got {res!r}")
+        if not (k.isdigit() and 1 <= int(k) <= 24):
+            raise NotFoundError(f"no chromosome class {k!r}: classes are 1..24 (23 = X, 24 = Y)")
+        bs = bands(int(res))[int(k)]
+        cen = next((b.start for b in bs if b.arm == "q"), 0.0)
+        return jsonify(
+            {
+                "class": int(k),
+                "name": name_of(int(k)),
+                "resolution": int(res),
+                "centromere": round(cen, 5),
+                "bands": [
+                    {"name": b.name, "arm": b.arm, "start": round(b.start, 5), "stop": round(b.stop, 5),
+                     "stain": b.stain, "density": b.density}
+                    for b in bs
+                ],
+            }
+        )  # fmt: skip
 
     @app.post("/api/cell/<stem>/state")
     def cell_state(stem: str):

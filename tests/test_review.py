@@ -805,3 +805,18 @@ def test_trainers_read_a_cut_and_a_drawn_chromosome(rods_client, rods, tmp_path)
     assert len([a for a in coco["annotations"] if a["image_id"] == coco["images"][0]["id"]]) == 7
     out = smoke_train_both(rods / "reviewed_coco.json", tmp_path / "runs")
     assert (tmp_path / "runs" / "seg" / "last.pth").is_file() and out["cls"] is not None
+
+
+def test_ideogram_api(client):
+    from karyogram.reference import bands
+
+    for k, res in ((1, 400), (23, 850), (21, 550)):
+        d = client.get(f"/api/ideogram/{k}?resolution={res}").get_json()
+        assert len(d["bands"]) == len(bands(res)[k]) and d["resolution"] == res
+        assert d["bands"][0]["start"] == 0.0 and d["bands"][-1]["stop"] == 1.0
+        assert 0.0 < d["centromere"] < 0.6 and d["bands"][0]["arm"] == "p"
+    assert client.get("/api/ideogram/1").get_json()["resolution"] == 400
+    r = client.get("/api/ideogram/25")
+    assert r.status_code == 404 and "classes are 1..24" in r.get_json()["error"]
+    r = client.get("/api/ideogram/1?resolution=300")
+    assert r.status_code == 400 and "400, 550, 850" in r.get_json()["error"]

@@ -690,3 +690,50 @@ def test_the_edits_classifier_and_assignment_are_the_pipelines(results):
     n = len(p)
     labels, _, flags = reassign(p.probs, p.length_px, p.centromere_index, [0] * n, list(range(n)), [], config)
     assert labels == [int(v) for v in p.labels] and [sorted(f) for f in flags] == [sorted(f) for f in p.flags]
+
+
+def test_homolog_view_beside_the_ideogram(browser, synth_server):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from karyogram.reference import bands
+
+    d = browser
+    _open(d, f"{synth_server}/cell/reload")
+    ones = d.find_elements(By.CSS_SELECTOR, '.slot[data-class="2"] .chrom')
+    assert len(ones) == 2
+    ActionChains(d).double_click(ones[0]).perform()
+    _wait(d, lambda d: d.find_element(By.ID, "pair").is_displayed(), what="homolog view")
+    assert d.find_element(By.ID, "pair-title").text == "Chromosome 2: 2 copies"
+    imgs = d.find_elements(By.CSS_SELECTOR, "#pair-body img")
+    assert len(imgs) == 2 and max(int(i.get_attribute("height")) for i in imgs) == 260
+    _wait(d, lambda d: all(i.get_attribute("naturalWidth") != "0" for i in imgs), what="homologs loaded")
+    # the centromeres on one line: each crop's centromere row, and the ideogram's, at one height on the page
+    crops = {c["id"]: c["crop"] for c in _state(d, synth_server, "reload")["chromosomes"]}
+    tops = d.execute_script(
+        "return [...document.querySelectorAll('#pair-body img')].map(i => [Number(i.dataset.id), i.getBoundingClientRect().top])"
+    )
+    lines = [top + crops[i]["cen"] * 260 / max(crops[j]["h"] for j, _ in tops) for i, top in tops]
+    ideo = d.execute_script(
+        "const r = document.querySelector('#pair-body svg.ideogram').getBoundingClientRect(); return [r.top, r.height]"
+    )
+    cen = d.execute_script("return fetch('/api/ideogram/2').then(r => r.json()).then(j => j.centromere)")
+    assert abs(lines[0] - lines[1]) < 2 and abs(ideo[0] + cen * ideo[1] - lines[0]) < 2
+    assert len(d.find_elements(By.CSS_SELECTOR, "#pair-body svg.ideogram rect")) == len(bands(400)[2])
+    shots = os.environ.get("KARYO_REVIEW_SCREENSHOT_DIR")
+    if shots:
+        d.execute_script("document.getElementById('pair').scrollIntoView({block: 'end'})")
+        time.sleep(0.3)
+        d.save_screenshot(str(Path(shots) / "review_homologs.png"))
+    Select(d.find_element(By.ID, "pair-res")).select_by_visible_text("850")
+    _wait(
+        d,
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#pair-body svg.ideogram rect")) == len(bands(850)[2]),
+        what="850 bands",
+    )
+    # the view follows the selection; h closes it
+    d.find_element(By.CSS_SELECTOR, '.slot[data-class="7"] .chrom').click()
+    _wait(d, lambda d: d.find_element(By.ID, "pair-title").text.startswith("Chromosome 7"), what="follows")
+    d.find_element(By.TAG_NAME, "body").send_keys("h")
+    assert not d.find_element(By.ID, "pair").is_displayed()

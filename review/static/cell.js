@@ -343,8 +343,85 @@
     row.append("move to ", selEl, " ",
       btn(state.debris[sel] ? "Restore (d)" : "Not a chromosome (d)", () => toggleDebris(sel), "btn-debris"), " ",
       btn("Flip polarity (r)", () => flip(sel), "btn-flip"), " ",
-      btn(swapFrom >= 0 ? "Swap with #" + swapFrom + " (s)" : "Swap\u2026 (s)", () => swapKey(), "btn-swap"));
+      btn(swapFrom >= 0 ? "Swap with #" + swapFrom + " (s)" : "Swap\u2026 (s)", () => swapKey(), "btn-swap"), " ",
+      btn("Homologs (h)", () => openPair(state.labels[sel]), "btn-pair"));
     box.append(h, p, row);
+  }
+
+  // ------------------------------------------------------------------ homologs beside the ideogram
+  let pairClass = 0;        // the class shown in the homolog view (0: closed)
+  const ideograms = {};     // "class/resolution" -> /api/ideogram answer
+  const PAIR_HEIGHT = 260;  // pixels of the longest homolog
+  function openPair(k) {
+    if (!(k >= 1 && k <= 24)) { message("Select a chromosome with a class first", "error"); return; }
+    const first = !pairClass;
+    pairClass = k;
+    $("help").open = false;  // room for the view
+    drawPair().then(() => { if (first) $("pair").scrollIntoView({ block: "nearest" }); });
+  }
+  function closePair() { pairClass = 0; $("pair").hidden = true; }
+  function bandFill(b) {
+    if (b.stain === "acen") return "#c0392b";
+    if (b.stain === "gvar") return "#5d6d7e";
+    if (b.stain === "stalk") return "#aab7b8";
+    const g = Math.round(255 - 2.3 * b.density);
+    return "rgb(" + g + "," + g + "," + g + ")";
+  }
+  async function drawPair() {
+    if (!pairClass) return;
+    const k = pairClass, res = $("pair-res").value, key = k + "/" + res;
+    if (!ideograms[key]) {
+      try { ideograms[key] = await request("/api/ideogram/" + k + "?resolution=" + res); }
+      catch (err) { message(err.message, "error"); return; }
+      if (pairClass !== k) return;
+    }
+    const ideo = ideograms[key];
+    const ids = present().filter((i) => state.labels[i] === k);
+    $("pair").hidden = false;
+    $("pair-title").textContent = "Chromosome " + cell.names[k] + ": " + ids.length + " cop" + (ids.length === 1 ? "y" : "ies");
+    const body = $("pair-body");
+    body.textContent = "";
+    if (!ids.length) { body.textContent = "none in this cell"; return; }
+    const boxes = ids.map(cropBox);
+    const s = Math.min(6, PAIR_HEIGHT / Math.max(...boxes.map((b) => b.h)));
+    const above = Math.max(...boxes.map((b) => b.cen * s)), meanH = boxes.reduce((a, b) => a + b.h, 0) / boxes.length * s;
+    const fig = (el, caption, top) => {
+      const f = document.createElement("figure");
+      el.style.marginTop = Math.round(top) + "px";
+      const c = document.createElement("figcaption");
+      c.textContent = caption;
+      f.append(el, c);
+      return f;
+    };
+    ids.forEach((i, n) => {
+      const img = document.createElement("img");
+      img.src = cropUrl(i);
+      img.width = Math.round(boxes[n].w * s);
+      img.height = Math.round(boxes[n].h * s);
+      if (state.flipped[i]) img.classList.add("flipped");
+      img.dataset.id = i;
+      body.append(fig(img, "#" + i, above - boxes[n].cen * s));
+    });
+    // the ideogram as long as the homologs on average, its centromere on theirs
+    const svg = document.createElementNS(SVGNS, "svg");
+    svg.classList.add("ideogram");
+    svg.setAttribute("width", 22);
+    svg.setAttribute("height", Math.round(meanH));
+    svg.setAttribute("viewBox", "0 0 22 " + meanH);
+    for (const b of ideo.bands) {
+      const r = document.createElementNS(SVGNS, "rect");
+      const narrow = b.stain === "acen" || b.stain === "stalk";
+      r.setAttribute("x", narrow ? 6 : 2);
+      r.setAttribute("width", narrow ? 10 : 18);
+      r.setAttribute("y", b.start * meanH);
+      r.setAttribute("height", Math.max(0.5, (b.stop - b.start) * meanH));
+      r.setAttribute("fill", bandFill(b));
+      const t = document.createElementNS(SVGNS, "title");
+      t.textContent = cell.names[k] + b.name;
+      r.append(t);
+      svg.append(r);
+    }
+    body.append(fig(svg, ideo.resolution + " bands", above - ideo.centromere * meanH));
   }
 
   function draw() {
@@ -361,6 +438,7 @@
     drawKaryogram();
     drawSpread();
     drawInfo();
+    drawPair();
   }
 
   const PROMPT = "move to class ";
@@ -374,6 +452,8 @@
       const b = document.querySelector('#spread-svg g[data-id="' + i + '"]');
       if (a) { a.classList.add("selected"); a.scrollIntoView({ block: "nearest", inline: "nearest" }); }
       if (b) b.classList.add("selected");
+      // an open homolog view follows the selection
+      if (pairClass && state.labels[i] > 0 && state.labels[i] !== pairClass) { pairClass = state.labels[i]; drawPair(); }
     }
     drawInfo();
   }
@@ -608,6 +688,7 @@
     }
     else if (k === "Escape") { typed = ""; swapFrom = -1; setTool("select"); select(-1); draw(); }
     else if (k === "v") setTool("select");
+    else if (k === "h") { if (pairClass) closePair(); else if (sel >= 0) openPair(state.labels[sel]); else message("Select a chromosome first", "error"); }
     else if (k === "+" || k === "=") zoom(1.5);
     else if (k === "-") zoom(1 / 1.5);
     else if (k === "w") fit();
@@ -645,6 +726,12 @@
   $("save").addEventListener("click", () => save("saved"));
   $("accept").addEventListener("click", () => save("accepted"));
   $("unanalysable").addEventListener("click", () => save("unanalysable"));
+  $("pair-close").addEventListener("click", closePair);
+  $("pair-res").addEventListener("change", () => drawPair());
+  document.addEventListener("dblclick", (ev) => {
+    const el = ev.target.closest(".chrom, #spread-svg g.outline");
+    if (el) openPair(state.labels[Number(el.dataset.id)]);
+  });
   for (const b of document.querySelectorAll("#tools button[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
   $("tool-delete").addEventListener("click", () => { if (sel < 0) message("Select a chromosome first", "error"); else toggleDebris(sel); });
   // the name typed in this tab is kept while moving between cells (never a default from the machine)
