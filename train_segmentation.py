@@ -117,6 +117,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("Model")
     g.add_argument("--backbone", default="resnet50_fpn", choices=BACKBONES)
     g.add_argument("--agnostic", action="store_true", help="one 'chromosome' class instead of 24")
+    g.add_argument(
+        "--orientation-bins",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --agnostic: the detector's classes become K bins of each chromosome's long-axis angle (4 or 8; "
+        "labels from the final masks, datasets/orientation.py); inference and validation stay class-agnostic. "
+        "A class-agnostic --pretrained file is copied into every bin (default 0: off)",
+    )
     g.add_argument("--min-size", type=int, default=800, help="model input: shorter side in pixels (reduce on CPU)")
     g.add_argument("--max-size", type=int, default=1333, help="model input: longest side limit in pixels")
     g.add_argument(
@@ -274,6 +283,13 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
         raise ValueError(f"--scale-jitter LO HI needs 0 < LO <= HI, got {lo} {hi}")
     if (lo, hi) != (1.0, 1.0) and not args.lab_augment:
         raise ValueError("--scale-jitter needs --lab-augment")
+    if args.orientation_bins:
+        from datasets.orientation import MAX_BINS
+
+        if not args.agnostic:
+            raise ValueError("--orientation-bins needs --agnostic (the classes become orientation bins)")
+        if not 2 <= args.orientation_bins <= MAX_BINS:
+            raise ValueError(f"--orientation-bins must be 0 (off) or in 2..{MAX_BINS}, got {args.orientation_bins}")
     if args.copy_paste < 0 or (args.copy_paste and not args.augment):
         raise ValueError(f"--copy-paste must be >= 0 and needs --augment, got {args.copy_paste}")
     engine.check_test_fraction(args.val_fraction, args.test_fraction)
@@ -317,7 +333,11 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
 
 
 def build_datasets(args: argparse.Namespace, roots: list[str | None]):
-    """(train, val) datasets of KaryoRecord; several --dataset values are concatenated."""
+    """(train, val) datasets of KaryoRecord; several --dataset values are concatenated.
+
+    With ``--orientation-bins`` the labels are the orientation bins of the final masks, computed last in both
+    transforms (:class:`datasets.orientation.OrientationLabels`).
+    """
     from torch.utils.data import ConcatDataset
 
     from datasets import build_dataset
@@ -334,6 +354,14 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
         scale_jitter=tuple(args.scale_jitter),
     )
 
+    def labelled(tf, name: str):
+        if not args.orientation_bins:
+            return tf
+        from datasets.orientation import OrientationLabels
+        from datasets.transforms import Compose
+
+        return Compose([t for t in (tf, OrientationLabels(args.orientation_bins, dataset=name)) if t is not None])
+
     trains, vals = [], []
     for name, root in zip(args.dataset, roots):
         kw: dict[str, Any] = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
@@ -346,15 +374,15 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
                 kw["config"] = SyntheticConfig(image_size=(112, 128), scale=(150.0, 200.0), debris=(0, 5))
         if name == "voc":
             kw["crossings"] = args.derive_crossings
-        trains.append(build_dataset(name, root, "train", transforms=train_tf, **kw))
+        trains.append(build_dataset(name, root, "train", transforms=labelled(train_tf, name), **kw))
         if args.val_fraction > 0:
             try:
-                vals.append(build_dataset(name, root, "val", transforms=val_tf, **kw))
+                vals.append(build_dataset(name, root, "val", transforms=labelled(val_tf, name), **kw))
             except ValueError as exc:  # a tiny dataset can have an empty val split
                 print(f"warning: no validation split for {name}: {exc}")
     for name, root in args.train_only_data:
         extra = {"crossings": args.derive_crossings} if name == "voc" else {}
-        trains.append(build_dataset(name, root, "all", transforms=train_tf, **extra))
+        trains.append(build_dataset(name, root, "all", transforms=labelled(train_tf, name), **extra))
     train = trains[0] if len(trains) == 1 else ConcatDataset(trains)
     val = None
     if vals:
@@ -374,6 +402,7 @@ def build_model_config(args: argparse.Namespace):
     config = SegConfig(
         backbone=args.backbone,
         agnostic=args.agnostic,
+        orientation_bins=args.orientation_bins,
         min_size=args.min_size,
         max_size=args.max_size,
         trainable_layers=args.trainable_layers,
@@ -419,7 +448,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     seed = engine.seed_everything(args.seed, dist_info.rank)
 
     train_ds, val_ds = build_datasets(args, roots)
-    train_view = DetectionView(train_ds, agnostic=args.agnostic)
+    # orientation bins are the labels the model learns; validation scores boxes and masks class-agnostically
+    train_view = DetectionView(train_ds, agnostic=args.agnostic and not args.orientation_bins)
     if dist_info.distributed:
         sampler = torch.utils.data.DistributedSampler(train_view, shuffle=True, seed=args.seed)
     else:  # the same per-epoch permutation logic, so a resumed run sees the same order
@@ -483,8 +513,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if resume:
         ckpt = engine.load_checkpoint(resume, map_location="cpu")
         old = ckpt.get("config") or {}
-        for key in ("backbone", "agnostic", "num_classes"):
-            if key in old and old[key] != getattr(config, key):
+        for key in ("backbone", "agnostic", "orientation_bins", "num_classes"):
+            if old.get(key, 0 if key == "orientation_bins" else getattr(config, key)) != getattr(config, key):
                 raise ValueError(
                     f"--resume {resume}: checkpoint has {key}={old[key]!r} but the flags give {getattr(config, key)!r}"
                 )

@@ -19,6 +19,10 @@ The owners of the detection thresholds (everything else reads them here):
   several of them claim goes to the one with the highest mask probability, as in the annotations, where
   touching and crossing chromosomes share no pixel (``--no-exclusive-masks`` turns it off), and trims them to
   the image's foreground (:func:`models.segmentation.trim_to_foreground`; ``--no-trim-masks``).
+* :data:`BIN_MERGE_IOU` (0.6) and :data:`BIN_MERGE_MASK_THRESH` (0.5): a detector with orientation classes
+  (``SegConfig.orientation_bins``) may find one chromosome in two bins; :func:`merge_orientation_bins` takes two
+  detections in different bins whose masks (probability above 0.5) have an IoU above 0.6 for one chromosome.
+  Two crossing chromosomes share only the crossing and are both kept.
 
 :func:`detections_to_record` is the one conversion of a model's output into a :class:`KaryoRecord`;
 :func:`detect` runs the model on one image in float32 (never under autocast: torchvision decodes boxes in the
@@ -45,12 +49,16 @@ __all__ = [
     "MASK_OVERLAP",
     "MASK_THRESH",
     "SCORE_THRESH",
+    "BIN_MERGE_IOU",
+    "BIN_MERGE_MASK_THRESH",
     "binarize_masks",
     "detect",
     "detect_dataset",
     "detect_soft",
     "detections_to_record",
     "evaluate_detection",
+    "merge_orientation_bins",
+    "orientation_bins_of",
 ]
 
 SCORE_THRESH = 0.6
@@ -58,6 +66,9 @@ AP_SCORE_THRESH = 0.05
 MASK_THRESH = 0.2
 AP_MASK_THRESH = 0.3
 MASK_OVERLAP = 0.8
+BIN_MERGE_IOU = 0.6
+BIN_MERGE_MASK_THRESH = 0.5
+BIN_SCORE_COMBINE = ("sum", "max")
 
 
 def binarize_masks(prob: torch.Tensor | np.ndarray, height: int, width: int, thresh: float = MASK_THRESH) -> np.ndarray:
@@ -101,11 +112,107 @@ def detections_to_record(
     )
 
 
+def merge_orientation_bins(
+    out: dict[str, torch.Tensor],
+    *,
+    iou_thresh: float = BIN_MERGE_IOU,
+    mask_thresh: float = BIN_MERGE_MASK_THRESH,
+    combine: str = "sum",
+) -> dict[str, torch.Tensor]:
+    """One detection per chromosome from a detector with orientation classes, every label set to 1.
+
+    torchvision's NMS runs per class, so a chromosome whose angle lies near the edge of two bins can come out
+    once in each. In descending score order, a detection suppresses the lower-scoring detections of *other*
+    bins whose masks (probability above ``mask_thresh``) have an IoU above ``iou_thresh`` with its own (boxes
+    whose masks' extents do not meet are never compared). Within one bin the model's NMS has decided already.
+
+    The kept detection's score is, with ``combine``:
+
+    * ``"sum"`` (default): its own plus, for each other bin, the best score it suppressed there, capped at 1. The
+      bins' softmax probabilities of one proposal add up to its foreground probability, so this is the score the
+      detector gives the chromosome whatever bin it is in: a chromosome split 0.45 / 0.45 between two bins is a
+      0.9 chromosome, not a 0.45 one below :data:`SCORE_THRESH`. Pieces from different proposals can overlap
+      (hence the cap); no calibration is measured here. A warm-started model
+      (:func:`models.segmentation.agnostic_to_orientation_bins`) gets exactly its agnostic scores back.
+    * ``"max"``: its own score.
+
+    Args:
+        out: one image's detections (:func:`models.segmentation.predict`): ``boxes`` [M, 4], ``labels`` [M] (the
+            bins, 1..K), ``scores`` [M], ``masks`` [M, 1, H, W] probabilities.
+
+    Returns:
+        the kept detections in the same format, scores descending, ``labels`` all 1.
+    """
+    if combine not in BIN_SCORE_COMBINE:
+        raise ValueError(f"combine must be one of {', '.join(BIN_SCORE_COMBINE)}, got {combine!r}")
+    scores = out["scores"].detach().cpu().double().numpy()
+    labels = out["labels"].detach().cpu().numpy()
+    n = len(scores)
+    if n == 0:
+        return {**out, "labels": torch.ones_like(out["labels"])}
+    binm = (out["masks"][:, 0] > mask_thresh).cpu().numpy()
+    rows, cols = binm.any(2), binm.any(1)
+    area = binm.sum((1, 2))
+    nonempty = area > 0
+    # each mask's extent [y0, y1) x [x0, x1)
+    y0, y1 = rows.argmax(1), rows.shape[1] - rows[:, ::-1].argmax(1)
+    x0, x1 = cols.argmax(1), cols.shape[1] - cols[:, ::-1].argmax(1)
+    order = np.argsort(-scores, kind="stable")
+    suppressed = np.zeros(n, bool)
+    keep: list[int] = []
+    new_scores = scores.copy()
+    for a, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        if not nonempty[i]:
+            continue
+        rest = order[a + 1 :]
+        cand = rest[
+            ~suppressed[rest]
+            & nonempty[rest]
+            & (labels[rest] != labels[i])
+            & (np.maximum(y0[rest], y0[i]) < np.minimum(y1[rest], y1[i]))
+            & (np.maximum(x0[rest], x0[i]) < np.minimum(x1[rest], x1[i]))
+        ]
+        best: dict[int, float] = {}
+        for j in cand:
+            ya, yb = max(y0[i], y0[j]), min(y1[i], y1[j])
+            xa, xb = max(x0[i], x0[j]), min(x1[i], x1[j])
+            inter = int(np.logical_and(binm[i, ya:yb, xa:xb], binm[j, ya:yb, xa:xb]).sum())
+            if inter > iou_thresh * (area[i] + area[j] - inter):
+                suppressed[j] = True
+                best[int(labels[j])] = max(best.get(int(labels[j]), 0.0), float(scores[j]))
+        if combine == "sum" and best:
+            new_scores[i] = min(1.0, scores[i] + sum(best.values()))
+    kept = torch.as_tensor(keep, dtype=torch.int64)
+    merged = torch.as_tensor(new_scores[keep], dtype=out["scores"].dtype)
+    resort = torch.argsort(merged, descending=True, stable=True)
+    kept = kept[resort]
+    return {
+        "boxes": out["boxes"][kept],
+        "labels": torch.ones(len(kept), dtype=out["labels"].dtype),
+        "scores": merged[resort],
+        "masks": out["masks"][kept],
+    }
+
+
+def orientation_bins_of(model: torch.nn.Module) -> int:
+    """The model's ``SegConfig.orientation_bins`` (0 for a model without orientation classes or without a config)."""
+    net = model.module if hasattr(model, "module") else model
+    return int(getattr(getattr(net, "seg_config", None), "orientation_bins", 0) or 0)
+
+
 @torch.no_grad()
 def detect_soft(
     model: torch.nn.Module, image: np.ndarray, *, score_thresh: float, device: torch.device | str | None = None
 ) -> dict[str, torch.Tensor]:
     """The model's own output for one grey image float32 [H, W], in float32 (autocast off), on the CPU.
+
+    A model with orientation classes (``SegConfig.orientation_bins`` = K) runs at ``score_thresh / K`` so that
+    a chromosome whose score is split between bins is seen whole; :func:`merge_orientation_bins` then keeps one
+    detection per chromosome, with the bins' scores summed, and labels 1; those >= ``score_thresh`` are returned.
+    From outside, every model is class-agnostic or has the 24 chromosome classes.
 
     Returns:
         ``boxes`` [M, 4], ``labels`` [M], ``scores`` [M] (descending, >= ``score_thresh``) and ``masks``
@@ -114,10 +221,16 @@ def detect_soft(
     from models.segmentation import predict
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
+    bins = orientation_bins_of(model)
     # validation and inference always run in float32, also inside a training step's autocast region
     with torch.autocast(device_type=dev.type, enabled=False):
-        out = predict(model, [image], score_thresh=score_thresh, device=dev)[0]
-    return {k: v.cpu() for k, v in out.items()}
+        out = predict(model, [image], score_thresh=score_thresh / bins if bins else score_thresh, device=dev)[0]
+    out = {k: v.cpu() for k, v in out.items()}
+    if bins:
+        out = merge_orientation_bins(out)
+        keep = out["scores"] >= score_thresh
+        out = {k: v[keep] for k, v in out.items()}
+    return out
 
 
 def detect(

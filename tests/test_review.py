@@ -820,3 +820,12 @@ def test_ideogram_api(client):
     assert r.status_code == 404 and "classes are 1..24" in r.get_json()["error"]
     r = client.get("/api/ideogram/1?resolution=300")
     assert r.status_code == 400 and "400, 550, 850" in r.get_json()["error"]
+
+
+def test_a_long_freehand_outline_is_simplified_and_a_huge_one_refused(rods_client):
+    t = np.linspace(0, 2 * np.pi, 3000, endpoint=False)
+    circle = np.stack([240 + 12 * np.cos(t), 60 + 30 * np.sin(t)], 1).round(2).tolist()
+    r = _segment(rods_client, [], tool="draw", outline=circle)
+    assert r.status_code == 200 and r.get_json()["message"].startswith("drew a chromosome")
+    r = _segment(rods_client, [], tool="cut", line=[[1.0 + (k % 2), 1.0] for k in range(20001)])
+    assert r.status_code == 400 and "more than 20000" in r.get_json()["error"]
