@@ -454,11 +454,13 @@ def test_accept_with_flags_asks_first_and_unanalysable_leaves_training_data(brow
     assert "unanalysable" in row.text and "Dr Sign" in row.text
 
 
-def _viewport(d, x, y, shape):
-    """Viewport pixels of the image point (x, y) (pixel centres) on the spread as it is shown now."""
-    r = d.execute_script(
-        "const r = document.getElementById('spread-svg').getBoundingClientRect(); return [r.left, r.top, r.width, r.height]"
-    )
+def _viewport(d, x, y, shape, r=None):
+    """Viewport pixels of the image point (x, y) (pixel centres) on the spread as it is shown now (``r``: the
+    spread's rectangle, if the caller has it)."""
+    if r is None:
+        r = d.execute_script(
+            "const r = document.getElementById('spread-svg').getBoundingClientRect(); return [r.left, r.top, r.width, r.height]"
+        )
     return int(round(r[0] + (x + 0.5) * r[2] / shape[1])), int(round(r[1] + (y + 0.5) * r[3] / shape[0]))
 
 
@@ -466,7 +468,10 @@ def _gesture(d, points, shape=(220, 280)):
     """Drag the mouse through ``points`` (image pixels) on the spread, wherever zoom and pan have put it."""
     from selenium.webdriver.common.action_chains import ActionChains
 
-    xy = [_viewport(d, x, y, shape) for x, y in points]
+    r = d.execute_script(
+        "const r = document.getElementById('spread-svg').getBoundingClientRect(); return [r.left, r.top, r.width, r.height]"
+    )
+    xy = [_viewport(d, x, y, shape, r) for x, y in points]
     ch = ActionChains(d)
     ptr = ch.w3c_actions.pointer_action
     ptr.move_to_location(*xy[0])
