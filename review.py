@@ -5,10 +5,12 @@
     python review.py results/ --images slides/   # where the source images are, if they moved
 
 A local web app on 127.0.0.1 (no login, no internet: every script and style is served from review/).
-The index lists the cells, doubtful ones first; a cell page shows the karyogram and the spread. Saving
-writes ``<stem>.reviewed.json``, ``<stem>_karyogram.reviewed.png`` / ``.pdf`` and updates
-``reviewed_coco.json``, which both trainers read with ``--dataset coco --data-root RESULTS/reviewed_coco.json``.
-The pipeline's own files are never changed.
+The index lists the cells, doubtful ones first; a cell page shows the karyogram and the spread, where the
+labels and the segmentation (cut, join, separate a crossing, draw, erase) are corrected and the cell is
+signed off by a typed name (draft, accepted, unanalysable). Saving writes ``<stem>.reviewed.json`` (every
+revision kept), ``<stem>_karyogram.reviewed.png`` / ``.pdf`` and updates ``reviewed_coco.json``, which both
+trainers read with ``--dataset coco --data-root RESULTS/reviewed_coco.json``. The pipeline's own files are
+never changed. Keys, tools and files: docs/review.md.
 """
 
 from __future__ import annotations
