@@ -829,3 +829,18 @@ def test_a_long_freehand_outline_is_simplified_and_a_huge_one_refused(rods_clien
     assert r.status_code == 200 and r.get_json()["message"].startswith("drew a chromosome")
     r = _segment(rods_client, [], tool="cut", line=[[1.0 + (k % 2), 1.0] for k in range(20001)])
     assert r.status_code == 400 and "more than 20000" in r.get_json()["error"]
+
+
+def test_erase_with_a_lasso_removes_the_pixels_inside(rods_client):
+    from review.segment import decode
+    from tests.review_fixtures import rod_mask
+
+    lasso = [[30, 160], [70, 160], [70, 180], [30, 180]]  # the left end of the first piece
+    r = _segment(rods_client, [], tool="erase", outline=lasso)
+    assert r.status_code == 200, r.get_json()
+    e = r.get_json()["edit"]
+    left = decode(e["added"][0]["mask"])
+    inside = np.zeros_like(left)
+    inside[160:181, 30:71] = 1
+    assert e["removed"] == [2] and not (left & inside).any()
+    assert ((left | (rod_mask("piece_1") & inside)) == rod_mask("piece_1")).all()

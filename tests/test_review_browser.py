@@ -585,6 +585,11 @@ def test_looking_closely_zoom_pan_overlay_contrast(browser, synth_server):
     _wait(d, lambda d: "cut #1 into 2" in d.find_element(By.ID, "message").text, what="cut while zoomed")
     body().send_keys("w")
     assert d.find_element(By.ID, "zoom").text == "100%"
+    # erase the far rod's left end with the brush
+    body().send_keys("e")
+    (fx, fy), _ = RODS["far"]
+    _gesture(d, [(fx - 4, fy), (fx + 2, fy), (fx + 8, fy)])
+    _wait(d, lambda d: "erased pixels of 1 chromosome(s)" in d.find_element(By.ID, "message").text, what="erase")
     # overlay: filled -> outlines only -> none -> filled
     spread = d.find_element(By.ID, "spread")
     poly = lambda: d.find_element(By.CSS_SELECTOR, "#spread-svg g.outline polygon")  # noqa: E731

@@ -500,7 +500,7 @@
     join: "Join: click one piece, then the other",
     separate: "Separate: drag along one chromosome, through the crossing",
     draw: "Draw: drag around the missed chromosome (one closed loop)",
-    erase: "Erase: drag over the pixels to remove (brush radius at right)",
+    erase: "Erase: drag over the pixels to remove (brush radius at right); Shift+drag: around them (a lasso)",
   };
   function setTool(t) {
     tool = t;
@@ -536,7 +536,7 @@
     const el = document.createElementNS(SVGNS, "polyline");
     el.id = "stroke";
     $("spread-svg").append(el);
-    stroke = { pts: [p], el: el };
+    stroke = { pts: [p], el: el, lasso: ev.shiftKey };
     moveStroke(ev);
   }
   function moveStroke(ev) {
@@ -546,12 +546,13 @@
     stroke.el.setAttribute("points", stroke.pts.map((v) => v.join(",")).join(" "));
   }
   function endStroke() {
-    const pts = stroke.pts;
+    const pts = stroke.pts, lasso = stroke.lasso;
     stroke.el.remove();
     stroke = null;
     if (tool === "cut") return segment("cut", { line: pts });
     if (tool === "separate") return segment("separate", { path: pts });
     if (tool === "draw") return segment("draw", { outline: pts });
+    if (tool === "erase" && lasso) return segment("erase", { outline: pts });
     if (tool === "erase") return segment("erase", { stroke: pts, radius: Number($("brush").value) });
   }
   function joinClick(ev) {
