@@ -20,10 +20,12 @@ import numpy as np
 
 from .edits import REMOVED, CellState
 from .geometry import (
+    MIN_PIECE_PX,
     GeometryError,
     brush_mask,
     cut,
     join,
+    line_mask,
     outline_mask,
     points_of,
     polyline_inside,
@@ -107,7 +109,8 @@ def _geometry(tool: str, params: dict[str, Any], masks: list[np.ndarray | None],
     editable = _editable(state)
     if tool == "cut":
         line = polyline_inside(params.get("line"), shape, "cut line")
-        touched = [i for i in editable if _touches(masks[i], line, shape)]
+        on = line_mask(line, shape) > 0
+        touched = [i for i in editable if (masks[i][on] > 0).any()]
         if not touched:
             raise GeometryError("the cut line crosses no chromosome: draw it across the one to cut")
         removed, new, src, why = [], [], [], None
@@ -125,8 +128,6 @@ def _geometry(tool: str, params: dict[str, Any], masks: list[np.ndarray | None],
         return removed, new, src, f"cut {', '.join(f'#{i}' for i in removed)} into {len(new)}"
     if tool == "separate":
         path = polyline_inside(params.get("path"), shape, "path")
-        from .geometry import line_mask
-
         on = line_mask(path, shape) > 0
         inside = {i: int((masks[i][on] > 0).sum()) for i in editable}
         if not inside or max(inside.values()) == 0:
@@ -160,8 +161,6 @@ def _geometry(tool: str, params: dict[str, Any], masks: list[np.ndarray | None],
         hit = [i for i in editable if (masks[i] & region).any()]
         if not hit:
             raise GeometryError("nothing to erase there: the stroke touches no chromosome")
-        from .geometry import MIN_PIECE_PX
-
         new, src = [], []
         for i in hit:
             left = masks[i] & (1 - region)
@@ -171,12 +170,6 @@ def _geometry(tool: str, params: dict[str, Any], masks: list[np.ndarray | None],
         gone = len(hit) - len(new)
         return hit, new, src, f"erased pixels of {len(hit)} chromosome(s)" + (f", {gone} gone" if gone else "")
     raise GeometryError(f"unknown tool {tool!r}: use one of {', '.join(TOOLS)}")
-
-
-def _touches(mask: np.ndarray | None, line: np.ndarray, shape) -> bool:
-    from .geometry import line_mask
-
-    return mask is not None and bool((mask[line_mask(line, shape) > 0] > 0).any())
 
 
 def _work(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, scale: float):
