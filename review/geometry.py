@@ -190,7 +190,8 @@ def separate(mask: np.ndarray, path: np.ndarray, half_width: float | None = None
         ``(new, rest)`` uint8 [H, W]: ``new`` the pixels of the mask within ``half_width`` (+0.5) of the
         path; ``rest`` the others plus the crossing, i.e. the pixels of ``new`` between two parts of the
         rest that face each other across the path (the convex hull of their pixels next to ``new``): they
-        belong to both.
+        belong to both. Where only the end of the other chromosome lies on the path's (no part of it on
+        the far side), the covered end stays in ``new`` alone: how far it reaches is not known.
 
     Raises:
         GeometryError: the path runs mostly outside the mask, or takes all of it, or leaves nothing but
