@@ -51,6 +51,8 @@ DEFAULT_MAX_SIDE = 2048
 #: shipped classifier on the CIL val split (README, "Identification"): on for run 4, off since run 7, which
 #: gains nothing from it on the true instances nor in the whole pipeline, and it would double its cost
 FLIP_TTA = False
+#: whether the pipeline makes its masks whole and smooth after the Otsu trim (``--[no-]smooth-masks``)
+SMOOTH_MASKS = False
 
 
 class PipelineError(RuntimeError):
@@ -150,6 +152,7 @@ PIPELINE_OPTIONS = (
     "mask_thresh",
     "exclusive_masks",
     "trim_masks",
+    "smooth_masks",
     "flip_tta",
     "polarity",
     "chromosome_width",
@@ -189,6 +192,13 @@ def add_pipeline_args(group: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="trim each mask to the chromosome pixels by the image's own contrast (Otsu; default: on)",
+    )
+    group.add_argument(
+        "--smooth-masks",
+        action=argparse.BooleanOptionalAction,
+        default=SMOOTH_MASKS,
+        help="after the trim, make each mask whole and smooth: closed and opened, holes filled, its largest piece "
+        f"(models.segmentation.smooth_masks; default: {'on' if SMOOTH_MASKS else 'off'})",
     )
     group.add_argument(
         "--flip-tta",
@@ -248,6 +258,8 @@ class KaryotypePipeline:
             (:func:`models.segmentation.exclusive_masks`), so instances share no pixel, as annotated.
         trim_masks: keep only each mask's chromosome pixels, by one Otsu threshold of the image around the
             detections (:func:`models.segmentation.trim_to_foreground`); a detection left empty goes.
+        smooth_masks: after the trim, close and open each mask, fill its holes and keep its largest piece
+            (:func:`models.segmentation.smooth_masks`).
         flip_tta: classify each crop also upside down and average (:func:`models.classifier.predict_proba`
             ``flip``).
         max_side: images with a longer side are downscaled to it for processing (warned).
@@ -274,6 +286,7 @@ class KaryotypePipeline:
         mask_thresh: float = MASK_THRESH,
         exclusive_masks: bool = True,
         trim_masks: bool = True,
+        smooth_masks: bool = SMOOTH_MASKS,
         flip_tta: bool = FLIP_TTA,
         max_side: int = DEFAULT_MAX_SIDE,
         polarity: str = "auto",
@@ -324,6 +337,7 @@ class KaryotypePipeline:
         self.mask_thresh = mask_thresh
         self.exclusive_masks = exclusive_masks
         self.trim_masks = trim_masks
+        self.smooth_masks = smooth_masks
         self.flip_tta = flip_tta
         self.max_side = max_side
         self.polarity = polarity
@@ -352,6 +366,7 @@ class KaryotypePipeline:
             self.mask_overlap,
             self.exclusive_masks,
             image if self.trim_masks else None,
+            smooth=self.smooth_masks,
         )
         det = det.select(keep)
         det.masks = masks

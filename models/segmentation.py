@@ -59,6 +59,10 @@ RESNET_ANCHOR_SIZES: tuple[tuple[int, ...], ...] = ((16,), (32,), (64,), (128,),
 MOBILENET_ANCHOR_SIZES: tuple[tuple[int, ...], ...] = ((16,), (32,), (64,), (128,))
 #: pixels around the detections whose grey levels set the foreground threshold of :func:`trim_to_foreground`
 TRIM_RADIUS = 15
+#: disk radius (pixels at the processing scale) with which :func:`smooth_masks` closes and opens each mask
+SMOOTH_RADIUS = 3
+#: :func:`smooth_masks` drops the pieces of a mask smaller than this fraction of its largest piece
+SPECK_FRACTION = 0.15
 
 
 @dataclass
@@ -862,6 +866,56 @@ def trim_to_foreground(image: np.ndarray, masks: np.ndarray, *, radius: int = TR
     return out
 
 
+def smooth_masks(masks: np.ndarray, bounds: np.ndarray, *, radius: int = SMOOTH_RADIUS) -> np.ndarray:
+    """Whole, smooth chromosome masks after the Otsu trim: each mask closed and opened with a disk of ``radius``
+    px, its holes filled, and its pieces smaller than :data:`SPECK_FRACTION` of its largest dropped, never reaching
+    outside its own ``bounds`` mask (the detector's, before the trim) nor into a pixel another mask holds.
+
+    The trim (:func:`trim_to_foreground`) leaves bites and holes where a chromosome has pale bands, and specks
+    of a neighbour; the karyogram shows them as ragged chromosomes, and a bite that crosses the whole width
+    cuts one chromosome into two pieces, of which only one can be the chromosome.
+
+    Args:
+        masks: uint8 [K, H, W] trimmed masks; bounds: bool/uint8 [K, H, W] the same instances before the trim.
+        radius: disk radius in pixels (at the models' processing scale chromosomes are ~15 px wide).
+
+    Returns:
+        uint8 [K, H, W]; an empty input mask stays empty.
+    """
+    import cv2
+    from scipy import ndimage
+
+    m = np.asarray(masks).astype(np.uint8)
+    b = np.asarray(bounds).astype(bool)
+    if m.shape != b.shape:
+        raise ValueError(f"masks {m.shape} and bounds {b.shape} differ in shape")
+    out = np.zeros_like(m)
+    if not len(m):
+        return out
+    count = m.sum(0, dtype=np.int32)
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    pad = 2 * radius + 1
+    h_img, w_img = m.shape[1:]
+    for i in range(len(m)):
+        x, y, w, h = cv2.boundingRect(m[i])
+        if w == 0:
+            continue
+        x0, y0, x1, y1 = max(0, x - pad), max(0, y - pad), min(w_img, x + w + pad), min(h_img, y + h + pad)
+        own = m[i, y0:y1, x0:x1]
+        allowed = b[i, y0:y1, x0:x1] & ~((count[y0:y1, x0:x1] - own) > 0)
+        sm = cv2.morphologyEx(own, cv2.MORPH_CLOSE, disk)
+        sm = cv2.morphologyEx(sm, cv2.MORPH_OPEN, disk)
+        sm = ndimage.binary_fill_holes(sm) & allowed
+        if not sm.any():  # thinner than the disk: keep the trimmed mask as it was
+            sm = own.astype(bool)
+        lab, n = ndimage.label(sm)
+        if n > 1:  # specks of a neighbour or of debris go; a piece of the chromosome cut off by a pale band stays
+            sizes = np.bincount(lab.ravel())[1:]
+            sm = np.isin(lab, 1 + np.flatnonzero(sizes >= SPECK_FRACTION * sizes.max()))
+        out[i, y0:y1, x0:x1] = sm
+    return out
+
+
 def keep_instances(
     masks: np.ndarray,
     scores: np.ndarray,
@@ -869,10 +923,11 @@ def keep_instances(
     overlap: float,
     exclusive: bool,
     image: np.ndarray | None = None,
+    smooth: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pipeline's instances from its detections: :func:`suppress_overlapping_masks` at ``overlap``, then
-    (with ``exclusive``) :func:`exclusive_masks`, then (with an ``image``) :func:`trim_to_foreground`,
-    dropping a detection left with no pixel.
+    (with ``exclusive``) :func:`exclusive_masks`, then (with an ``image``) :func:`trim_to_foreground` and (with
+    ``smooth``) :func:`smooth_masks`, dropping a detection left with no pixel.
 
     Args:
         masks: uint8 [M, H, W] binary masks; scores: [M]; prob: their mask probabilities [M, (1,) H, W].
@@ -886,6 +941,9 @@ def keep_instances(
     if exclusive and len(keep) > 1:
         kept = exclusive_masks(kept, prob[torch.as_tensor(keep)] if isinstance(prob, torch.Tensor) else prob[keep])
     if image is not None:
+        bounds = kept
         kept = trim_to_foreground(image, kept)
+        if smooth:
+            kept = smooth_masks(kept, bounds)
     nonempty = kept.any(axis=(1, 2))
     return keep[nonempty], kept[nonempty]

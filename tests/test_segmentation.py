@@ -491,3 +491,29 @@ def test_finer_mask_grid_predicts_56px_masks_and_warm_starts_from_14(tmp_path):
     assert not report.get("skipped") and not report.get("missing")
     with pytest.raises(ValueError, match="mask_roi_size"):
         SegConfig(**kw, max_size=64, mask_roi_size=2)
+
+
+def test_smooth_masks_fills_bites_and_holes_drops_specks_and_stays_in_bounds():
+    from models.segmentation import smooth_masks
+
+    bounds = np.zeros((2, 60, 60), np.uint8)
+    bounds[0, 10:50, 20:34] = 1  # a rod 14 px wide, as the detector drew it
+    bounds[1, 30:44, 34:50] = 1  # a neighbour touching it on the right
+    trimmed = bounds.copy()
+    trimmed[0, 28:30, 20:34] = 0  # a pale band cut right across the rod: two pieces
+    trimmed[0, 15:18, 25:28] = 0  # a hole
+    trimmed[0, 40:43, 20:23] = 0  # a bite at the edge
+    trimmed[0, 10:12, 20:34] = 0
+    trimmed[0, 10:11, 20:21] = 1  # a speck left of a trimmed end
+    out = smooth_masks(trimmed, bounds, radius=3)
+    rod = out[0].astype(bool)
+    assert rod[28:30, 22:32].all() and rod[15:18, 25:28].all() and rod[41, 22]  # band, hole and bite closed
+    assert not rod[10, 20]  # the speck went
+    assert not (rod & ~bounds[0].astype(bool)).any()  # never outside its own mask
+    assert not (rod & trimmed[1].astype(bool)).any()  # never into the neighbour's pixels
+    from scipy import ndimage
+
+    assert ndimage.label(rod)[1] == 1  # one piece
+    assert out[1].sum() >= 0.9 * trimmed[1].sum() and not (out[1] & ~bounds[1]).any()  # corners rounded only
+    with pytest.raises(ValueError, match="differ in shape"):
+        smooth_masks(trimmed, bounds[:1])
