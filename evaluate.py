@@ -33,6 +33,7 @@ from datasets.derive_masks import CROSSING_RULES
 from karyotyping.core import (
     DEFAULT_CLS_WEIGHTS,
     DEFAULT_SEG_WEIGHTS,
+    FLIP_TTA,
     PipelineError,
     add_pipeline_args,
     pipeline_options,
@@ -98,6 +99,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="detection threshold of the full pipeline (default: the pipeline's)",
     )
     add_pipeline_args(m)
+    m.add_argument(
+        "--flip-tta",
+        action=argparse.BooleanOptionalAction,
+        default=FLIP_TTA,
+        help="classify each chromosome's crop also upside down and average the two (cls and full stages; "
+        f"default: {'on' if FLIP_TTA else 'off'}, the pipeline's; not a flag of inference_pipeline.py)",
+    )
     h = p.add_argument_group("Output / hardware")
     h.add_argument("--out", type=Path, required=True)
     h.add_argument("--device", default="auto")
@@ -297,6 +305,7 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
         args.cls_weights,
         device=args.device,
         score_thresh=args.pipeline_score_thresh,
+        flip_tta=args.flip_tta,
         **pipeline_options(args),
     )
     ds, n = _dataset(args)

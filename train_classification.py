@@ -125,13 +125,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument(
         "--augment", action=argparse.BooleanOptionalAction, default=True, help="crop augmentation (default on)"
     )
-    g.add_argument(
-        "--bend",
-        type=float,
-        default=0.0,
-        metavar="PX",
-        help="with --augment, bend each crop sideways by up to PX pixels (a parabola along its length; default 0)",
-    )
     g.add_argument("--schedule", default="cosine", help="cosine or step (per optimizer step)")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length in epochs")
     g.add_argument("--clip-grad-norm", type=float, default=0.0, help="clip gradients to this norm (0: off)")
@@ -225,8 +218,6 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
     if args.weight_decay < 0 or args.clip_grad_norm < 0 or args.warmup_epochs < 0:
         raise ValueError("--weight-decay, --clip-grad-norm and --warmup-epochs must be >= 0")
-    if not (args.bend >= 0 and math.isfinite(args.bend)):
-        raise ValueError(f"--bend must be a number of pixels >= 0, got {args.bend}")
     if not 0.0 <= args.label_smoothing < 1.0:
         raise ValueError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if not 0.0 <= args.dropout < 1.0:
@@ -494,15 +485,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     # -- data: rank 0 fills the caches first, the other ranks then read them
     if is_main:
-        train_ds = build_instances(
-            args, "train", transforms=CropAugment(bend=args.bend) if args.augment else None, is_main=True
-        )
+        train_ds = build_instances(args, "train", transforms=CropAugment() if args.augment else None, is_main=True)
         val_ds = build_instances(args, "val", is_main=True)
     engine.barrier()
     if not is_main:
-        train_ds = build_instances(
-            args, "train", transforms=CropAugment(bend=args.bend) if args.augment else None, is_main=False
-        )
+        train_ds = build_instances(args, "train", transforms=CropAugment() if args.augment else None, is_main=False)
         val_ds = build_instances(args, "val", is_main=False)
     print(f"train: {len(train_ds)} chromosomes in {train_ds.n_cells} spreads; val: {len(val_ds)} in {val_ds.n_cells}")
     if args.prepare_only:

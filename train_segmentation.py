@@ -105,14 +105,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="with --lab-augment: the training scale is --fixed-scale times a factor drawn log-uniformly from "
         "[LO, HI] (default 1 1: none)",
     )
-    g.add_argument(
-        "--copy-paste",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with --augment: paste up to N whole chromosomes cut from earlier training spreads into each one "
-        "(simple copy-paste; needs masks; default 0: off)",
-    )
 
     g = p.add_argument_group("Model")
     g.add_argument("--backbone", default="resnet50_fpn", choices=BACKBONES)
@@ -290,8 +282,6 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
             raise ValueError("--orientation-bins needs --agnostic (the classes become orientation bins)")
         if not 2 <= args.orientation_bins <= MAX_BINS:
             raise ValueError(f"--orientation-bins must be 0 (off) or in 2..{MAX_BINS}, got {args.orientation_bins}")
-    if args.copy_paste < 0 or (args.copy_paste and not args.augment):
-        raise ValueError(f"--copy-paste must be >= 0 and needs --augment, got {args.copy_paste}")
     engine.check_test_fraction(args.val_fraction, args.test_fraction)
     if args.eval_score_thresh is None:
         from karyotyping.detection import AP_SCORE_THRESH
@@ -349,7 +339,6 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
         fixed_scale=args.fixed_scale,
         max_size=args.max_size,
         crop_size=args.crop_size,
-        copy_paste=args.copy_paste if args.augment else 0,
         lab_augment=args.lab_augment,
         scale_jitter=tuple(args.scale_jitter),
     )

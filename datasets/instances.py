@@ -82,15 +82,9 @@ def fit_crop(crop: np.ndarray, height: int, width: int) -> np.ndarray:
 class CropAugment:
     """Random augmentation of one fitted crop float32 [H, W] (white background 1.0), shape kept.
 
-    Rotation by a small angle, scaling, an optional small bend, left-right flip (never up-down: that
+    Rotation by a small angle, scaling, left-right flip (never up-down: that
     would swap the p and q arms), and brightness / contrast changes applied to the darkness
     ``1 - crop`` so that the background stays white.
-
-    The bend shifts each row sideways by ``b * (t**2 - 1/3)`` pixels, ``t`` running from -1 at the top
-    row to 1 at the bottom and ``b`` drawn from ``[-bend, bend]``: a parabola whose ends move ``2b/3``
-    one way and whose middle moves ``b/3`` the other (the mean shift is zero), as a straightened
-    chromosome that was not quite straight. It is one warp with the rotation and zoom, so the crop is
-    interpolated once.
 
     Args:
         rotation: maximum rotation in degrees.
@@ -98,7 +92,6 @@ class CropAugment:
         hflip: probability of a left-right flip.
         brightness: maximum darkness offset added to chromosome pixels.
         contrast: maximum relative change of darkness (factor in ``[1 - contrast, 1 + contrast]``).
-        bend: maximum bend ``b`` in pixels (0: none; the other draws are then the same as without it).
     """
 
     def __init__(
@@ -109,12 +102,9 @@ class CropAugment:
         hflip: float = 0.5,
         brightness: float = 0.08,
         contrast: float = 0.2,
-        bend: float = 0.0,
     ) -> None:
-        if bend < 0 or not np.isfinite(bend):
-            raise ValueError(f"bend must be a finite number of pixels >= 0, got {bend}")
         self.rotation, self.scale, self.hflip = rotation, scale, hflip
-        self.brightness, self.contrast, self.bend = brightness, contrast, float(bend)
+        self.brightness, self.contrast = brightness, contrast
 
     def __call__(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         import cv2
@@ -124,12 +114,7 @@ class CropAugment:
         zoom = rng.uniform(*self.scale)
         m = cv2.getRotationMatrix2D((w / 2.0 - 0.5, h / 2.0 - 0.5), angle, zoom)
         flip = rng.random() < self.hflip
-        if self.bend > 0:
-            out = self._bent_warp(crop, m, rng.uniform(-self.bend, self.bend))
-        else:
-            out = cv2.warpAffine(
-                crop, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0
-            )
+        out = cv2.warpAffine(crop, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
         if flip:
             out = out[:, ::-1]
         d = 1.0 - out
@@ -140,26 +125,10 @@ class CropAugment:
         )
         return np.ascontiguousarray(np.clip(1.0 - d, 0.0, 1.0), dtype=np.float32)
 
-    @staticmethod
-    def _bent_warp(crop: np.ndarray, m: np.ndarray, b: float) -> np.ndarray:
-        """``crop`` rotated / zoomed by the affine ``m`` [2, 3] and bent by ``b`` pixels, in one remap."""
-        import cv2
-
-        h, w = crop.shape
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        t = (2.0 * ys + 1.0) / h - 1.0  # -1 at the top edge, 1 at the bottom edge
-        xs = xs - np.float32(b) * (t * t - np.float32(1.0 / 3.0))
-        inv = cv2.invertAffineTransform(m).astype(np.float32)
-        map_x = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-        map_y = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-        return cv2.remap(
-            crop, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0
-        )
-
     def __repr__(self) -> str:
         return (
             f"CropAugment(rotation={self.rotation}, scale={self.scale}, hflip={self.hflip}, "
-            f"brightness={self.brightness}, contrast={self.contrast}, bend={self.bend})"
+            f"brightness={self.brightness}, contrast={self.contrast})"
         )
 
 

@@ -625,7 +625,6 @@ def detector_transforms(
     fixed_scale: float | None = None,
     max_size: int = 1333,
     crop_size: int | None = None,
-    copy_paste: int = 0,
     lab_augment: bool = False,
     scale_jitter: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[Compose | None, Compose | ResizeLongest | None]:
@@ -638,8 +637,6 @@ def detector_transforms(
             skips its own resize in training), val records stay as they are (the model scales them).
         max_size: the model's cap on the longer side, applied with ``fixed_scale``.
         crop_size: with ``fixed_scale``, random square crops of training records of this many pixels.
-        copy_paste: paste up to this many chromosomes from earlier spreads into each training record, last
-            (:class:`datasets.copy_paste.CopyPaste`; 0: off).
         lab_augment: with ``fixed_scale`` and ``crop_size``: crop first then scale (:class:`ScaleCrop`, the scale
             jittered by ``scale_jitter``), then :func:`lab_train_transforms` instead of the default augmentation.
         scale_jitter: (lo, hi) factors around ``fixed_scale`` for ``lab_augment`` (log-uniform).
@@ -655,10 +652,6 @@ def detector_transforms(
             raise ValueError("lab_augment needs augment")
         steps_lab: list = [ScaleCrop(fixed_scale, crop_size, jitter=scale_jitter, max_side=max_size)]
         steps_lab.append(lab_train_transforms())
-        if copy_paste:
-            from .copy_paste import CopyPaste
-
-            steps_lab.append(CopyPaste(copy_paste))
         return Compose(steps_lab), None
     resize = None
     val_tf: ResizeLongest | None = None
@@ -669,9 +662,5 @@ def detector_transforms(
     steps: list = [t for t in (resize, default_train_transforms() if augment else None) if t is not None]
     if crop_size is not None:
         steps.append(RandomCrop(crop_size))
-    if copy_paste:
-        from .copy_paste import CopyPaste
-
-        steps.append(CopyPaste(copy_paste))
     train_tf = Compose(steps) if steps else None
     return train_tf, val_tf

@@ -47,9 +47,10 @@ DEFAULT_SEG_WEIGHTS = _ROOT / "weights" / "segmentation.pt"
 DEFAULT_CLS_WEIGHTS = _ROOT / "weights" / "classifier.pt"
 #: images whose longer side exceeds this are downscaled for processing (outputs are mapped back)
 DEFAULT_MAX_SIDE = 2048
-#: whether the pipeline also classifies each crop upside down and averages (``--[no-]flip-tta``), chosen per
-#: shipped classifier on the CIL val split (README, "Identification"): on for run 4, off since run 7, which
-#: gains nothing from it on the true instances nor in the whole pipeline, and it would double its cost
+#: whether the pipeline also classifies each crop upside down and averages (the ``flip_tta`` argument; a flag
+#: of ``evaluate.py`` only, not of the inference CLI since issue 26), chosen per shipped classifier on the CIL
+#: val split (docs/experiments.md): on for run 4, off since run 7, which gains nothing from it on the true
+#: instances nor in the whole pipeline, and it would double its cost
 FLIP_TTA = False
 #: whether the pipeline makes its masks whole and smooth after the Otsu trim (``--[no-]smooth-masks``)
 SMOOTH_MASKS = False
@@ -153,7 +154,6 @@ PIPELINE_OPTIONS = (
     "exclusive_masks",
     "trim_masks",
     "smooth_masks",
-    "flip_tta",
     "polarity",
     "chromosome_width",
     "auto_scale",
@@ -168,8 +168,9 @@ def pipeline_options(args: Any) -> dict[str, Any]:
 
 def add_pipeline_args(group: Any) -> None:
     """The pipeline's mask and crop flags (``--mask-overlap``, ``--mask-thresh``, ``--[no-]exclusive-masks``,
-    ``--[no-]trim-masks``, ``--[no-]flip-tta``), with its defaults, on an argparse parser or group; read them back
-    with :func:`pipeline_options` (the :class:`KaryotypePipeline` arguments of the same names)."""
+    ``--[no-]trim-masks``, ``--[no-]smooth-masks``, ``--polarity`` ...), with its defaults, on an argparse parser
+    or group; read them back with :func:`pipeline_options` (the :class:`KaryotypePipeline` arguments of the same
+    names)."""
     import argparse
 
     group.add_argument(
@@ -199,13 +200,6 @@ def add_pipeline_args(group: Any) -> None:
         default=SMOOTH_MASKS,
         help="after the trim, make each mask whole and smooth: closed and opened, holes filled, its largest piece "
         f"(models.segmentation.smooth_masks; default: {'on' if SMOOTH_MASKS else 'off'})",
-    )
-    group.add_argument(
-        "--flip-tta",
-        action=argparse.BooleanOptionalAction,
-        default=FLIP_TTA,
-        help="classify each chromosome's crop also upside down and average the two "
-        f"(default: {'on' if FLIP_TTA else 'off'} for the shipped classifier)",
     )
     from karyotyping.image_checks import POLARITIES
 

@@ -192,28 +192,6 @@ def test_augment_never_flips_p_and_q():
     assert out2.shape == crop.shape and out2[:16].mean() < out2[16:].mean()
 
 
-def test_augment_bend_shifts_rows_along_a_parabola():
-    crop = np.ones((48, 24), np.float32)
-    crop[:, 10:14] = 0.0  # a straight vertical rod, 4 px wide, centred at x = 11.5
-    plain = dict(rotation=0.0, scale=(1.0, 1.0), hflip=0.0, brightness=0.0, contrast=0.0)
-    out = CropAugment(**plain, bend=6.0)(crop, np.random.default_rng(0))
-    b = np.random.default_rng(0)
-    b.uniform(-0.0, 0.0), b.uniform(1.0, 1.0), b.random()
-    b = b.uniform(-6.0, 6.0)  # the bend this rng draws after angle, zoom and flip
-    assert abs(b) > 1.0
-    d = 1.0 - out
-    centre = (d * np.arange(24)).sum(1) / d.sum(1)  # the rod's centre in each row
-    t = (2.0 * np.arange(48) + 1.0) / 48 - 1.0
-    np.testing.assert_allclose(centre, 11.5 + b * (t * t - 1.0 / 3.0), atol=0.15)
-    assert abs(centre.mean() - 11.5) < 0.1  # no net sideways shift
-    assert np.all(out[:, :2] == 1.0) and np.all(out[:, -2:] == 1.0)  # the background stays white
-    # bend 0 is the plain affine warp, with the same random draws
-    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
-    np.testing.assert_array_equal(CropAugment()(crop, rng_a), CropAugment(bend=0.0)(crop, rng_b))
-    with pytest.raises(ValueError, match="bend"):
-        CropAugment(bend=-1.0)
-
-
 # ---------------------------------------------------------------------------------------------- instances
 def test_spread_instances_labels_and_skips():
     rec = _rod_spread(SPECS)
@@ -287,7 +265,7 @@ def _train(tmp_path, *extra):
 @pytest.mark.slow
 def test_smoke_training_resume_and_outputs(tmp_path):
     torch.set_num_threads(1)
-    s1 = _train(tmp_path, "--features", "geometry", "--epochs", "1", "--bend", "3")
+    s1 = _train(tmp_path, "--features", "geometry", "--epochs", "1")
     run = tmp_path / "run"
     ck = load_checkpoint(run / "last.pth")
     assert ck["epoch"] == 0 and ck["config"]["n_features"] == len(feature_names("geometry"))
@@ -361,7 +339,6 @@ def test_pretrained_starts_from_weights_with_a_fresh_schedule(tmp_path):
         (["--smoke", "--features", "colour"], "--features"),
         (["--smoke", "--arch", "resnet101"], "--arch"),
         (["--smoke", "--label-smoothing", "1.5"], "--label-smoothing"),
-        (["--smoke", "--bend", "-2"], "--bend"),
         (["--dataset", "voc", "mfish", "--data-root", "x"], "one root per"),
         (["--dataset", "nope", "--data-root", "x"], "unknown"),
         (["--smoke", "--resume", "/no/such/last.pth"], "does not exist"),

@@ -101,9 +101,6 @@ def test_the_readme_test_command_is_what_ci_runs():
 # rules above see only packages; this sees modules. Known cycles, each with the issue that removes it; the test
 # fails on any other cycle, and on an entry here that no longer exists (then delete the entry).
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    # transforms builds the --copy-paste augmentation (inside a function), copy_paste uses transforms'
-    # grown_mask_boxes: goes with --copy-paste itself (issue 26, item 6)
-    frozenset({"datasets.copy_paste", "datasets.transforms"}): "issue 26 item 6: --copy-paste removed",
     # export reads KaryotypePrediction from core, and KaryotypePrediction.to_json_dict / from_json_dict import
     # export inside the methods: goes with one prediction record whose JSON schema its writer owns
     # (issue 26, item 1)

@@ -497,8 +497,14 @@ def test_segment_exclusive_masks_and_mask_thresh(weights, monkeypatch, capsys, t
         KaryotypePipeline(*weights, device="cpu", mask_thresh=1.0)
     assert ip.cli(_args(weights, "--mask-thresh", "0", "--out", str(tmp_path / "o"))) == 2
     assert "--mask-thresh" in capsys.readouterr().err
-    parse = ip.get_args_parser().parse_args
+    # flip TTA is a flag of evaluate.py only (issue 26 item 6): the inference CLI refuses it, keeps the default
+    assert not hasattr(ip.get_args_parser().parse_args([]), "flip_tta")
+    with pytest.raises(SystemExit):
+        ip.get_args_parser().parse_args(["--flip-tta"])
+    import evaluate
     from karyotyping.core import FLIP_TTA
 
-    assert parse([]).flip_tta is FLIP_TTA and parse(["--flip-tta"]).flip_tta is True
-    assert parse(["--no-flip-tta"]).flip_tta is False
+    parse = evaluate.get_args_parser().parse_args
+    need = ["--stage", "cls", "--dataset", "synthetic", "--out", str(tmp_path / "e")]
+    assert parse(need).flip_tta is FLIP_TTA and parse([*need, "--flip-tta"]).flip_tta is True
+    assert parse([*need, "--no-flip-tta"]).flip_tta is False

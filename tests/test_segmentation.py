@@ -209,7 +209,11 @@ def test_smoke_training_resume_and_rebuild(tmp_path):
     assert v is None or v == -1 or 0.0 <= v <= 1.0
     assert res_a["start_epoch"] == 0 and res_a["last_epoch"] == 1
 
-    # resume from the epoch-0 checkpoint: epoch 1 again, at the same LR, to the same weights
+    # resume from the epoch-0 checkpoint: epoch 1 again, at the same LR, to the same weights; its saved args
+    # carry a flag removed since (--copy-paste, issue 26), as runs started before the removal do
+    ck0 = engine.load_checkpoint(run_a / "epoch_000.pth")
+    ck0["args"]["copy_paste"] = 0
+    torch.save(ck0, run_a / "epoch_000.pth")
     res_b = main(_args(run_b, *flags, "--resume", str(run_a / "epoch_000.pth")))
     assert res_b["start_epoch"] == 1 and [h["epoch"] for h in res_b["history"]] == [1]
     assert res_b["history"][0]["lr_start"] == pytest.approx(rows[1]["lr_start"])
