@@ -191,7 +191,8 @@ def separate(mask: np.ndarray, path: np.ndarray, half_width: float | None = None
         path; ``rest`` the others plus the crossing, i.e. the pixels of ``new`` between two parts of the
         rest that face each other across the path (the convex hull of their pixels next to ``new``): they
         belong to both. Where only the end of the other chromosome lies on the path's (no part of it on
-        the far side), the covered end stays in ``new`` alone: how far it reaches is not known.
+        the far side), it is taken to reach the path (how far it goes is not known; on synthetic crossings
+        half-way errs least): those pixels belong to both.
 
     Raises:
         GeometryError: the path runs mostly outside the mask, or takes all of it, or leaves nothing but
@@ -221,9 +222,16 @@ def separate(mask: np.ndarray, path: np.ndarray, half_width: float | None = None
     new = new | slivers  # bits of the chromosome's own edge outside the band stay with it
     rest0 = rest0 & (1 - slivers)
     crossing = np.zeros_like(m)
+    paired: set[int] = set()
     for i in range(len(parts)):
         for j in range(i + 1, len(parts)):
-            crossing |= _bridge(parts[i], parts[j], new, path)
+            b = _bridge(parts[i], parts[j], new, path)
+            if b.any():
+                paired |= {i, j}
+                crossing |= b
+    for k, part in enumerate(parts):
+        if k not in paired:  # an end lying on the chromosome: taken to reach its middle
+            crossing |= _reach(part, new, hw + 1.0)
     rest = rest0 | crossing
     if new.sum() < MIN_PIECE_PX:
         raise GeometryError("the path picks out only a sliver: draw it along the middle of one chromosome")
@@ -248,6 +256,21 @@ def _bridge(p: np.ndarray, q: np.ndarray, band: np.ndarray, path: np.ndarray) ->
     if not all(len(e) for e in ends) or _side(ends[0].mean(0), path) * _side(ends[1].mean(0), path) >= 0:
         return np.zeros_like(band)
     hull = cv2.convexHull(np.concatenate(ends).astype(np.int32))
+    out = np.zeros_like(band)
+    cv2.fillConvexPoly(out, hull, 1)
+    return out & band
+
+
+def _reach(part: np.ndarray, band: np.ndarray, depth: float) -> np.ndarray:
+    """The pixels of ``band`` that ``part`` (which touches it from one side only) covers if it goes on ``depth``
+    pixels into it, in the direction from its centre to where it meets the band."""
+    ring = cv2.dilate(band, np.ones((3, 3), np.uint8))
+    ends = np.argwhere((part > 0) & (ring > 0))[:, ::-1].astype(np.float64)
+    if len(ends) < 2:
+        return np.zeros_like(band)
+    u = ends.mean(0) - np.argwhere(part > 0)[:, ::-1].mean(0)
+    u /= max(float(np.hypot(*u)), 1e-9)
+    hull = cv2.convexHull(np.concatenate([ends, ends + depth * u]).astype(np.int32))
     out = np.zeros_like(band)
     cv2.fillConvexPoly(out, hull, 1)
     return out & band
