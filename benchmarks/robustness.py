@@ -151,29 +151,26 @@ def robustness(args: argparse.Namespace) -> dict[str, Any]:
 
     pipe = KaryotypePipeline(args.seg_weights, args.cls_weights, device=args.device, **pipeline_options(args))
     ds, n = _dataset(args, args.split)
-    evs = {v: PipelineEvaluator() for v in args.variants}
-    flagged = {v: 0 for v in args.variants}
-    seconds = {v: 0.0 for v in args.variants}
-    for i in tqdm(range(n), desc="images", disable=args.quiet):
-        rec = ds[i]
-        for v in args.variants:
+    out: dict[str, Any] = {}
+    # one variant at a time: an evaluator holds every image's masks until it computes its figures
+    for v in args.variants:
+        ev, flagged, seconds = PipelineEvaluator(), 0, 0.0
+        for i in tqdm(range(n), desc=v, disable=args.quiet):
+            rec = ds[i]
             var = LAB_VARIANTS[v](rec)
             t0 = time.perf_counter()
             pred = pipe.run(var.image, name=f"{rec.image_id}:{v}")
-            seconds[v] += time.perf_counter() - t0
-            f = SCALES.get(v, 1.0)
-            if f > 1.0:  # compared in the original image's pixels: the truth at 3x would not fit in memory
-                pred = _shrink(pred, rec.width, rec.height)
-                var = rec
-            evs[v].process(var, pred)
-            flagged[v] += bool(pred.image_checks is not None and pred.image_checks.out_of_range)
-    out: dict[str, Any] = {}
-    for v, ev in evs.items():
-        r = ev.evaluate()
-        r = {k: val for k, val in r.items() if not isinstance(val, dict | list)}
-        r["out_of_range_rate"] = flagged[v] / max(n, 1)
-        r["seconds_per_image"] = seconds[v] / max(n, 1)
+            seconds += time.perf_counter() - t0
+            if SCALES.get(v, 1.0) > 1.0:  # compared in the original image's pixels
+                pred, var = _shrink(pred, rec.width, rec.height), rec
+            ev.process(var, pred)
+            flagged += bool(pred.image_checks is not None and pred.image_checks.out_of_range)
+        r = {k: val for k, val in ev.evaluate().items() if not isinstance(val, dict | list)}
+        r["out_of_range_rate"] = flagged / max(n, 1)
+        r["seconds_per_image"] = seconds / max(n, 1)
         out[v] = r
+        if not args.quiet:
+            print(_table({v: r}).splitlines()[-1], flush=True)
     return out
 
 
