@@ -10,7 +10,8 @@ suppression of duplicates, exclusive masks and their trimming to the image's for
 :func:`models.segmentation.keep_instances`), features (:func:`features.triad.spread_features`), classification
 (:func:`models.classifier.predict_members`: each classifier of the file on its own crops, optionally also turned
 upside down), karyotype assignment (:func:`karyogram.assign.assign_karyotype`). JSON, COCO results and the karyogram / overlay pictures are
-adapters in :mod:`karyotyping.export` that read the prediction.
+adapters in :mod:`karyotyping.export` that read the prediction (the JSON document's writer and reader:
+``export.to_json_dict(pred)``, ``export.from_json_dict(d)``); this module imports none of them.
 """
 
 from __future__ import annotations
@@ -132,19 +133,6 @@ class KaryotypePrediction:
     def count(self) -> int:
         """Number of assigned chromosomes (the ISCN count)."""
         return int((np.asarray(self.labels) > 0).sum())
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The ``<stem>.json`` document (:func:`karyotyping.export.to_json_dict`)."""
-        from karyotyping.export import to_json_dict
-
-        return to_json_dict(self)
-
-    @classmethod
-    def from_json_dict(cls, d: dict[str, Any]) -> KaryotypePrediction:
-        """Read a ``<stem>.json`` document back (:func:`karyotyping.export.from_json_dict`)."""
-        from karyotyping.export import from_json_dict
-
-        return from_json_dict(d)
 
 
 #: the :class:`KaryotypePipeline` arguments that :func:`add_pipeline_args` adds as flags of the same names

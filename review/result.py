@@ -1,8 +1,8 @@
 """Reading what ``inference_pipeline.py`` wrote for one image, as the pipeline core's typed result.
 
 A cell is a :class:`karyotyping.KaryotypePrediction` read back from its ``<stem>.json``
-(:meth:`~karyotyping.core.KaryotypePrediction.from_json_dict`), plus the JSON object itself, which a
-reviewed copy keeps field for field. This module is the only one of the review app that reads the
+(:func:`karyotyping.export.from_json_dict`, the reader beside the JSON's writer), plus the JSON object
+itself, which a reviewed copy keeps field for field. This module is the only one of the review app that reads the
 pipeline's files; before handing a document to the core it checks what the core does not (the schema
 version, ids in order, classes in range, masks of the image's size), so that every problem is a
 :class:`CellError` naming the file and what is wrong with it.
@@ -96,7 +96,7 @@ def _number(v: Any) -> bool:
 
 
 def check_result(data: Any, p: Path) -> None:
-    """What :meth:`KaryotypePrediction.from_json_dict` takes on trust, checked with the file's name."""
+    """What :func:`karyotyping.export.from_json_dict` takes on trust, checked with the file's name."""
     if not isinstance(data, dict):
         raise CellError(p, f"a pipeline result must be a JSON object, got {type(data).__name__}")
     version = data.get("schema_version", 1)
@@ -165,12 +165,12 @@ def image_warnings(data: dict[str, Any], p: Path) -> list[str]:
 
 def parse_cell(data: Any, path: str | os.PathLike) -> Cell:
     """Check a pipeline result object (as read from ``path``) and read it as the core's typed result."""
-    from karyotyping.core import KaryotypePrediction
+    from karyotyping.export import from_json_dict
 
     p = Path(path)
     check_result(data, p)
     try:
-        pred = KaryotypePrediction.from_json_dict(data)
+        pred = from_json_dict(data)
     except (ValueError, TypeError) as exc:
         raise CellError(p, f"not a pipeline result the core can read: {exc}") from None
     return Cell(stem=p.stem, path=p, data=data, prediction=pred)
