@@ -1,70 +1,105 @@
 #!/usr/bin/env bash
-# The training recipe: segmentation (Mask R-CNN), then the chromosome classifier.
+# The recipe of the shipped weights/ (weights/MODEL_CARD.md, docs/training.md "How the shipped weights were
+# made"): the detector's chain, then the classifier ensemble's, then both exported into $OUT/weights/ (never
+# into weights/). One command reproduces the recipe (not the bits: thread counts and machines differ).
 #
-#   nohup ./run_training.sh &                                  # CPU, CIL:54816, defaults below
-#   NGPU=4 OUT=runs/cil_4gpu nohup ./run_training.sh &         # 4 GPUs with torchrun
-#   EPOCHS_SEG=2 EPOCHS_CLS=2 EXTRA_SEG_ARGS="--min-size 512 --max-size 768" ./run_training.sh
+#   nohup ./run_training.sh &                        # CPU, CIL:54816 (+ cil54816_extra when present)
+#   NGPU=4 OUT=runs/cil_4gpu nohup ./run_training.sh &   # 4 GPUs with torchrun (the CPU batch sizes)
+#   bash run_training.sh --smoke                     # the same chain, each trainer with --smoke (synthetic
+#                                                    # data, tiny models): a check that it runs, in minutes
 #
-# Each stage writes into $OUT/<stage>/ and logs to $OUT/<stage>.log (appended, never wiped).
-# Started again, a finished stage (marker $OUT/<stage>/DONE) is skipped and an unfinished one
-# resumes from its last.pth (--resume auto). A failing stage stops the recipe with its exit code.
+# Stages, in order, and their CPU time for the shipped files (2 x86-64 cores, one or two threads, shared with
+# other work; from weights/MODEL_CARD.md and docs/experiments.md). GPU time: not measured.
+#   seg_1_imagenet  EfficientNet-Lite0-FPN from ImageNet, AdamW 3e-4, 12 epochs    the card: 5.1 h for 7,600
+#                   of 200 steps x 2 crops of 512 px at --fixed-scale 0.75        crops (19 epochs, about 16 min
+#   seg_2           from seg_1's best.pth, AdamW 1e-4, 5 epochs                    each) up to the shipped epoch;
+#   seg_3           from seg_2's best.pth, AdamW 5e-5, 6 epochs; its epoch         at that rate seg_1 3.2 h,
+#                   SEG_SHIP_EPOCH (2) is the shipped detector                     seg_2 1.3 h, seg_3 1.6 h
+#   cls_cache_straight, cls_cache_axis   the classifier's instance caches       not timed
+#   cls_run1 .. cls_run6    the straight member (ResNet-18 + 43 features)          4.4 h
+#   cls_run7, 9, 12, 13, 14 the axis member's runs, from run 6                     4.1 h
+#   cls_run16               the axis member's last run                             34 min
+#   export_seg, export_cls  models.export into $OUT/weights/                       seconds
+# In all about 15 h on a CPU.
+#
+# Each stage writes into $OUT/<stage>/ and logs to $OUT/<stage>.log (appended, never wiped). Started again,
+# a finished stage (marker $OUT/<stage>/DONE) is skipped and an unfinished one resumes from its last.pth
+# (--resume auto). A failing stage stops the recipe with its exit code.
 #
 # Variables (environment):
-#   DATA_ROOT       dataset folder                 (default ../shared/data/cil54816)
-#   DATASET         loader name for DATA_ROOT      (default voc)
-#   OUT             run folder                     (default runs/cil)
-#   NGPU            0 = CPU, 1 = one GPU, >1 = torchrun with NGPU processes (default 0)
-#   EPOCHS_SEG      segmentation epochs            (default 26)
-#   EPOCHS_CLS      classification epochs          (default 30)
-#   BACKBONE        segmentation backbone          (default resnet50_fpn)
+#   DATA_ROOT       CIL:54816 in Pascal-VOC form       (default ../shared/data/cil54816)
+#   DATASET         loader name for DATA_ROOT          (default voc)
 #   TRAIN_ONLY      "NAME ROOT" of a dataset used whole for training, none held out (default: voc
 #                   ../shared/data/cil54816_extra when DATA_ROOT is the default and that folder exists;
-#                   "none" = no such dataset)
-#   AGNOSTIC        1 = class-agnostic detector (the pipeline's design: identity comes from the
-#                   classifier and the karyotype assignment); 0 = 24-class Mask R-CNN (default 1)
-#   EXTRA_SEG_ARGS  extra flags for train_segmentation.py   (e.g. "--amp --batch-size 4")
-#   EXTRA_CLS_ARGS  extra flags for train_classification.py (e.g. "--amp")
-#   PYTHON          python interpreter             (default python)
+#                   "none" = no such dataset); the detector's stages and classifier runs 4-16 use it
+#   OUT             run folder                         (default runs/recipe; with --smoke a new temporary folder)
+#   CACHE_DIR       the classifier's instance caches   (default runs/instance_cache; with --smoke $OUT/...)
+#   NGPU            0 = CPU, 1 = one GPU, >1 = torchrun with NGPU processes (default 0)
+#   SEG_SHIP_EPOCH  the epoch of seg_3 exported        (default 2, the shipped one; 0 with --smoke)
+#   EXTRA_SEG_ARGS  flags appended to every train_segmentation.py stage, last (so they win: "--amp")
+#   EXTRA_CLS_ARGS  flags appended to every train_classification.py stage, last
+#   SMOKE           1 = as --smoke
+#   PYTHON          python interpreter                 (default python)
 set -euo pipefail
 cd "$(dirname "$0")"
 
+die() { echo "run_training.sh: $*" >&2; exit 2; }
+SMOKE=${SMOKE:-0}
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) SMOKE=1 ;;
+    *) die "unknown argument '$arg' (the only one is --smoke; the rest are environment variables, see the header)" ;;
+  esac
+done
+[[ "$SMOKE" == 0 || "$SMOKE" == 1 ]] || die "SMOKE must be 0 or 1, got '$SMOKE'"
+
 DATA_ROOT=${DATA_ROOT:-../shared/data/cil54816}
 DATASET=${DATASET:-voc}
-OUT=${OUT:-runs/cil}
 NGPU=${NGPU:-0}
-EPOCHS_SEG=${EPOCHS_SEG:-26}
-EPOCHS_CLS=${EPOCHS_CLS:-30}
-BACKBONE=${BACKBONE:-resnet50_fpn}
-AGNOSTIC=${AGNOSTIC:-1}
-if [[ -z "${TRAIN_ONLY:-}" && "$DATA_ROOT" == ../shared/data/cil54816 && -d ../shared/data/cil54816_extra ]]; then
-  TRAIN_ONLY="voc ../shared/data/cil54816_extra"
-fi
-TRAIN_ONLY=${TRAIN_ONLY:-none}
 EXTRA_SEG_ARGS=${EXTRA_SEG_ARGS:-}
 EXTRA_CLS_ARGS=${EXTRA_CLS_ARGS:-}
 PYTHON=${PYTHON:-python}
-
-die() { echo "run_training.sh: $*" >&2; exit 2; }
 [[ "$NGPU" =~ ^[0-9]+$ ]] || die "NGPU must be a whole number, got '$NGPU'"
-[[ "$EPOCHS_SEG" =~ ^[0-9]+$ && "$EPOCHS_CLS" =~ ^[0-9]+$ ]] || die "EPOCHS_SEG/EPOCHS_CLS must be whole numbers"
-[[ -e "$DATA_ROOT" ]] || die "DATA_ROOT '$DATA_ROOT' does not exist (set DATA_ROOT=/path/to/data)"
 
-read -r -a seg_extra <<<"$EXTRA_SEG_ARGS"
-[[ "$AGNOSTIC" == 1 ]] && seg_extra=(--agnostic ${seg_extra[@]+"${seg_extra[@]}"})
-read -r -a cls_extra <<<"$EXTRA_CLS_ARGS"
-if [[ "$TRAIN_ONLY" != none ]]; then
-  read -r -a train_only <<<"$TRAIN_ONLY"
-  [[ ${#train_only[@]} -eq 2 ]] || die "TRAIN_ONLY must be 'NAME ROOT', got '$TRAIN_ONLY'"
-  [[ -e "${train_only[1]}" ]] || die "TRAIN_ONLY root '${train_only[1]}' does not exist"
-  seg_extra=(--train-only-data "${train_only[@]}" ${seg_extra[@]+"${seg_extra[@]}"})
-  cls_extra=(--train-only-data "${train_only[@]}" ${cls_extra[@]+"${cls_extra[@]}"})
-fi
-
-if [[ "$NGPU" -eq 0 ]]; then
-  device=cpu
+if [[ "$SMOKE" == 1 ]]; then
+  OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/run_training_smoke.XXXXXX")}
+  CACHE_DIR=${CACHE_DIR:-$OUT/instance_cache}
+  SEG_SHIP_EPOCH=${SEG_SHIP_EPOCH:-0}
+  # synthetic spreads instead of the data (no data flags), one or two steps an epoch, one epoch a stage
+  seg_data=()
+  cls_data=()
+  cls_data_all=()
+  seg_smoke=(--smoke --epochs 1 --max-steps-per-epoch 1)
+  cls_smoke=(--smoke --epochs 1)
+  imagenet=()  # --smoke builds resnet18_fpn, which has no ImageNet start here
 else
-  device=cuda
+  OUT=${OUT:-runs/recipe}
+  CACHE_DIR=${CACHE_DIR:-runs/instance_cache}
+  SEG_SHIP_EPOCH=${SEG_SHIP_EPOCH:-2}
+  [[ -e "$DATA_ROOT" ]] || die "DATA_ROOT '$DATA_ROOT' does not exist (set DATA_ROOT=/path/to/data)"
+  if [[ -z "${TRAIN_ONLY:-}" && "$DATA_ROOT" == ../shared/data/cil54816 && -d ../shared/data/cil54816_extra ]]; then
+    TRAIN_ONLY="voc ../shared/data/cil54816_extra"
+  fi
+  TRAIN_ONLY=${TRAIN_ONLY:-none}
+  train_only=()
+  if [[ "$TRAIN_ONLY" != none ]]; then
+    read -r -a t <<<"$TRAIN_ONLY"
+    [[ ${#t[@]} -eq 2 ]] || die "TRAIN_ONLY must be 'NAME ROOT', got '$TRAIN_ONLY'"
+    [[ -e "${t[1]}" ]] || die "TRAIN_ONLY root '${t[1]}' does not exist"
+    train_only=(--train-only-data "${t[@]}")
+  fi
+  seg_data=(--dataset "$DATASET" --data-root "$DATA_ROOT" ${train_only[@]+"${train_only[@]}"})
+  cls_data=(--dataset "$DATASET" --data-root "$DATA_ROOT")  # classifier runs 1-3: the one folder
+  cls_data_all=("${cls_data[@]}" ${train_only[@]+"${train_only[@]}"})
+  seg_smoke=()
+  cls_smoke=()
+  imagenet=(--imagenet)
 fi
+[[ "$SEG_SHIP_EPOCH" =~ ^[0-9]+$ ]] || die "SEG_SHIP_EPOCH must be a whole number, got '$SEG_SHIP_EPOCH'"
+read -r -a seg_extra <<<"$EXTRA_SEG_ARGS"
+read -r -a cls_extra <<<"$EXTRA_CLS_ARGS"
+
+if [[ "$NGPU" -eq 0 ]]; then device=cpu; else device=cuda; fi
 if [[ "$NGPU" -gt 1 ]]; then
   launch=(torchrun --standalone --nproc_per_node="$NGPU")
 else
@@ -98,18 +133,69 @@ run_stage() {
   echo "[$name] $(date '+%F %T') done"
 }
 
-run_stage segmentation "${launch[@]}" train_segmentation.py \
-  --dataset "$DATASET" --data-root "$DATA_ROOT" --backbone "$BACKBONE" \
-  --epochs "$EPOCHS_SEG" --device "$device" --output-dir "$OUT/segmentation" \
-  --resume auto --no-progress ${seg_extra[@]+"${seg_extra[@]}"}
+# ------------------------------------------------------------------------------------------- the detector
+# seg NAME FLAGS...: one schedule of the shipped detector (its model, crops and optimizer are the same in all)
+seg() {
+  local name=$1
+  shift
+  run_stage "$name" "${launch[@]}" train_segmentation.py ${seg_data[@]+"${seg_data[@]}"} --test-fraction 0.1 \
+    --backbone efficientnet_lite0_fpn --agnostic --box-head-dim 256 --mask-head-layers 128 128 \
+    --roi-batch-size 128 --batch-size 2 --optimizer adamw --warmup-steps 50 --max-steps-per-epoch 200 \
+    --workers 1 --fixed-scale 0.75 --crop-size 512 --max-size 1333 --device "$device" --resume auto \
+    --no-progress --output-dir "$OUT/$name" "$@" \
+    ${seg_smoke[@]+"${seg_smoke[@]}"} ${seg_extra[@]+"${seg_extra[@]}"}
+}
+seg seg_1_imagenet ${imagenet[@]+"${imagenet[@]}"} --lr 3e-4 --epochs 12
+seg seg_2 --pretrained "$OUT/seg_1_imagenet/best.pth" --trainable-layers 5 --norm frozen --lr 1e-4 --epochs 5
+seg seg_3 --pretrained "$OUT/seg_2/best.pth" --trainable-layers 5 --norm frozen --lr 5e-5 --epochs 6 \
+  --keep-checkpoints
 
-cls_args=(--dataset "$DATASET" --data-root "$DATA_ROOT" --features all
-  --epochs "$EPOCHS_CLS" --device "$device" --output-dir "$OUT/classification"
-  --resume auto --no-progress ${cls_extra[@]+"${cls_extra[@]}"})
-if [[ "$NGPU" -gt 1 && ! -f "$OUT/classification/DONE" ]]; then
-  # the per-instance caches are built once, before the torchrun processes start
-  run_stage classification_cache "$PYTHON" train_classification.py "${cls_args[@]}" --prepare-only
-fi
-run_stage classification "${launch[@]}" train_classification.py "${cls_args[@]}"
+# ------------------------------------------------------------------------------------------- the classifier
+# cls NAME one|all FLAGS...: one run of the ensemble's chains (ResNet-18 + all 43 features) on DATA_ROOT
+# alone (one) or with TRAIN_ONLY (all); the caches are built by one process, also under torchrun
+cls() {
+  local name=$1 data=$2
+  shift 2
+  local d=() run=("${launch[@]}")
+  if [[ "$data" == all ]]; then d=(${cls_data_all[@]+"${cls_data_all[@]}"}); else d=(${cls_data[@]+"${cls_data[@]}"}); fi
+  [[ "$name" == cls_cache_* ]] && run=("$PYTHON")
+  run_stage "$name" "${run[@]}" train_classification.py ${d[@]+"${d[@]}"} --cache-dir "$CACHE_DIR" \
+    --features all --arch resnet18 --workers 0 --device "$device" --resume auto --no-progress \
+    --output-dir "$OUT/$name" "$@" ${cls_smoke[@]+"${cls_smoke[@]}"} ${cls_extra[@]+"${cls_extra[@]}"}
+}
+# the caches, built once before the training runs (and before torchrun's processes, which cannot build them)
+cls cls_cache_straight all --stem imagenet --prepare-only
+cls cls_cache_axis all --stem imagenet16 --crop-mode axis --prepare-only
+# the straight member: runs 1-3 on the one folder, then 4-6 with the train-only data as well
+cls cls_run1 one --stem imagenet --epochs 3 --steps-per-epoch 200 --batch-size 128 --lr 2e-3
+cls cls_run2 one --stem imagenet --pretrained "$OUT/cls_run1/best.pth" --epochs 3 --steps-per-epoch 200 \
+  --lr 1e-3 --warmup-epochs 0.1 --seed 1
+cls cls_run3 one --stem imagenet --pretrained "$OUT/cls_run2/best.pth" --epochs 2 --steps-per-epoch 200 \
+  --lr 7e-4 --warmup-epochs 0.1 --seed 2
+# run 4 went on from run 3's best as shipped then: exported to float16
+run_stage cls_run3_fp16 "$PYTHON" -m models.export --cls "$OUT/cls_run3/best.pth" --out "$OUT/cls_run3_fp16"
+cls cls_run4 all --stem imagenet --pretrained "$OUT/cls_run3_fp16/classifier.pt" --epochs 6 \
+  --steps-per-epoch 200 --lr 7e-4 --warmup-epochs 0.1 --seed 3
+cls cls_run5 all --stem imagenet --pretrained "$OUT/cls_run4/best.pth" --epochs 5 --steps-per-epoch 200 \
+  --lr 4e-4 --warmup-epochs 0.1 --seed 4
+cls cls_run6 all --stem imagenet --pretrained "$OUT/cls_run5/best.pth" --epochs 6 --steps-per-epoch 200 \
+  --lr 3e-4 --warmup-epochs 0.1 --seed 5
+# the axis member: run 7 (the finer stem) from run 6, then the axis crops from run 7
+cls cls_run7 all --stem imagenet16 --pretrained "$OUT/cls_run6/best.pth" --epochs 4 \
+  --steps-per-epoch 170 --lr 5e-4 --warmup-epochs 0.1 --seed 7
+prev=cls_run7
+for spec in "9 3 5e-4" "12 2 2.5e-4" "13 3 2e-4" "14 3 2e-4" "16 4 1.5e-4"; do
+  read -r run epochs lr <<<"$spec"
+  cls "cls_run$run" all --stem imagenet16 --crop-mode axis --pretrained "$OUT/$prev/best.pth" \
+    --epochs "$epochs" --steps-per-epoch 170 --lr "$lr" --warmup-epochs 0.1 --seed "$run"
+  prev=cls_run$run
+done
 
-echo "all stages done: $OUT"
+# ------------------------------------------------------------------------------------------- the files
+ship=$(printf 'epoch_%03d.pth' "$SEG_SHIP_EPOCH")
+[[ -f "$OUT/seg_3/$ship" || -f "$OUT/export_seg/DONE" ]] || die "$OUT/seg_3/$ship is missing (SEG_SHIP_EPOCH=$SEG_SHIP_EPOCH)"
+run_stage export_seg "$PYTHON" -m models.export --seg "$OUT/seg_3/$ship" --out "$OUT/weights"
+run_stage export_cls "$PYTHON" -m models.export --cls "$OUT/cls_run6/best.pth" "$OUT/cls_run16/best.pth" \
+  --out "$OUT/weights"
+
+echo "all stages done: $OUT (the models: $OUT/weights/segmentation.pt, $OUT/weights/classifier.pt)"

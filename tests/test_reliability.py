@@ -125,32 +125,32 @@ def test_sigkill_then_resume_is_exact_and_deterministic(tmp_path, reference, kin
 
 
 @pytest.mark.slow
-def test_run_training_sh_restarted_after_kill(tmp_path):
+def test_run_training_sh_smoke_restarted_after_kill(tmp_path):
+    """`bash run_training.sh --smoke`: the shipped recipe's whole chain, each trainer with --smoke, killed in its
+    first stage, started again: it resumes that stage, runs the rest and writes both model files, which load."""
     import engine
+    from models.classifier import load_classifier_members
+    from models.segmentation import load_segmentation_checkpoint
 
     out = tmp_path / "run"
-    env = ENV | {
-        "OUT": str(out),
-        "DATA_ROOT": str(tmp_path),
-        "DATASET": "synthetic",
-        "EPOCHS_SEG": "2",
-        "EPOCHS_CLS": "1",
-        "EXTRA_SEG_ARGS": "--smoke --max-steps-per-epoch 1 --eval-every 0 --val-fraction 0",
-        "EXTRA_CLS_ARGS": "--smoke --cache-dir none",
-        "PYTHON": sys.executable,
-    }
-    cmd = ["bash", str(ROOT / "run_training.sh")]
-    _kill_after_first_checkpoint(cmd, out / "segmentation" / "last.pth", "run_training.sh", env=env)
-    assert not (out / "segmentation" / "DONE").exists()
+    # two epochs in the detector's stages, so that the kill can fall inside the first one
+    env = ENV | {"OUT": str(out), "EXTRA_SEG_ARGS": "--epochs 2", "PYTHON": sys.executable}
+    cmd = ["bash", str(ROOT / "run_training.sh"), "--smoke"]
+    _kill_after_first_checkpoint(cmd, out / "seg_1_imagenet" / "last.pth", "run_training.sh --smoke", env=env)
+    assert not (out / "export_cls" / "DONE").exists()
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    assert (out / "segmentation" / "DONE").is_file() and (out / "classification" / "DONE").is_file()
-    assert "resumed from" in (out / "segmentation.log").read_text()
-    assert int(engine.load_checkpoint(out / "segmentation" / "last.pth")["epoch"]) == 1
-    assert int(engine.load_checkpoint(out / "classification" / "last.pth")["epoch"]) == 0
-    # a third start skips both finished stages
+    stages = sorted(d.name for d in out.iterdir() if (d / "DONE").is_file())
+    assert len(stages) == 20 and {"seg_3", "cls_run16", "export_seg", "export_cls"} <= set(stages), stages
+    assert "resumed from" in (out / "seg_1_imagenet.log").read_text()
+    assert int(engine.load_checkpoint(out / "seg_1_imagenet" / "last.pth")["epoch"]) == 1
+    _, cfg = load_segmentation_checkpoint(out / "weights" / "segmentation.pt")
+    assert cfg.agnostic and cfg.fixed_scale == 0.75 and cfg.box_head_dim == 256
+    members = load_classifier_members(out / "weights" / "classifier.pt")
+    assert [m[1].crop_mode for m in members] == ["straight", "axis"], members
+    # a third start skips every finished stage
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0 and p.stdout.count("already done") == 2, p.stdout
+    assert p.returncode == 0 and p.stdout.count("already done") == 20, p.stdout
 
 
 # ------------------------------------------------------------------------------------ pipeline

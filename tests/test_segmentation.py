@@ -268,70 +268,162 @@ def test_empty_dataset_fails(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- run_training.sh
-def test_run_training_recipe_order_skip_resume_and_failure(tmp_path):
-    """The recipe's control flow, with a stand-in interpreter that records its arguments (no training)."""
-    import os
-    import subprocess
+RECIPE_STAGES = [
+    "seg_1_imagenet", "seg_2", "seg_3", "cls_cache_straight", "cls_cache_axis", "cls_run1", "cls_run2", "cls_run3",
+    "cls_run3_fp16", "cls_run4", "cls_run5", "cls_run6", "cls_run7", "cls_run9", "cls_run12", "cls_run13",
+    "cls_run14", "cls_run16", "export_seg", "export_cls",
+]  # fmt: skip
+#: flags that say where (data, folders, caches) or how fast (workers, device, bars), not what is trained
+_PLACE_FLAGS = {"--dataset", "--data-root", "--train-only-data", "--output-dir", "--pretrained", "--cache-dir",
+                "--workers", "--device", "--resume", "--no-progress", "--out", "--seg", "--cls"}  # fmt: skip
+
+
+def _flags(argv: list[str]) -> dict[str, tuple[str, ...]]:
+    """``--flag value ...`` of a command line, as flag -> its values, without the :data:`_PLACE_FLAGS`."""
+    out: dict[str, tuple[str, ...]] = {}
+    flag = None
+    for a in argv:
+        if a.startswith("--"):
+            flag = a
+            out[flag] = ()
+        elif flag is not None:
+            out[flag] += (a,)
+    return {k: v for k, v in out.items() if k not in _PLACE_FLAGS}
+
+
+def _documented_runs() -> dict[str, dict[str, tuple[str, ...]]]:
+    """The commands of docs/training.md's "How the shipped weights were made", by their --output-dir's name."""
+    import shlex
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "run_training.sh"
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    text = text[text.index("## How the shipped weights were made") :]
+    common = text[text.index('COMMON="') + 8 :]
+    common = common[: common.index('"')].replace("\\\n", " ")
+    runs = {}
+    for line in text.replace("\\\n", " ").replace("$COMMON", common).splitlines():
+        if not line.startswith(("python train_", "OMP_NUM_THREADS=")):
+            continue
+        argv = shlex.split(line.partition("#")[0])
+        if "--output-dir" in argv and "--prepare-only" not in argv:
+            runs[Path(argv[argv.index("--output-dir") + 1]).name] = _flags(argv)
+    return runs
+
+
+def _run_training_stub(tmp_path):
+    """run_training.sh with a stand-in interpreter that records its arguments (no training), and its env."""
+    import os
+
     calls = tmp_path / "calls.txt"
     stub = tmp_path / "py.sh"
     stub.write_text(
         '#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n'
-        'if [[ "$1" == train_classification.py && -n "${FAIL_CLS:-}" ]]; then echo boom; exit 3; fi\n'
+        'if [[ -n "${FAIL_AT:-}" && "$*" == *"/$FAIL_AT "* ]]; then echo boom; exit 3; fi\n'
+        'prev=; for a in "$@"; do [[ "$prev" == --output-dir ]] && out=$a; prev=$a; done\n'
+        'if [[ "$*" == *--keep-checkpoints* ]]; then touch "$out/epoch_000.pth" "$out/epoch_002.pth"; fi\n'
     )
     stub.chmod(0o755)
+    (tmp_path / "extra").mkdir()
     env = dict(os.environ, PYTHON=str(stub), CALLS=str(calls), OUT=str(tmp_path / "out"), DATA_ROOT=str(tmp_path))
-    env.update(BACKBONE="resnet18_fpn", EPOCHS_SEG="3", EXTRA_SEG_ARGS="--amp --batch-size 4")
-
-    def run(**extra):
-        return subprocess.run(["bash", str(script)], env=dict(env, **extra), capture_output=True, text=True)
-
-    r = run()
-    assert r.returncode == 0, r.stderr
-    seg, cls = calls.read_text().splitlines()
-    assert seg.startswith("train_segmentation.py") and cls.startswith("train_classification.py")
-    for flag in ("--backbone resnet18_fpn", "--epochs 3", "--resume auto", "--device cpu", "--amp --batch-size 4"):
-        assert flag in seg
-    assert "--features all" in cls and "--resume auto" in cls
-    out = tmp_path / "out"
-    assert (out / "segmentation" / "DONE").is_file() and (out / "classification.log").is_file()
-
-    r = run()  # everything done: nothing runs again
-    assert r.returncode == 0 and "skipping" in r.stdout and len(calls.read_text().splitlines()) == 2
-
-    (out / "classification" / "DONE").unlink()
-    r = run(FAIL_CLS="1")
-    assert r.returncode == 3 and "classification] FAILED" in r.stderr
-    assert len(calls.read_text().splitlines()) == 3  # only the unfinished stage ran
-    assert not (out / "classification" / "DONE").exists()
-
-    assert run(NGPU="two").returncode == 2
+    return calls, dict(env, TRAIN_ONLY=f"voc {tmp_path / 'extra'}", EXTRA_SEG_ARGS="--amp --batch-size 4")
 
 
-def test_run_training_passes_train_only_data_to_both_stages(tmp_path):
-    import os
+def _run(env, *args, **extra):
     import subprocess
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "run_training.sh"
-    stub = tmp_path / "py.sh"
-    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n')
-    stub.chmod(0o755)
-    env = dict(os.environ, PYTHON=str(stub), CALLS=str(tmp_path / "calls.txt"), DATA_ROOT=str(tmp_path))
-    r = subprocess.run(
-        ["bash", str(script)],
-        env=dict(env, OUT=str(tmp_path / "a"), TRAIN_ONLY=f"voc {tmp_path}"),
-        capture_output=True,
-        text=True,
-    )
+    return subprocess.run(["bash", str(script), *args], env=dict(env, **extra), capture_output=True, text=True)
+
+
+def test_run_training_is_the_shipped_recipe(tmp_path):
+    """run_training.sh runs the chain of the shipped weights, with the flags docs/training.md gives each run."""
+    from pathlib import Path
+
+    calls, env = _run_training_stub(tmp_path)
+    r = _run(env)
     assert r.returncode == 0, r.stderr
-    seg, cls = (tmp_path / "calls.txt").read_text().splitlines()
-    assert f"--train-only-data voc {tmp_path}" in seg and f"--train-only-data voc {tmp_path}" in cls
-    bad = dict(env, OUT=str(tmp_path / "b"), TRAIN_ONLY=f"voc {tmp_path / 'missing'}")
-    r = subprocess.run(["bash", str(script)], env=bad, capture_output=True, text=True)
-    assert r.returncode == 2 and "does not exist" in r.stderr
+    lines = [x.split() for x in calls.read_text().splitlines()]
+    out = str(tmp_path / "out")
+
+    def stage(argv):
+        return Path(argv[argv.index("--output-dir") + 1]).name if "--output-dir" in argv else argv[-1]
+
+    by_stage = {}
+    for argv in lines:
+        name = stage(argv)
+        if argv[:2] == ["-m", "models.export"]:
+            name = {"--seg": "export_seg"}.get(argv[2], "export_cls" if "weights" in argv[-1] else "cls_run3_fp16")
+        by_stage[name] = argv
+    assert list(by_stage) == RECIPE_STAGES
+    docs = _documented_runs()
+    same = {"seg_1_imagenet": "seg_effl0_fs075", "seg_2": "seg_cont_cp0", "seg_3": "seg_cont3", "cls_run1": "cls_cil_all",
+            "cls_run2": "cls_cil_all_ft", "cls_run4": "cls_resnet18_extra", "cls_run7": "cls_r18_s16",
+            "cls_run9": "cls_axis9", "cls_run12": "cls_axis12", "cls_run13": "cls_axis13", "cls_run14": "cls_axis14",
+            "cls_run16": "cls_axis16"}  # fmt: skip
+    for ours, theirs in same.items():
+        got = _flags(by_stage[ours])
+        if ours.startswith("seg"):  # EXTRA_SEG_ARGS come last and win
+            assert by_stage[ours][-3:] == ["--amp", "--batch-size", "4"]
+            got.pop("--amp")
+            got["--batch-size"] = ("2",)
+            got.pop("--test-fraction")
+            got.pop("--keep-checkpoints", None)  # seg_3's epoch 2 is exported from its own file, not a copy
+            assert "--test-fraction" in docs[theirs]
+            docs[theirs].pop("--test-fraction")
+        want = docs[theirs]
+        if ours.startswith("cls"):  # some commands give the classifier's default batch, 128, some do not
+            assert got.pop("--batch-size", ("128",)) == want.pop("--batch-size", ("128",)) == ("128",)
+        assert got == want, (ours, theirs)
+
+    # the chain: each run goes on from the one before it; the files land in $OUT/weights, not weights/
+    def pre(name):
+        argv = by_stage[name]
+        return argv[argv.index("--pretrained") + 1]
+
+    assert pre("seg_2") == f"{out}/seg_1_imagenet/best.pth" and pre("seg_3") == f"{out}/seg_2/best.pth"
+    assert pre("cls_run4") == f"{out}/cls_run3_fp16/classifier.pt" and pre("cls_run9") == f"{out}/cls_run7/best.pth"
+    assert pre("cls_run16") == f"{out}/cls_run14/best.pth" and pre("cls_run7") == f"{out}/cls_run6/best.pth"
+    assert by_stage["export_seg"][3:] == [f"{out}/seg_3/epoch_002.pth", "--out", f"{out}/weights"]
+    assert by_stage["export_cls"][3:] == [f"{out}/cls_run6/best.pth", f"{out}/cls_run16/best.pth", "--out",
+                                          f"{out}/weights"]  # fmt: skip
+    # TRAIN_ONLY goes to every training stage but the classifier's runs 1-3, which saw the one folder
+    extra = f"--train-only-data voc {tmp_path / 'extra'}"
+    for name in RECIPE_STAGES:
+        if not name.startswith("export") and name != "cls_run3_fp16":
+            assert (extra in " ".join(by_stage[name])) is (name not in ("cls_run1", "cls_run2", "cls_run3")), name
+
+
+def test_run_training_skip_resume_failure_and_bad_variables(tmp_path):
+    """The recipe's control flow: finished stages skipped, a failing one stops it with its code, then resumes."""
+    calls, env = _run_training_stub(tmp_path)
+    out = tmp_path / "out"
+    r = _run(env, FAIL_AT="cls_run9")
+    assert r.returncode == 3 and "[cls_run9] FAILED" in r.stderr
+    assert (out / "cls_run7" / "DONE").is_file() and not (out / "cls_run9" / "DONE").exists()
+    n = len(calls.read_text().splitlines())
+    assert n == RECIPE_STAGES.index("cls_run9") + 1
+    r = _run(env)  # only the unfinished stages run
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("already done") == RECIPE_STAGES.index("cls_run9")
+    assert len(calls.read_text().splitlines()) == n + len(RECIPE_STAGES) - RECIPE_STAGES.index("cls_run9")
+    r = _run(env)
+    assert r.returncode == 0 and r.stdout.count("already done") == len(RECIPE_STAGES)
+    # --smoke: no data flags, each trainer's --smoke last but for the extra flags, into its own folder
+    smoke = tmp_path / "smoke"
+    r = _run(dict(env, OUT=str(smoke), DATA_ROOT="/no/such/data"), "--smoke", EXTRA_SEG_ARGS="--epochs 2")
+    assert r.returncode == 0, r.stderr
+    lines = calls.read_text().splitlines()[-len(RECIPE_STAGES) :]
+    assert not any("--data-root" in x or "--imagenet" in x for x in lines)
+    assert lines[0].endswith("--smoke --epochs 1 --max-steps-per-epoch 1 --epochs 2")
+    assert lines[5].endswith("--smoke --epochs 1") and f"--cache-dir {smoke}/instance_cache" in lines[5]
+    assert lines[-2].split()[3] == f"{smoke}/seg_3/epoch_000.pth"
+    for bad, msg in [({"NGPU": "two"}, "NGPU"), ({"DATA_ROOT": "/no/such/data"}, "DATA_ROOT"),
+                     ({"TRAIN_ONLY": "voc /no/such/extra"}, "does not exist"), ({"SMOKE": "yes"}, "SMOKE")]:  # fmt: skip
+        r = _run(dict(env, OUT=str(tmp_path / "bad")), **bad)
+        assert r.returncode == 2 and msg in r.stderr, (bad, r.stderr)
+    r = _run(env, "--fast")
+    assert r.returncode == 2 and "--smoke" in r.stderr
 
 
 def test_small_box_head_shrinks_model_and_keeps_outputs():
