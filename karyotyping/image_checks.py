@@ -55,8 +55,9 @@ POLARITIES = ("dark-on-light", "light-on-dark")
 #: 12.7-19.2 px); ``python benchmarks/robustness.py --calibrate`` measures it again
 REFERENCE_WIDTH_PX = 15.6
 #: no rescaling while the measured width is within this factor of the reference: CIL's own cells vary by about
-#: that much, and the detector was trained on them as they are
-SCALE_TOLERANCE = 1.25
+#: that much (at 1.4, 2 of our 100 val images are rescaled; at 1.25, 11 were, and the untransformed val figures
+#: fell a little: ``benchmarks/robustness.py``, docs/results.md), and the detector was trained on them as they are
+SCALE_TOLERANCE = 1.4
 #: the range of processing factors the detector was trained to tolerate (0.3x to 3x of CIL, the scale jitter of
 #: ``train_segmentation.py --scale-jitter`` on top); a larger correction is made but flagged
 SCALE_RANGE = (1.0 / 3.5, 3.5)
