@@ -483,27 +483,13 @@ class KaryotypePipeline:
     ) -> KaryotypePrediction:
         """Features, classification and karyotype assignment of the detections ``rec`` in ``image`` float32 [H, W]
         (both at processing resolution)."""
-        from datasets.instances import instance_crops, tight_crop
-        from features.triad import FEATURE_NAMES, spread_features
         from karyogram.assign import assign_karyotype
+        from karyotyping.identify import measure_and_classify
         from metrics.karyotype import sanity_score
-        from models.classifier import predict_members
 
         n = len(rec)
-        with _timer(timings, "features"):
-            x, feats = spread_features(image, rec.masks) if n else (np.zeros((0, len(FEATURE_NAMES)), np.float32), [])
-        with _timer(timings, "classification"):
-            # the straightened crops (p arm up, trimmed to the mask) go into the karyogram; each classifier gets
-            # exactly the crops it was trained on: these, or the unmasked axis crops (its config's crop_mode)
-            crops = [tight_crop(f) for f in feats]
-            by_mode = {"straight": crops}
-            for mode in sorted({c.crop_mode for _, c in self.cls_members} - {"straight"}):
-                by_mode[mode] = instance_crops(image, rec.boxes, rec.masks, feats, mode, crops)
-            probs = (
-                np.asarray(predict_members(self.cls_members, by_mode, x, flip=self.flip_tta), np.float32)
-                if n
-                else np.zeros((0, 24), np.float32)
-            )
+        ident = measure_and_classify(self.cls_members, image, rec.masks, rec.boxes, flip=self.flip_tta, timings=timings)
+        x, feats, crops, probs = ident.x, ident.feats, ident.crops, ident.probs
         with _timer(timings, "assignment"):
             lengths = np.array([f.length_px for f in feats], np.float64)
             ci = np.array([f.centromere_index for f in feats], np.float64)

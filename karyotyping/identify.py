@@ -42,6 +42,7 @@ def measure_and_classify(
     *,
     which: Sequence[int] | None = None,
     flip: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> Identified:
     """Features, crops and class probabilities of the instances of one spread.
 
@@ -52,7 +53,11 @@ def measure_and_classify(
         boxes: float [N, 4] xyxy of each instance (the axis crops' windows), ``image`` pixels.
         which: the instances to classify (default all).
         flip: :func:`models.classifier.predict_members` ``flip``.
+        timings: seconds are added to its ``"features"`` (measuring) and ``"classification"`` (crops and the
+            classifiers) entries.
     """
+    import time
+
     from datasets.instances import instance_crops, tight_crop
     from features.triad import FEATURE_NAMES, spread_features
     from models.classifier import predict_members
@@ -61,7 +66,11 @@ def measure_and_classify(
     idx = np.arange(n) if which is None else np.asarray(list(which), np.int64).reshape(-1)
     if n == 0:
         return Identified(np.zeros((0, len(FEATURE_NAMES)), np.float32), [], [], idx, np.zeros((0, 24), np.float32))
+    t0 = time.perf_counter()
     x, feats = spread_features(image, masks)
+    t1 = time.perf_counter()
+    # the straightened crops (p arm up, trimmed to the mask) go into the karyogram; each classifier gets exactly
+    # the crops it was trained on: these, or the unmasked axis crops (its config's crop_mode)
     crops = [tight_crop(f) for f in feats]
     by_mode = {"straight": crops}
     for mode in sorted({c.crop_mode for _, c in members} - {"straight"}):
@@ -73,4 +82,7 @@ def measure_and_classify(
         if len(idx)
         else np.zeros((0, 24), np.float32)
     )
+    if timings is not None:
+        timings["features"] = timings.get("features", 0.0) + t1 - t0
+        timings["classification"] = timings.get("classification", 0.0) + time.perf_counter() - t1
     return Identified(x, feats, crops, idx, probs)
