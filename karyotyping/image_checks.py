@@ -54,10 +54,12 @@ POLARITIES = ("dark-on-light", "light-on-dark")
 #: (the models' training data), at their own resolution: 15.6 px on 150 images of our train split (5-95 %:
 #: 12.7-19.2 px); ``python benchmarks/robustness.py --calibrate`` measures it again
 REFERENCE_WIDTH_PX = 15.6
-#: no rescaling while the measured width is within this factor of the reference: CIL's own cells vary by about
-#: that much (at 1.4, 2 of our 100 val images are rescaled; at 1.25, 11 were, and the untransformed val figures
-#: fell a little: ``benchmarks/robustness.py``, docs/results.md), and the detector was trained on them as they are
-SCALE_TOLERANCE = 1.4
+#: no rescaling while the measured width is within this factor of the reference. One lab's cells vary about that
+#: much at one magnification (CIL: 1-99 % of our val images within 1.5x; condensation and staining, not the
+#: microscope), while another lab's magnification differs by more; the detector learnt CIL's cells as they are.
+#: At 1.25, 11 of the 100 val images were rescaled and the untransformed figures on 20 of them fell a little
+#: (F1 0.857 -> 0.854); at 1.5 one is (``benchmarks/robustness.py``, docs/results.md)
+SCALE_TOLERANCE = 1.5
 #: the range of processing factors the detector was trained to tolerate (0.3x to 3x of CIL, the scale jitter of
 #: ``train_segmentation.py --scale-jitter`` on top); a larger correction is made but flagged
 SCALE_RANGE = (1.0 / 3.5, 3.5)
