@@ -77,6 +77,8 @@ _MIN_PIECE_PX = 6
 #: the width is measured where chromosomes are about this wide (pixels): at other sizes the distance transform's
 #: quantisation and the threshold's blur bias it, so the image is resampled to it first
 _MEASURE_AT_PX = 14.0
+#: a larger image is measured after shrinking its longer side to this many pixels
+_MAX_MEASURE_SIDE = 2048
 
 
 @dataclass
@@ -169,6 +171,11 @@ def estimate_chromosome_width(image: np.ndarray, *, iterations: int = 2) -> floa
     img = np.asarray(image, np.float32)
     if img.ndim != 2 or min(img.shape) < 8:
         raise ValueError(f"estimate_chromosome_width needs a grey image of at least 8x8 pixels, got {img.shape}")
+    shrink = min(1.0, _MAX_MEASURE_SIDE / max(img.shape))
+    if shrink < 1.0:  # a huge image is first measured smaller (the measure follows the resolution): memory, time
+        size = (max(8, round(img.shape[1] * shrink)), max(8, round(img.shape[0] * shrink)))
+        w = estimate_chromosome_width(cv2.resize(img, size, interpolation=cv2.INTER_AREA), iterations=iterations)
+        return None if w is None else w * img.shape[1] / size[0]
     width = _width_here(img)
     for _ in range(iterations):
         if width is None or width <= 0:
