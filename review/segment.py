@@ -172,15 +172,19 @@ def _geometry(tool: str, params: dict[str, Any], masks: list[np.ndarray | None],
     raise GeometryError(f"unknown tool {tool!r}: use one of {', '.join(TOOLS)}")
 
 
-def _work(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, scale: float):
-    """Image, masks and boxes at the pipeline's processing resolution (``scale`` of the original)."""
+def _work(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, scale: float, inverted: bool = False):
+    """Image, masks and boxes as the pipeline's models saw them: at its processing resolution (``scale`` of the
+    original, resampled as :meth:`karyotyping.core.KaryotypePipeline.prepare` does) and, for a light-on-dark image
+    the pipeline inverted (``inverted``), inverted too."""
+    if inverted:
+        image = 1.0 - image
     if scale == 1.0:
         return image, masks, boxes
     import cv2
 
     h, w = image.shape
     size = (round(w * scale), round(h * scale))
-    img = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    img = np.clip(cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC), 0.0, 1.0)
     ms = np.stack([cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in masks]) if len(masks) else masks
     return img, ms, boxes * scale
 
@@ -254,7 +258,8 @@ def make_edit(
         np.float64,
     ).reshape(-1, 4)
     scale = float(pred.scale)
-    img, work_masks, work_boxes = _work(loaded.image, stack, boxes, scale)
+    inverted = bool(pred.image_checks is not None and pred.image_checks.inverted)
+    img, work_masks, work_boxes = _work(loaded.image, stack, boxes, scale, inverted)
     members, config = identifier.load()
     which = list(range(len(ids_after), len(stack)))
     found = measure_and_classify(members, img, work_masks, work_boxes, which=which)

@@ -894,3 +894,34 @@ def test_separate_on_synthetic_crossings():
               f"median {np.median(r[:, 0]):.3f} / {np.median(r[:, 1]):.3f}")  # fmt: skip
     r = np.array(out["centre line"])
     assert len(r) == 110 and int((np.minimum(r[:, 0], r[:, 1]) > 0.8).sum()) >= 85
+
+
+def test_edits_classify_on_the_image_as_the_models_saw_it(rods, monkeypatch):
+    """A cell the pipeline inverted (light-on-dark) and processed at another scale: a new instance is measured on
+    the image inverted back and resampled by the JSON's processing scale, as the pipeline's models saw it."""
+    import karyotyping.identify as identify
+    from review.app import create_app
+
+    js = json.loads((rods / "rods.json").read_text())
+    js["processing_scale"] = 0.5
+    js["image_checks"] = {"polarity": "light-on-dark", "inverted": True, "chromosome_width_px": 30.0,
+                          "processing_scale": 0.5, "contrast": 0.6, "out_of_range": []}  # fmt: skip
+    (rods / "rods.json").write_text(json.dumps(js))
+    seen = {}
+    real = identify.measure_and_classify
+
+    def spy(members, image, masks, boxes, **kw):
+        seen["image"] = image
+        return real(members, image, masks, boxes, **kw)
+
+    monkeypatch.setattr(identify, "measure_and_classify", spy)
+    client = create_app(rods).test_client()
+    r = _segment(client, [], tool="separate", path=[[25, 70], [155, 70]])
+    assert r.status_code == 200, r.get_json()
+    import cv2
+
+    raw = cv2.imread(str(rods / js["image"]) if not Path(js["image"]).is_absolute() else js["image"], 0)
+    want = cv2.resize(1.0 - raw.astype(np.float32) / 255.0, (raw.shape[1] // 2, raw.shape[0] // 2),
+                      interpolation=cv2.INTER_AREA)  # fmt: skip
+    assert seen["image"].shape == want.shape
+    np.testing.assert_allclose(seen["image"], want, atol=2e-3)
