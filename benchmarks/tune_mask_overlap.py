@@ -1,7 +1,7 @@
 """Choose the pipeline's ``--mask-overlap`` (and ``--score-thresh``, and the mask threshold) on a validation split.
 
 Runs the detector once per image (as the pipeline does, at the lowest detection score asked for), then for
-each detection score threshold applies :func:`models.segmentation.suppress_overlapping_masks` at each
+each detection score threshold applies :func:`karyotyping.masks.suppress_overlapping_masks` at each
 overlap threshold and prints, against the true instances (IoU 0.5): precision, recall, F1, PQ_all, the
 mean absolute count error and the mean number of instances kept. Use a validation split, never a test split.
 
@@ -17,8 +17,8 @@ mean absolute count error and the mean number of instances kept. Use a validatio
 
 ``--mask-thresh`` values (the probability a mask pixel must exceed) binarize the same soft masks in turn;
 ``--exclusive on`` then gives each pixel that several kept detections claim to the surest of them, as the
-pipeline does (:func:`models.segmentation.exclusive_masks`); ``--trim on`` then keeps only each mask's
-chromosome pixels by the image's own contrast (:func:`models.segmentation.trim_to_foreground`).
+pipeline does (:func:`karyotyping.masks.exclusive_masks`); ``--trim on`` then keeps only each mask's
+chromosome pixels by the image's own contrast (:func:`karyotyping.masks.trim_to_foreground`).
 """
 
 from __future__ import annotations
@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from datasets import build_dataset
     from karyotyping.detection import binarize_masks, detect_soft
+    from karyotyping.masks import keep_instances
     from karyotyping.runtime import resolve_device
     from metrics.matching import matching_dataset, panoptic_quality_all
-    from models.segmentation import keep_instances, load_segmentation_checkpoint
+    from models.segmentation import load_segmentation_checkpoint
 
     if args.split == "test":
         sys.exit("error: choose thresholds on a validation split, never on the test split")

@@ -1,6 +1,6 @@
 """Draw the pipeline's merged masks next to the true masks they swallowed: what "lost_merged" looks like.
 
-Runs the detector and the pipeline's instance selection (:func:`models.segmentation.keep_instances`, the
+Runs the detector and the pipeline's instance selection (:func:`karyotyping.masks.keep_instances`, the
 pipeline's default thresholds) on the first images of a split, finds each kept mask that holds half or more of
 two or more true chromosomes (:func:`metrics.matching.error_breakdown` counts those chromosomes as
 ``lost_merged``), and draws it (red, left) beside the true masks it holds (one colour each, with their
@@ -61,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     from datasets import build_dataset
     from fileio import atomic_write_image
     from karyotyping.detection import binarize_masks, detect_soft
+    from karyotyping.masks import keep_instances
     from karyotyping.runtime import resolve_device
     from metrics.matching import held_fraction
-    from models.segmentation import keep_instances, load_segmentation_checkpoint
+    from models.segmentation import load_segmentation_checkpoint
 
     if args.split == "test":
         sys.exit("error: look at a validation split, never at the test split")

@@ -7,7 +7,7 @@
 
 Stages: segmentation (:mod:`models.segmentation` through :func:`karyotyping.detection.detect`, then mask-level
 suppression of duplicates, exclusive masks and their trimming to the image's foreground:
-:func:`models.segmentation.keep_instances`), features (:func:`features.triad.spread_features`), classification
+:func:`karyotyping.masks.keep_instances`), features (:func:`features.triad.spread_features`), classification
 (:func:`models.classifier.predict_members`: each classifier of the file on its own crops, optionally also turned
 upside down), karyotype assignment (:func:`karyogram.assign.assign_karyotype`). JSON, COCO results and the karyogram / overlay pictures are
 adapters in :mod:`karyotyping.export` that read the prediction (the JSON document's writer and reader:
@@ -187,7 +187,7 @@ def add_pipeline_args(group: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=SMOOTH_MASKS,
         help="after the trim, make each mask whole and smooth: closed and opened, holes filled, its largest piece "
-        f"(models.segmentation.smooth_masks; default: {'on' if SMOOTH_MASKS else 'off'})",
+        f"(karyotyping.masks.smooth_masks; default: {'on' if SMOOTH_MASKS else 'off'})",
     )
     from karyotyping.image_checks import POLARITIES
 
@@ -233,15 +233,15 @@ class KaryotypePipeline:
             "auto" and "cuda" mean ``cuda:$LOCAL_RANK``).
         score_thresh: minimum detection score kept (default :data:`karyotyping.detection.SCORE_THRESH`).
         mask_overlap: drop a detection when more than this fraction of its mask is covered by better-scoring
-            ones (:func:`models.segmentation.suppress_overlapping_masks`); 1 = off.
+            ones (:func:`karyotyping.masks.suppress_overlapping_masks`); 1 = off.
         mask_thresh: a pixel belongs to a detection when its mask probability is above this (default
             :data:`karyotyping.detection.MASK_THRESH`).
         exclusive_masks: give each pixel that several kept detections claim to the one most sure of it
-            (:func:`models.segmentation.exclusive_masks`), so instances share no pixel, as annotated.
+            (:func:`karyotyping.masks.exclusive_masks`), so instances share no pixel, as annotated.
         trim_masks: keep only each mask's chromosome pixels, by one Otsu threshold of the image around the
-            detections (:func:`models.segmentation.trim_to_foreground`); a detection left empty goes.
+            detections (:func:`karyotyping.masks.trim_to_foreground`); a detection left empty goes.
         smooth_masks: after the trim, close and open each mask, fill its holes and keep its largest piece
-            (:func:`models.segmentation.smooth_masks`).
+            (:func:`karyotyping.masks.smooth_masks`).
         flip_tta: classify each crop also upside down and average (:func:`models.classifier.predict_proba`
             ``flip``).
         max_side: images with a longer side are downscaled to it for processing (warned).
@@ -334,7 +334,7 @@ class KaryotypePipeline:
     def segment(self, image: np.ndarray) -> KaryoRecord:
         """Image float32 [H, W] -> the kept detections (masks uint8 [M, H, W], unrounded scores, labels 0)."""
         from karyotyping.detection import detect_soft, detections_to_record
-        from models.segmentation import keep_instances
+        from karyotyping.masks import keep_instances
 
         out = detect_soft(self.seg_model, image, score_thresh=self.score_thresh, device=self.device)
         det = detections_to_record(out, image, mask_thresh=self.mask_thresh)

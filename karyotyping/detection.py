@@ -14,11 +14,11 @@ The owners of the detection thresholds (everything else reads them here):
   seg`` (:func:`detect_dataset`), which score the detector's own masks, untrimmed; fixed, so that mask AP
   figures of different dates compare.
 * :data:`MASK_OVERLAP` (0.8): the pipeline drops a detection when more than this fraction of its mask is
-  covered by better-scoring ones (:func:`models.segmentation.suppress_overlapping_masks`; 1 = off).
-* The pipeline then makes the kept masks exclusive (:func:`models.segmentation.exclusive_masks`): a pixel that
+  covered by better-scoring ones (:func:`karyotyping.masks.suppress_overlapping_masks`; 1 = off).
+* The pipeline then makes the kept masks exclusive (:func:`karyotyping.masks.exclusive_masks`): a pixel that
   several of them claim goes to the one with the highest mask probability, as in the annotations, where
   touching and crossing chromosomes share no pixel (``--no-exclusive-masks`` turns it off), and trims them to
-  the image's foreground (:func:`models.segmentation.trim_to_foreground`; ``--no-trim-masks``).
+  the image's foreground (:func:`karyotyping.masks.trim_to_foreground`; ``--no-trim-masks``).
 * :data:`BIN_MERGE_IOU` (0.6) and :data:`BIN_MERGE_MASK_THRESH` (0.5): a detector with orientation classes
   (``SegConfig.orientation_bins``) may find one chromosome in two bins; :func:`merge_orientation_bins` takes two
   detections in different bins whose masks (probability above 0.5) have an IoU above 0.6 for one chromosome.

@@ -65,6 +65,9 @@ def measure_and_classify(
     n = len(masks)
     idx = np.arange(n) if which is None else np.asarray(list(which), np.int64).reshape(-1)
     if n == 0:
+        if timings is not None:  # nothing to measure or classify: the stages took no time, and say so
+            timings.setdefault("features", 0.0)
+            timings.setdefault("classification", 0.0)
         return Identified(np.zeros((0, len(FEATURE_NAMES)), np.float32), [], [], idx, np.zeros((0, 24), np.float32))
     t0 = time.perf_counter()
     x, feats = spread_features(image, masks)

@@ -483,7 +483,7 @@ def test_light_mask_head_roundtrips_through_config(tmp_path):
 
 
 def test_suppress_overlapping_masks_known_answers():
-    from models.segmentation import suppress_overlapping_masks
+    from karyotyping.masks import suppress_overlapping_masks
 
     m = np.zeros((5, 40, 40), np.uint8)
     m[0, 5:35, 10:14] = 1  # a long vertical chromosome, best score
@@ -503,7 +503,7 @@ def test_suppress_overlapping_masks_known_answers():
 
 def test_exclusive_masks_known_answers():
     """Shared pixels go to the instance whose mask probability is highest there; the rest stay as they were."""
-    from models.segmentation import exclusive_masks
+    from karyotyping.masks import exclusive_masks
 
     m = np.zeros((3, 20, 20), np.uint8)
     m[0, 2:18, 8:12] = 1  # a vertical chromosome
@@ -529,7 +529,7 @@ def test_exclusive_masks_known_answers():
 
 def test_trim_to_foreground_known_answers():
     """Masks keep their chromosome pixels (dark on light or bright on dark), their own holes, not a neighbour's."""
-    from models.segmentation import keep_instances, trim_to_foreground
+    from karyotyping.masks import keep_instances, trim_to_foreground
 
     img = np.ones((40, 40), np.float32)
     img[5:35, 10:16] = 0.3  # a dark vertical chromosome, 6 px wide
@@ -602,7 +602,7 @@ def test_finer_mask_grid_predicts_56px_masks_and_warm_starts_from_14(tmp_path):
 
 
 def test_smooth_masks_fills_bites_and_holes_drops_specks_and_stays_in_bounds():
-    from models.segmentation import smooth_masks
+    from karyotyping.masks import smooth_masks
 
     bounds = np.zeros((2, 60, 60), np.uint8)
     bounds[0, 10:50, 20:34] = 1  # a rod 14 px wide, as the detector drew it
