@@ -659,9 +659,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if is_main:
             ck = {"model": model_without_ddp, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
             ck |= {"epoch": epoch, "args": args, "config": config, "best_metric": best}
-            engine.save_checkpoint(out_dir / "last.pth", **ck, extra={"val_accuracy": stats["val_accuracy"]})
+            # best.pth first (see train_segmentation.py): last.pth's best_metric always has its best.pth on disk
             if improved:
                 engine.save_checkpoint(out_dir / "best.pth", **ck, extra={"val_accuracy": stats["val_accuracy"]})
+            engine.save_checkpoint(out_dir / "last.pth", **ck, extra={"val_accuracy": stats["val_accuracy"]})
             row = {"epoch": epoch, **stats, "best_val_accuracy": best, "time_s": time.time() - t0}
             logger.log(row, step=epoch)
             print(

@@ -611,11 +611,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     best_metric=best_metric,
                     extra={"best_key": list(best_key) if best_key else None, "stats": row},
                 )
+                # best.pth before last.pth: a run killed between the two must not resume from a last.pth
+                # whose best_metric points at a best.pth that was never written
+                if is_best:
+                    engine.save_checkpoint(out_dir / "best.pth", **common)
                 engine.save_checkpoint(out_dir / "last.pth", **common)
                 if args.keep_checkpoints:
                     engine.save_checkpoint(out_dir / f"epoch_{epoch:03d}.pth", **common)
-                if is_best:
-                    engine.save_checkpoint(out_dir / "best.pth", **common)
                 logger.log(row, step=epoch)
                 print(
                     f"epoch {epoch}: loss {stats['loss']:.4f} lr {stats['lr']:.2e}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,10 +195,16 @@ def _args(tmp_path, *extra: str):
     )
 
 
-def test_smoke_training_resume_and_rebuild(tmp_path):
+def test_smoke_training_resume_and_rebuild(tmp_path, monkeypatch):
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     flags = ["--epochs", "2", "--max-steps-per-epoch", "1", "--eval-every", "2", "--warmup-steps", "0"]
+    saved, save = [], engine.save_checkpoint
+    monkeypatch.setattr(engine, "save_checkpoint", lambda path, **kw: (saved.append(Path(path).name), save(path, **kw)))
     res_a = main(_args(run_a, *flags, "--keep-checkpoints"))
+    monkeypatch.setattr(engine, "save_checkpoint", save)
+    # best.pth is written before the last.pth that records its metric, so a kill between the two cannot leave
+    # a resumable run without its best.pth (the CI failure of run_training.sh --smoke killed mid-epoch)
+    assert saved == ["last.pth", "epoch_000.pth", "best.pth", "last.pth", "epoch_001.pth"], saved
     for name in (
         "last.pth",
         "best.pth",
