@@ -9,8 +9,10 @@ The index lists the cells, doubtful ones first; a cell page shows the karyogram 
 labels and the segmentation (cut, join, separate a crossing, draw, erase) are corrected and the cell is
 signed off by a typed name (draft, accepted, unanalysable). Saving writes ``<stem>.reviewed.json`` (every
 revision kept), ``<stem>_karyogram.reviewed.png`` / ``.pdf`` and updates ``reviewed_coco.json``, which both
-trainers read with ``--dataset coco --data-root RESULTS/reviewed_coco.json``. The pipeline's own files are
-never changed. Keys, tools and files: docs/review.md.
+trainers read with ``--dataset coco --data-root RESULTS/reviewed_coco.json``. Cells are grouped into cases by
+name (``<case>_<cell>``: the name up to the first ``_``); a case page signs off the case's karyotype and writes
+its PDF report (``cases/<case>/``). The pipeline's own files are never changed. Keys, tools and files:
+docs/review.md.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
-"""The review web app (Flask) over one results folder: an index of the cells and a page per cell.
+"""The review web app (Flask) over one results folder: an index of the cases and cells, a page per cell and per case.
 
-Pages: ``/`` (index, ``?sort=doubt|name|sanity|flagged|count|status``), ``/cell/<stem>``. JSON:
+Pages: ``/`` (index of the cases and the cells, ``?sort=doubt|name|sanity|flagged|count|status``),
+``/cell/<stem>``, ``/case/<case>`` (review/cases.py: its cells, the case karyotype, the report). JSON:
 ``GET /api/cell/<stem>``, ``POST /api/cell/<stem>/state`` (the cell after a list of edits),
 ``POST /api/cell/<stem>/segment`` (a cut, join, separation, drawing or erasure -> one edit),
-``POST /api/cell/<stem>/save``, ``GET /api/ideogram/<class>?resolution=400`` (G-bands). Pictures: ``/cell/<stem>/image.png``, ``/cell/<stem>/crop/<i>.png``,
-``/thumb/<stem>.png``; any file of the folder: ``/files/<path>`` (refused outside it). Every script
+``POST /api/cell/<stem>/save``, ``GET /api/ideogram/<class>?resolution=400`` (G-bands), ``GET /api/case/<case>``,
+``POST /api/case/<case>/save`` (the case's sign-off), ``POST /api/case/<case>/report`` (writes the PDF).
+Pictures: ``/cell/<stem>/image.png``, ``/cell/<stem>/crop/<i>.png``, ``/thumb/<stem>.png``; the case report:
+``/case/<case>/report.pdf``; any file of the folder: ``/files/<path>`` (refused outside it). Every script
 and style comes from ``review/static``: the page works without internet.
 """
 
@@ -22,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from karyogram.labels import name_of
 from karyogram.render import FLAG_WORDS, LAYOUT, class_colour
 
+from .cases import CaseBook, case_of
 from .edits import NOT_CHROMOSOME
 from .imagery import png_bytes, thumbnail_png
 from .result import CellError
@@ -83,6 +87,7 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
         image_dirs: folders holding the source images when the recorded paths do not exist here.
     """
     folder = ResultsFolder(results_dir, image_dirs)
+    cases = CaseBook(folder)
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config["RESULTS"] = folder
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -138,7 +143,10 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
     def index():
         key = request.args.get("sort", "doubt")
         rows = sorted_rows(folder.index(), key)
-        return render_template("index.html", rows=rows, sort=key, sorts=list(SORTS), root=str(folder.root))
+        return render_template(
+            "index.html", rows=rows, cases=cases.summary(rows), case_of=case_of, sort=key, sorts=list(SORTS),
+            root=str(folder.root),
+        )  # fmt: skip
 
     @app.get("/cell/<stem>")
     def cell_page(stem: str):
@@ -146,7 +154,27 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
         folder.warm(stem)  # the classifier of segmentation edits loads while the reviewer looks
         return render_template("cell.html", stem=stem, flag_words=FLAG_WORDS)
 
+    @app.get("/case/<case_id>")
+    def case_page(case_id: str):
+        return render_template("case.html", case=cases.case(case_id))
+
     # ------------------------------------------------------------------ JSON
+    @app.get("/api/case/<case_id>")
+    def case_json(case_id: str):
+        return jsonify(cases.case(case_id))
+
+    @app.post("/api/case/<case_id>/save")
+    def case_save(case_id: str):
+        """``{"base_revision", "reviewer", "iscn", "counted", "analysed": [stems], "note"}`` -> the new revision."""
+        data = body()
+        fields = ("base_revision", "reviewer", "iscn", "counted", "analysed")
+        return jsonify(cases.save(case_id, **{k: data.get(k) for k in fields}, note=data.get("note") or ""))
+
+    @app.post("/api/case/<case_id>/report")
+    def case_report(case_id: str):
+        """``{"revision": n}`` (the case revision the page shows) -> the PDF written: file, url, pages."""
+        return jsonify(cases.report(case_id, body().get("revision")))
+
     @app.get("/api/cell/<stem>")
     def cell_json(stem: str):
         loaded = folder.load(stem)
@@ -295,6 +323,15 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
             return png(thumbnail_png(p))
         except ValueError as exc:
             raise CellError(p, str(exc)) from None
+
+    @app.get("/case/<case_id>/report.pdf")
+    def case_report_pdf(case_id: str):
+        p = cases.report_path(case_id)
+        if not p.is_file():
+            raise NotFoundError(f"case {case_id} has no report yet: make it on the case page (after saving the case)")
+        resp = send_file(p, mimetype="application/pdf", as_attachment=True, download_name=p.name)
+        resp.headers["Cache-Control"] = "no-cache"
+        return resp
 
     @app.get("/files/<path:rel>")
     def files(rel: str):

@@ -108,6 +108,23 @@ def accept_doubts(st: dict[str, Any]) -> list[str]:
     return out
 
 
+def next_revision(name: str, last: dict[str, Any] | None, base_revision: int, reload_hint: str) -> int:
+    """The revision a save of ``name`` makes after the ``last`` saved block (None: nothing saved yet).
+
+    Raises:
+        ConflictError: the page did not start from the last revision (it was saved since, by whom and when);
+            ``reload_hint`` says what to do.
+    """
+    current = last["revision"] if last else 0
+    if base_revision != current:
+        who = f" by {last.get('reviewer')} at {last.get('saved_at')}" if last else ""
+        raise ConflictError(
+            f"not saved: {name} was saved{who} (revision {current}) after this page loaded revision {base_revision}; "
+            f"nothing was overwritten. {reload_hint}"
+        )
+    return current + 1
+
+
 def revisions_of(rv: dict[str, Any]) -> list[dict[str, Any]]:
     """Every saved revision of a review file (:meth:`ResultsFolder.reviewed`), oldest first; a version 1
     file has only its last one."""
@@ -310,11 +327,11 @@ class ResultsFolder:
         self._rows[stem] = (key, row)
         return row
 
-    def index(self) -> list[dict[str, Any]]:
-        """One row per cell: name, ISCN, count, sanity score, flagged chromosomes, review status, or the
-        error that keeps the cell from being reviewed."""
+    def index(self, stems: list[str] | None = None) -> list[dict[str, Any]]:
+        """One row per cell (of ``stems``, default all): name, ISCN, count, sanity score, flagged chromosomes,
+        review status and revision, or the error that keeps the cell from being reviewed."""
         rows = []
-        for stem in self.stems():
+        for stem in self.stems() if stems is None else stems:
             row: dict[str, Any] = {"stem": stem, "error": None, "status": "not reviewed"}
             try:
                 pipe = self._pipeline_row(stem)
@@ -331,6 +348,7 @@ class ResultsFolder:
                         "sanity_score": rv.get("sanity_score"),
                         "n_flagged": n_flagged([c.get("flags", []) for c in rv.get("chromosomes", [])]),
                         "status": status_of(r),
+                        "revision": r.get("revision"),
                         "reviewer": r.get("reviewer"),
                         "saved_at": r.get("saved_at"),
                         "n_edits": len(r.get("edits", [])),
@@ -461,14 +479,8 @@ class ResultsFolder:
             raise ReviewError(f"base_revision must be an integer, got {base_revision!r}")
         with self._locked():
             prev = self.reviewed(stem)
-            current = prev["review"]["revision"] if prev else 0
-            if base_revision != current:
-                who = f" by {prev['review'].get('reviewer')} at {prev['review'].get('saved_at')}" if prev else ""
-                raise ConflictError(
-                    f"not saved: {stem} was saved{who} (revision {current}) after this page loaded revision "
-                    f"{base_revision}; nothing was overwritten. Reload the cell to see that version, then redo "
-                    "your edits"
-                )
+            again = "Reload the cell to see that version, then redo your edits"
+            revision = next_revision(stem, prev["review"] if prev else None, base_revision, again)
             loaded = self.load(stem)
             cell = loaded.cell
             st = self.state(stem, edits)
@@ -478,7 +490,6 @@ class ResultsFolder:
                 raise ConfirmError(
                     f"not accepted: {'; '.join(doubts)}. Confirm to accept it as it is (nothing was written)", doubts
                 )
-            revision = current + 1
             now = _now()
             kept = [{k: e[k] for k in _EDIT_KEYS if k in e} for e in edits]
             files = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import socket
 from html import unescape
@@ -19,6 +20,7 @@ import pytest
 from karyogram.iscn import iscn_string
 from metrics.karyotype import sanity_score
 from review.edits import EditError, apply_edits, summary
+from tests.case_fixtures import pdf_pages
 from tests.review_fixtures import smoke_train_both, write_synthetic_cell
 
 flask = pytest.importorskip("flask")
@@ -925,3 +927,253 @@ def test_edits_classify_on_the_image_as_the_models_saw_it(rods, monkeypatch):
                       interpolation=cv2.INTER_AREA)  # fmt: skip
     assert seen["image"].shape == want.shape
     np.testing.assert_allclose(seen["image"], want, atol=2e-3)
+
+
+# ---------------------------------------------------------------------------------------------- cases
+def test_cells_are_grouped_into_cases_by_the_name_before_the_first_underscore():
+    from review.cases import case_of, group_cases
+
+    assert [case_of(s) for s in ("P0153_01", "P0153_slide2_07", "cellA", "_x", "P1_", "cil_104023")] == [
+        "P0153", "P0153", "cellA", "_x", "P1", "cil"
+    ]  # fmt: skip
+    stems = ["P2_1", "P1_10", "solo", "P1_2", "P1_1"]
+    assert group_cases(stems) == {"P1": ["P1_1", "P1_10", "P1_2"], "P2": ["P2_1"], "solo": ["solo"]}
+    assert list(group_cases(stems[::-1])) == ["P1", "P2", "solo"]  # the same whatever the order of the files
+
+
+@pytest.mark.parametrize(
+    "accepted, suggestion",
+    [
+        (["46,XY"] * 5, "46,XY"),
+        (["47,XX,+21"] * 3 + ["46,XX"] * 17, "mos 47,XX,+21[3]/46,XX[17]"),
+        (["46,XX"] * 3 + ["47,XX,+21"] * 17, "mos 47,XX,+21[17]/46,XX[3]"),  # the normal line last
+        (["46,XY"] * 4 + ["45,XY,-3"], "46,XY"),  # one cell losing a chromosome is no clone
+        (["46,XX"] * 10 + ["45,X"] * 2, "46,XX"),  # a loss needs 3 cells
+        (["46,XX"] * 10 + ["45,X"] * 3, "mos 45,X[3]/46,XX[10]"),
+        (["46,XX"] * 10 + ["47,XXX"] * 2 + ["45,X"] * 3, "mos 45,X[3]/47,XXX[2]/46,XX[10]"),
+        (["47,XY,+21"], "47,XY,+21"),
+        ([None, "46,XY"], "46,XY"),
+        ([], ""),
+    ],
+)
+def test_the_case_karyotype_suggested_from_the_accepted_cells(accepted, suggestion):
+    from review.cases import check_case_iscn, suggest_iscn
+
+    got, why = suggest_iscn(accepted)
+    assert got == suggestion
+    if got:
+        assert check_case_iscn(got) == got and f"from {sum(1 for k in accepted if k)} accepted cell" in why
+    else:
+        assert "no accepted cell" in why
+    if accepted[-1:] == ["45,XY,-3"]:
+        assert "45,XY,-3 (1 cell)" in why and "not a clone" in why
+
+
+def test_the_case_karyotype_is_checked_lightly():
+    from review.cases import check_case_iscn
+    from review.store import ReviewError
+
+    for ok in ("46,XY", " 47,XX,+21 ", "mos 47,XX,+21[3]/46,XX[17]", "46,XY,t(9;22)(q34;q11.2)", "46,XX[20]",
+               "45~48,XY,+8[5]/46,XY[15]", "46,XX.ish del(22)(q11.2q11.2)(HIRA-)", "69<3n>,XXY"):  # fmt: skip
+        assert check_case_iscn(ok) == " ".join(ok.split())
+    for bad, words in (
+        ("", "is empty"),
+        ("   ", "is empty"),
+        (None, "is empty"),
+        ("forty-six", "does not start with a chromosome count"),
+        ("XY,46", "does not start with a chromosome count"),
+        ("46,XY,+21", "count 46 disagrees"),
+        ("46,YX", "X's first"),
+        ("47,XX,+21/46,XX", "needs its number of cells in brackets"),
+        ("mos 47,XX,+21[0]/46,XX[3]", "has 0 cells"),
+        ("46,XY <script>", "ISCN does not use: <"),
+        ("46,XY\u00a0é", "ISCN does not use"),
+        ("4" * 400, "at most"),
+    ):
+        with pytest.raises(ReviewError) as exc:
+            check_case_iscn(bad)
+        assert words in str(exc.value), (bad, str(exc.value))
+
+
+@pytest.fixture(scope="module")
+def case_template(tmp_path_factory) -> Path:
+    """Case P1: 46,XY accepted, 47,XY,+21 accepted, 46,XY not reviewed, 46,XY unanalysable; case P2: one cell."""
+    from tests.case_fixtures import write_case
+
+    res = tmp_path_factory.mktemp("case_template") / "results"
+    write_case(res, "P1", [("46,XY", "accepted"), ("47,XY,+21", "accepted"), ("46,XY", ""), ("46,XY", "unanalysable")])
+    write_case(res, "P2", [("46,XX", "")], seed=40)
+    return res
+
+
+@pytest.fixture
+def case_client(case_template, tmp_path):
+    """A client over a fresh copy of the case template (the JSONs keep pointing at the template's images)."""
+    from review.app import create_app
+
+    res = shutil.copytree(case_template, tmp_path / "results")
+    app = create_app(res)
+    app.testing = True
+    return app.test_client(), res
+
+
+def _save_case(client, case_id: str = "P1", **kw):
+    payload = {"base_revision": 0, "reviewer": "Dr Who", "iscn": "46,XY", "counted": 3, "analysed": ["P1_1", "P1_2"]}
+    return client.post(f"/api/case/{case_id}/save", json=payload | kw)
+
+
+def test_the_index_lists_the_cases_and_the_case_page_its_cells(case_client):
+    client, res = case_client
+    html = client.get("/").get_data(as_text=True)
+    assert 'data-case="P1"' in html and 'href="/case/P1"' in html and 'data-case="P2"' in html
+    assert html.count('class="case-link') == 5 and "not signed" in html
+    d = client.get("/api/case/P1").get_json()
+    assert [c["stem"] for c in d["cells"]] == ["P1_1", "P1_2", "P1_3", "P1_4"]
+    assert [(c["karyotype"], c["status"], c["selectable"]) for c in d["cells"]] == [
+        ("46,XY", "accepted", True),
+        ("47,XY,+21", "accepted", True),
+        ("46,XY,-1,+3", "not reviewed", True),  # the pipeline's, with its mistake
+        ("46,XY,-1,+3", "unanalysable", False),  # saved as it was
+    ]
+    assert d["suggestion"] == "46,XY" and "47,XY,+21 (1 cell)" in d["suggestion_reason"]
+    assert d["default_counted"] == 3 and d["default_analysed"] == ["P1_1", "P1_2"] and d["case"] is None
+    assert {k["karyotype"]: (k["cells"], k["accepted"]) for k in d["karyotypes"]} == {
+        "46,XY": (1, 1), "47,XY,+21": (1, 1), "46,XY,-1,+3": (1, 0)
+    }  # fmt: skip
+    page = client.get("/case/P1").get_data(as_text=True)
+    assert 'value="46,XY"' in page and page.count('class="analysed"') == 4
+    assert 'value="P1_4" aria-label="P1_4 analysed"' in page and "is marked unanalysable" in page
+    # the reviewer is typed, never a default from the machine
+    assert "value=" not in page[page.index('id="reviewer"') :].split(">")[0]
+    for url, status in (("/case/P9", 404), ("/api/case/P9", 404), ("/api/case/..", 403), ("/case/%2e%2e", 403)):
+        r = client.get(url)
+        assert r.status_code == status, url
+    assert "no case 'P9'" in client.get("/api/case/P9").get_json()["error"]
+
+
+def test_a_case_is_saved_with_every_revision_and_a_stale_save_is_refused(case_client):
+    client, res = case_client
+    path = res / "cases" / "P1" / "case.reviewed.json"
+    r = _save_case(client, iscn="  mos 47,XY,+21[1]/46,XY[2] ", note="one trisomic cell")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["revision"] == 1 and r.get_json()["file"] == "cases/P1/case.reviewed.json"
+    d = json.loads(path.read_text())
+    c = d["case"]
+    assert (c["format"], c["version"], c["id"], c["revision"], c["reviewer"], c["counted"]) == (
+        "karyotype-case-review", 1, "P1", 1, "Dr Who", 3
+    )  # fmt: skip
+    assert (c["iscn"], c["analysed"], c["note"]) == ("mos 47,XY,+21[1]/46,XY[2]", ["P1_1", "P1_2"], "one trisomic cell")
+    assert [(x["stem"], x["karyotype"], x["status"], x["revision"]) for x in d["cells"]] == [
+        ("P1_1", "46,XY", "accepted", 1),
+        ("P1_2", "47,XY,+21", "accepted", 1),
+    ]
+    # a second page that loaded revision 0 cannot overwrite it
+    before = path.read_bytes()
+    r = _save_case(client, reviewer="tab2")
+    assert r.status_code == 409 and "Dr Who" in r.get_json()["error"] and "revision 1" in r.get_json()["error"]
+    assert "nothing was overwritten" in r.get_json()["error"]
+    assert path.read_bytes() == before
+    r = _save_case(client, base_revision=1, reviewer="Dr Two", analysed=["P1_3"], counted=20)
+    assert r.status_code == 200 and r.get_json()["revision"] == 2
+    d = json.loads(path.read_text())
+    assert [(v["revision"], v["reviewer"], v["iscn"], v["analysed"]) for v in d["revisions"]] == [
+        (1, "Dr Who", "mos 47,XY,+21[1]/46,XY[2]", ["P1_1", "P1_2"]),
+        (2, "Dr Two", "46,XY", ["P1_3"]),
+    ]
+    got = client.get("/api/case/P1").get_json()
+    assert got["case"]["revision"] == 2 and len(got["revisions"]) == 2
+    page = client.get("/case/P1").get_data(as_text=True)
+    assert 'value="46,XY"' in page and "signed: rev 2 by Dr Two" in page
+    assert "Dr Two" in client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "fields, status, words",
+    [
+        ({"reviewer": " "}, 400, "reviewer name"),
+        ({"base_revision": "0"}, 400, "base_revision"),
+        ({"iscn": ""}, 400, "is empty"),
+        ({"iscn": "47,XY"}, 400, "disagrees"),
+        ({"analysed": []}, 400, "no cells selected"),
+        ({"analysed": "P1_1"}, 400, "must be a list"),
+        ({"analysed": ["P1_1", "P1_1"]}, 400, "selected twice"),
+        ({"analysed": ["P2_1"]}, 400, "not cell(s) of case P1"),
+        ({"analysed": ["../P1_1"]}, 400, "not cell(s) of case P1"),
+        ({"analysed": ["P1_4"]}, 400, "P1_4 is marked unanalysable"),
+        ({"counted": 1}, 400, "from 2 (the cells analysed)"),
+        ({"counted": 2.5}, 400, "whole number"),
+        ({"counted": True}, 400, "whole number"),
+        ({"note": 5}, 400, "note must be text"),
+    ],
+)
+def test_bad_case_saves_are_refused_and_write_nothing(case_client, fields, status, words):
+    client, res = case_client
+    r = _save_case(client, **fields)
+    assert r.status_code == status and words in r.get_json()["error"], r.get_json()
+    assert not (res / "cases").exists()
+
+
+def test_a_case_of_another_name_is_refused(case_client):
+    client, res = case_client
+    assert _save_case(client, "..").status_code == 403
+    assert _save_case(client, "P9").status_code == 404
+    assert client.post("/api/case/P1/save", data="not json").status_code == 400
+    assert not (res / "cases").exists()
+
+
+def test_the_case_report_has_the_summary_and_one_page_per_analysed_cell(case_client):
+    client, res = case_client
+    r = client.post("/api/case/P1/report", json={})
+    assert r.status_code == 409 and "save it first" in r.get_json()["error"]
+    assert client.get("/case/P1/report.pdf").status_code == 404
+    assert _save_case(client, analysed=["P1_2", "P1_3", "P1_1"]).status_code == 200
+    assert client.post("/api/case/P1/report", json={"revision": 0}).status_code == 409  # the page is stale
+    r = client.post("/api/case/P1/report", json={"revision": 1})
+    assert r.status_code == 200, r.get_json()
+    out = r.get_json()
+    assert out == {"file": "cases/P1/P1_report.pdf", "url": "/case/P1/report.pdf", "pages": 4, "revision": 1}
+    pdf = res / "cases" / "P1" / "P1_report.pdf"
+    assert pdf_pages(pdf) == 4
+    data = pdf.read_bytes()
+    assert b"Karyotype report, case P1" in data and b"Dr Who" in data  # the metadata
+    assert len(re.findall(rb"/Subtype\s*/Image", data)) >= 3  # the three karyograms
+    assert not [p for p in pdf.parent.iterdir() if p.name.startswith(".")]  # no temp file left
+    got = client.get("/case/P1/report.pdf")
+    assert got.status_code == 200 and got.data == data and got.mimetype == "application/pdf"
+    assert "attachment" in got.headers["Content-Disposition"] and "P1_report.pdf" in got.headers["Content-Disposition"]
+    assert client.get("/api/case/P1").get_json()["report"]["url"] == "/case/P1/report.pdf"
+    # one analysed cell: two pages
+    assert _save_case(client, base_revision=1, analysed=["P1_3"], counted=1).status_code == 200
+    assert client.post("/api/case/P1/report", json={"revision": 2}).get_json()["pages"] == 2
+    assert pdf_pages(pdf) == 2
+    # a cell saved again after the case: the case must be signed again first
+    assert _save(client, "P1_3").status_code == 200
+    r = client.post("/api/case/P1/report", json={"revision": 2})
+    assert r.status_code == 409 and "P1_3 was saved again" in r.get_json()["error"]
+    assert pdf_pages(pdf) == 2  # the last report stays as it was
+
+
+def test_a_case_report_refuses_what_it_cannot_show(case_client):
+    client, res = case_client
+    assert _save_case(client, analysed=["P1_3"], counted=3).status_code == 200
+    # a reviewed cell's page shows its reviewed karyogram: without it, the report says what to do
+    assert _save_case(client, base_revision=1, analysed=["P1_1"], counted=3).status_code == 200
+    (res / "P1_1_karyogram.reviewed.png").unlink()
+    r = client.post("/api/case/P1/report", json={"revision": 2})
+    assert r.status_code == 422 and "P1_1_karyogram.reviewed.png" in r.get_json()["error"]
+    assert "save the cell again" in r.get_json()["error"]
+    # a case file edited by hand to name another case's cell, or none
+    path = res / "cases" / "P1" / "case.reviewed.json"
+    d = json.loads(path.read_text())
+    for analysed, words in ((["P2_1"], "not cell(s) of case P1"), ([], "no cells selected")):
+        d["case"]["analysed"] = analysed
+        path.write_text(json.dumps(d))
+        r = client.post("/api/case/P1/report", json={"revision": 2})
+        assert r.status_code == 400 and words in r.get_json()["error"]
+    path.write_text("{")
+    r = client.get("/api/case/P1")
+    assert r.status_code == 422 and "case.reviewed.json" in r.get_json()["error"]
+    assert "move it away" in client.get("/").get_data(as_text=True)
+    assert client.post("/api/case/../report", json={}).status_code in (403, 404)
+    assert client.post("/api/case/P9/report", json={}).status_code == 404
+    assert not (res / "cases" / "P1" / "P1_report.pdf").exists()

@@ -3,7 +3,8 @@
 On the pipeline's own result for the bundled example (shipped weights): open the index, open the cell,
 drag a chromosome to another class with the mouse, select one (highlighted in the karyogram and the
 spread), mark one as "not a chromosome" with the keyboard, flip one and undo it, save; then check the
-reviewed JSON, the re-rendered karyogram and reviewed_coco.json, and fine-tune both trainers on it.
+reviewed JSON, the re-rendered karyogram and reviewed_coco.json, and fine-tune both trainers on it. On a case of
+synthetic cells: sign the case off on its page and make its PDF report.
 
 Skipped, with the reason, where Selenium, chromium or chromedriver is missing (``.ci/run`` installs
 them). ``KARYO_CHROMIUM`` / ``KARYO_CHROMEDRIVER`` point at other binaries; with
@@ -747,3 +748,97 @@ def test_homolog_view_beside_the_ideogram(browser, synth_server):
     _wait(d, lambda d: d.find_element(By.ID, "pair-title").text.startswith("Chromosome 7"), what="follows")
     d.find_element(By.TAG_NAME, "body").send_keys("h")
     assert not d.find_element(By.ID, "pair").is_displayed()
+
+
+# ------------------------------------------------------------------------------ a case
+@pytest.fixture(scope="module")
+def case_folder(tmp_path_factory, browser) -> Path:
+    """Case C7: five synthetic cells, three accepted (46,XY and 47,XY,+21 twice), one not reviewed, one
+    unanalysable."""
+    from tests.case_fixtures import write_case
+
+    out = tmp_path_factory.mktemp("review_browser_case") / "results"
+    cells = [("46,XY", "accepted"), ("47,XY,+21", "accepted"), ("47,XY,+21", "accepted"), ("46,XY", ""),
+             ("46,XY", "unanalysable")]  # fmt: skip
+    write_case(out, "C7", cells)
+    return out
+
+
+@pytest.fixture(scope="module")
+def case_server(case_folder):
+    yield from _serve(case_folder)
+
+
+def test_a_case_signed_off_and_its_pdf_report(browser, case_server, case_folder):
+    """From the index to the case page: tick the cells analysed, type the case karyotype, the cells counted and a
+    name, save, make the PDF: a summary page and one page per analysed cell. With
+    ``KARYO_REVIEW_SCREENSHOT_DIR=docs`` it writes docs/review_case.png."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.case_fixtures import pdf_pages
+
+    d = browser
+    d.get(case_server + "/")
+    d.execute_script("sessionStorage.clear()")  # a name typed in an earlier test of this tab
+    d.find_element(By.CSS_SELECTOR, 'tr.case-row[data-case="C7"] a.open-case').click()
+    _wait(d, lambda d: d.execute_script("return document.body.dataset.ready === '1'"), what="case page ready")
+    msg = lambda: d.find_element(By.ID, "message").text  # noqa: E731
+    box = lambda s: d.find_element(By.CSS_SELECTOR, f'input.analysed[value="{s}"]')  # noqa: E731
+    # the accepted cells are ticked, the unanalysable one cannot be; the suggestion is the accepted cells' mosaic
+    assert [s for s in ("C7_1", "C7_2", "C7_3", "C7_4", "C7_5") if box(s).is_selected()] == ["C7_1", "C7_2", "C7_3"]
+    assert not box("C7_5").is_enabled() and box("C7_4").is_enabled()
+    iscn = d.find_element(By.ID, "iscn")
+    assert iscn.get_attribute("value") == "mos 47,XY,+21[2]/46,XY[1]" == d.find_element(By.ID, "suggestion").text
+    assert d.find_element(By.ID, "reviewer").get_attribute("value") == ""  # typed, never a default
+    # analysed: the two trisomic cells and the one not reviewed
+    box("C7_1").click()
+    box("C7_4").click()
+    assert d.find_element(By.ID, "n-analysed").text == "3" and "unsaved" in d.find_element(By.ID, "case-status").text
+    # no name: nothing saved; a count that disagrees with the karyotype: the server says so, nothing saved
+    iscn.clear()
+    iscn.send_keys("46,XY,+21")
+    d.find_element(By.ID, "save").click()
+    _wait(d, lambda d: "Type your name" in msg(), what="name first")
+    d.find_element(By.ID, "reviewer").send_keys("Dr Case")
+    d.find_element(By.ID, "save").click()
+    _wait(d, lambda d: "count 46 disagrees" in msg(), what="ISCN refused")
+    assert not (case_folder / "cases").exists()
+    iscn.clear()
+    iscn.send_keys("mos 47,XY,+21[2]/46,XY[2]")
+    counted = d.find_element(By.ID, "counted")
+    counted.send_keys(Keys.CONTROL, "a")
+    counted.send_keys("20")
+    d.find_element(By.ID, "save").click()
+    _wait(d, lambda d: "Saved the case (revision 1)" in msg(), what="case saved")
+    saved = json.loads((case_folder / "cases" / "C7" / "case.reviewed.json").read_text())
+    c = saved["case"]
+    assert (c["iscn"], c["counted"], c["analysed"], c["reviewer"]) == (
+        "mos 47,XY,+21[2]/46,XY[2]", 20, ["C7_2", "C7_3", "C7_4"], "Dr Case"
+    )  # fmt: skip
+    assert "unsaved" not in d.find_element(By.ID, "case-status").text
+    # a change not saved: the report waits for a save
+    box("C7_1").click()
+    d.find_element(By.ID, "report").click()
+    _wait(d, lambda d: "Save the case first" in msg(), what="save first")
+    box("C7_1").click()
+    d.find_element(By.ID, "report").click()
+    _wait(d, lambda d: "Report written (4 pages" in msg(), what="report written")
+    pdf = case_folder / "cases" / "C7" / "C7_report.pdf"
+    assert pdf_pages(pdf) == 4  # the summary + the three analysed cells
+    link = d.find_element(By.ID, "report-link")
+    assert link.is_displayed() and link.get_attribute("href").endswith("/case/C7/report.pdf")
+    got = d.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(document.getElementById('report-link').href).then(r => r.arrayBuffer().then(b => "
+        "done([r.status, b.byteLength, r.headers.get('Content-Type'), r.headers.get('Content-Disposition')])));"
+    )
+    assert got[0] == 200 and got[1] == pdf.stat().st_size and got[2] == "application/pdf" and "attachment" in got[3]
+    shots = os.environ.get("KARYO_REVIEW_SCREENSHOT_DIR")
+    if shots:
+        time.sleep(0.3)
+        d.save_screenshot(str(Path(shots) / "review_case.png"))
+    # the index shows the signed case
+    d.get(case_server + "/")
+    row = d.find_element(By.CSS_SELECTOR, 'tr.case-row[data-case="C7"]')
+    assert "mos 47,XY,+21[2]/46,XY[2]" in row.text and "Dr Case" in row.text

@@ -25,21 +25,7 @@
   const sig = (edits) => JSON.stringify(edits.map((e) => [e.op, e.id, e.ids, e.before, e.after]));
   const dirty = () => sig(flat()) !== savedSig;
 
-  function message(text, kind) {
-    const m = $("message");
-    m.textContent = text || "";
-    m.className = kind || "";
-  }
-
-  async function request(url, body) {
-    const res = await fetch(url, body === undefined ? {} : {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-    });
-    let data = null;
-    try { data = await res.json(); } catch (e) { data = { error: "the server answered " + res.status }; }
-    if (!res.ok) { const err = new Error(data.error || ("HTTP " + res.status)); err.status = res.status; throw err; }
-    return data;
-  }
+  const { message, request } = window.KaryoReview;  // common.js
 
   // ------------------------------------------------------------------ edits
   function stamp(e) { e.at = new Date().toISOString(); return e; }
