@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from datasets.derive_masks import CROSSING_RULES  # noqa: E402
+from datasets.splits import add_split_args  # noqa: E402
 from datasets.transforms import LAB_VARIANTS  # noqa: E402
 from karyotyping.core import DEFAULT_CLS_WEIGHTS, DEFAULT_SEG_WEIGHTS, add_pipeline_args, pipeline_options  # noqa: E402
 
@@ -54,10 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("Data")
     d.add_argument("--data-root", type=Path, required=True, help="a voc dataset (CIL:54816 layout)")
-    d.add_argument("--split", default="val", choices=("train", "val", "test"))
-    d.add_argument("--val-fraction", type=float, default=0.1)
-    d.add_argument("--split-seed", type=int, default=0)
-    d.add_argument("--max-images", type=int, default=0, help="the first N images of the split (0 = all)")
+    add_split_args(d, max_images=0)
     d.add_argument("--derive-crossings", choices=CROSSING_RULES, default="nearest", help="true masks (evaluate.py)")
     d.add_argument("--variants", nargs="+", default=list(LAB_VARIANTS), choices=list(LAB_VARIANTS), help="default: all")
     m = p.add_argument_group("Models")

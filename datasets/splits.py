@@ -64,3 +64,17 @@ def select_split(
         return list(items)
     table = assign_splits(groups, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     return [it for it, g in zip(items, groups) if table[str(g)] == split]
+
+
+def add_split_args(group, *, max_images: int = 0) -> None:
+    """A benchmark's cells: ``--split``, ``--val-fraction``, ``--split-seed`` and ``--max-images`` (the first N
+    images of the split, 0 = all; default ``max_images``) on an argparse parser or group."""
+    group.add_argument("--split", default="val", choices=("train", "val", "test"))
+    group.add_argument("--val-fraction", type=float, default=0.1)
+    group.add_argument("--split-seed", type=int, default=0)
+    group.add_argument(
+        "--max-images",
+        type=int,
+        default=max_images,
+        help=f"the first N images of the split (0 = all; default {max_images})",
+    )

@@ -52,6 +52,10 @@ __all__ = [
     "box_iou",
     "held_fraction",
     "error_breakdown",
+    "instance_fates",
+    "InstanceFates",
+    "TRUE_FATES",
+    "FALSE_KINDS",
     "panoptic_quality_all",
     "multiclass_panoptic_quality",
     "aggregated_jaccard_index",
@@ -317,6 +321,104 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _intersection_over_union(inter, area_a, area_b)
 
 
+#: what became of a true instance (:func:`instance_fates`)
+TRUE_FATES = ("found", "lost_merged", "lost_split", "lost_uncovered")
+#: what an unmatched predicted instance is (:func:`instance_fates`)
+FALSE_KINDS = ("merge", "duplicate", "piece", "off_mask", "background")
+
+
+class InstanceFates(NamedTuple):
+    """Per instance of one image, what :func:`instance_fates` found.
+
+    Attributes:
+        true_fate: str [N], one of :data:`TRUE_FATES`.
+        box_seen: bool [N], some predicted box overlaps the true box at IoU >= the threshold.
+        matched_to: int [N], the predicted instance matched to each true one (-1: none).
+        into: int [N], for ``lost_merged`` the predicted instance holding half or more of it (-1 otherwise).
+        false_kind: str [M], one of :data:`FALSE_KINDS` for an unmatched predicted instance, ``""`` for a matched one.
+    """
+
+    true_fate: np.ndarray
+    box_seen: np.ndarray
+    matched_to: np.ndarray
+    into: np.ndarray
+    false_kind: np.ndarray
+
+
+def instance_fates(
+    true_masks: np.ndarray,
+    true_boxes: np.ndarray,
+    pred_masks: np.ndarray,
+    pred_boxes: np.ndarray,
+    thresh: float = MATCH_IOU,
+) -> InstanceFates:
+    """What became of each true instance of one image, and what each unmatched prediction is.
+
+    True and predicted instances are matched one to one by mask IoU (the assignment of largest total IoU,
+    pairs at IoU >= ``thresh``), as the F1 and identification figures match them. A true instance not matched
+    is ``lost_merged`` (half or more of its pixels lie in one predicted mask: a mask that took it in with a
+    neighbour, or the same chromosome in a mask too large), ``lost_split`` (not merged, but the predicted masks
+    together hold half or more: pieces) or ``lost_uncovered`` (less than half of it lies under any predicted mask).
+
+    An unmatched predicted instance is a ``merge`` (it holds half or more of two or more true instances), a
+    ``duplicate`` (half or more of its pixels lie in one true instance that another prediction was matched to: the
+    same chromosome twice, or a piece of a found one), a ``piece`` (half or more inside one true instance that no
+    prediction was matched to: a fragment of a lost one), ``off_mask`` (on chromosome pixels, but no single true
+    instance holds half of it) or ``background`` (less than half of it on any true instance: a nucleus, debris).
+
+    >>> t = np.zeros((2, 8, 8), np.uint8); t[0, :4, :4] = 1; t[1, 4:, 4:] = 1
+    >>> p = np.zeros((2, 8, 8), np.uint8); p[0, :4, :4] = 1; p[1, 4:, :3] = 1
+    >>> f = instance_fates(t, np.array([[0, 0, 4, 4], [4, 4, 8, 8]]), p, np.array([[0, 0, 4, 4], [0, 4, 3, 8]]))
+    >>> f.true_fate.tolist(), f.false_kind.tolist()
+    (['found', 'lost_uncovered'], ['', 'background'])
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    n, m = len(true_masks), len(pred_masks)
+    fate = np.full(n, "lost_uncovered", dtype=object)
+    matched_to = np.full(n, -1, np.int64)
+    into = np.full(n, -1, np.int64)
+    kind = np.full(m, "", dtype=object)
+    if n and m:
+        inter, area_t, area_p = _mask_overlap(true_masks, pred_masks)
+        iou = _intersection_over_union(inter, area_t, area_p)
+        rows, cols = linear_sum_assignment(-iou)
+        for a, b in zip(rows, cols):
+            if iou[a, b] >= thresh:
+                fate[a], matched_to[a] = "found", b
+        held = _intersection_over_true(inter, area_t, area_p)  # [N, M] fraction of each true held by each pred
+        inside = _intersection_over_pred(inter, area_t, area_p)  # [N, M] fraction of each pred inside each true
+        union = np.asarray(pred_masks).astype(bool).any(0)
+        for a in np.flatnonzero((matched_to < 0) & (area_t > 0)):
+            b = int(np.argmax(held[a]))
+            if held[a, b] >= 0.5:
+                fate[a], into[a] = "lost_merged", b
+            elif np.count_nonzero(np.asarray(true_masks[a]).astype(bool) & union) >= 0.5 * area_t[a]:
+                fate[a] = "lost_split"
+        on_truth = _intersection_over_pred(
+            *_mask_overlap(np.asarray(true_masks).astype(bool).any(0, keepdims=True).astype(np.uint8), pred_masks)
+        )[0]
+        found_pred = set(matched_to[matched_to >= 0].tolist())
+        for b in range(m):
+            if b in found_pred:
+                continue
+            a = int(np.argmax(inside[:, b]))
+            if (held[:, b] >= 0.5).sum() >= 2:
+                kind[b] = "merge"
+            elif inside[a, b] >= 0.5:
+                kind[b] = "duplicate" if matched_to[a] >= 0 else "piece"
+            elif on_truth[b] >= 0.5:
+                kind[b] = "off_mask"
+            else:
+                kind[b] = "background"
+    elif m:
+        kind[:] = "background"
+    box_seen = np.zeros(n, bool)
+    if n and len(pred_boxes):
+        box_seen = (box_iou(true_boxes, pred_boxes) >= thresh).any(1)
+    return InstanceFates(fate, box_seen, matched_to, into, kind)
+
+
 def error_breakdown(
     true_masks: np.ndarray,
     true_boxes: np.ndarray,
@@ -324,21 +426,16 @@ def error_breakdown(
     pred_boxes: np.ndarray,
     true_labels: np.ndarray | None = None,
     pred_labels: np.ndarray | None = None,
-    thresh: float = 0.5,
+    thresh: float = MATCH_IOU,
 ) -> dict[str, int]:
-    """What became of each true instance of one image: where a pipeline loses its chromosomes.
+    """Where a pipeline loses its chromosomes in one image: :func:`instance_fates` counted.
 
-    True and predicted instances are matched one to one by mask IoU (the assignment of largest total IoU,
-    pairs at IoU >= ``thresh``), as the F1 and identification figures match them. Each true instance is then
-    ``found`` (matched), ``mask_failed`` (not matched, but some predicted *box* overlaps its box at IoU >=
-    ``thresh``: the detector saw it, its mask is off), or ``missed``. With both label arrays, ``found`` ones
-    are split into ``right`` and ``wrong`` (the matched prediction's label equals the true one or not).
-
-    The instances not found are also split by where their pixels went: ``lost_merged`` (half or more of them
-    lie in one predicted mask: a mask that took in this chromosome with a neighbour, or the same chromosome in
-    a mask too large), ``lost_split`` (not merged, but the predicted masks together hold half or more: pieces)
-    and ``lost_uncovered`` (less than half of it lies under any predicted mask); ``lost_merged_into_found``
-    counts the merged ones whose mask is matched to another true instance.
+    Each true instance is ``found`` (matched), ``mask_failed`` (not matched, but some predicted *box* overlaps
+    its box at IoU >= ``thresh``: the detector saw it, its mask is off), or ``missed``. With both label arrays,
+    ``found`` ones are split into ``right`` and ``wrong`` (the matched prediction's label equals the true one or
+    not). The ones not found are split by where their pixels went (``lost_merged``, ``lost_split``,
+    ``lost_uncovered``, :func:`instance_fates`); ``lost_merged_into_found`` counts the merged ones whose mask is
+    matched to another true instance.
 
     Args:
         true_masks / pred_masks: uint8 [N, H, W] / [M, H, W].
@@ -357,49 +454,24 @@ def error_breakdown(
     >>> [r[k] for k in ("true", "found", "mask_failed", "missed", "lost_uncovered")]
     [2, 1, 0, 1, 1]
     """
-    from scipy.optimize import linear_sum_assignment
-
-    n = len(true_masks)
-    found = np.zeros(n, bool)
+    f = instance_fates(true_masks, true_boxes, pred_masks, pred_boxes, thresh)
+    found = f.true_fate == "found"
     matched_pred = np.zeros(len(pred_masks), bool)
-    right = 0
-    merged = merged_found = split = 0
-    if n and len(pred_masks):
-        inter, area_t, area_p = _mask_overlap(true_masks, pred_masks)
-        iou = _intersection_over_union(inter, area_t, area_p)
-        rows, cols = linear_sum_assignment(-iou)
-        for a, b in zip(rows, cols):
-            if iou[a, b] >= thresh:
-                found[a] = True
-                matched_pred[b] = True
-                if true_labels is not None and pred_labels is not None:
-                    right += int(pred_labels[b] == true_labels[a])
-        lost = np.flatnonzero(~found & (area_t > 0))
-        if len(lost):
-            frac = _intersection_over_true(inter, area_t, area_p)[lost]
-            union = np.asarray(pred_masks).astype(bool).any(0)
-            for i, a in enumerate(lost):
-                b = int(np.argmax(frac[i]))
-                if frac[i, b] >= 0.5:
-                    merged += 1
-                    merged_found += int(matched_pred[b])
-                elif np.count_nonzero(np.asarray(true_masks[a]).astype(bool) & union) >= 0.5 * area_t[a]:
-                    split += 1
-    boxes_seen = np.zeros(n, bool)
-    if n and len(pred_boxes):
-        boxes_seen = (box_iou(true_boxes, pred_boxes) >= thresh).any(1)
+    matched_pred[f.matched_to[found]] = True
+    merged = f.true_fate == "lost_merged"
     out = {
-        "true": int(n),
+        "true": len(found),
         "found": int(found.sum()),
-        "mask_failed": int((~found & boxes_seen).sum()),
-        "missed": int((~found & ~boxes_seen).sum()),
-        "lost_merged": int(merged),
-        "lost_merged_into_found": int(merged_found),
-        "lost_split": int(split),
-        "lost_uncovered": int(n - found.sum() - merged - split),
+        "mask_failed": int((~found & f.box_seen).sum()),
+        "missed": int((~found & ~f.box_seen).sum()),
+        "lost_merged": int(merged.sum()),
+        "lost_merged_into_found": int(matched_pred[f.into[merged]].sum()),
+        "lost_split": int((f.true_fate == "lost_split").sum()),
+        "lost_uncovered": int((f.true_fate == "lost_uncovered").sum()),
     }
     if true_labels is not None and pred_labels is not None:
-        out.update(right=int(right), wrong=int(found.sum()) - int(right))
+        right = int((np.asarray(pred_labels)[f.matched_to[found]] == np.asarray(true_labels)[found]).sum())
+        out.update(right=right, wrong=int(found.sum()) - right)
     return out
 
 

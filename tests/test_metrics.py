@@ -403,6 +403,36 @@ def test_error_breakdown_known_fates():
     assert empty == {"true": 3, "found": 0, "mask_failed": 0, "missed": 3, **lost, "lost_uncovered": 3}
 
 
+def test_instance_fates_name_every_kind_of_false_detection():
+    """Four true bars A-D: A found, B and C taken in by one mask (a merge), D cut in two pieces; besides them a
+    second mask inside A (a duplicate), a mask half on A and half on D's gap (off the masks), a blob far away."""
+    from metrics.matching import instance_fates
+
+    t = np.zeros((4, 60, 60), np.uint8)
+    t[0, 0:20, 0:6] = 1  # A
+    t[1, 0:20, 20:26] = 1  # B
+    t[2, 0:20, 28:34] = 1  # C, beside B
+    t[3, 30:50, 0:6] = 1  # D
+    tb = np.array([[0, 0, 6, 20], [20, 0, 26, 20], [28, 0, 34, 20], [0, 30, 6, 50]], float)
+    p = np.zeros((6, 60, 60), np.uint8)
+    p[0, 0:20, 0:6] = 1  # A
+    p[1, 0:20, 20:34] = 1  # B + C
+    p[2, 2:12, 1:5] = 1  # inside A again
+    p[3, 30:37, 0:6] = 1  # top of D
+    p[4, 42:50, 0:6] = 1  # bottom of D
+    p[5, 50:60, 50:60] = 1  # nowhere
+    pb = np.array([[0, 0, 6, 20], [20, 0, 34, 20], [1, 2, 5, 12], [0, 30, 6, 37], [0, 42, 6, 50], [50, 50, 60, 60]])
+    f = instance_fates(t, tb, p, pb)
+    assert f.true_fate.tolist() == ["found", "lost_merged", "lost_merged", "lost_split"]
+    assert f.matched_to.tolist() == [0, -1, -1, -1] and f.into.tolist() == [-1, 1, 1, -1]
+    assert f.false_kind.tolist() == ["", "merge", "duplicate", "piece", "piece", "background"]
+    assert f.box_seen.tolist() == [True, False, False, False]
+    # a mask across the gap between B and C: 80 % on chromosome pixels, but 40 % in each
+    off = np.zeros((1, 60, 60), np.uint8)
+    off[0, 0:5, 22:32] = 1
+    assert instance_fates(t, tb, off, np.array([[22, 0, 32, 5]])).false_kind.tolist() == ["off_mask"]
+
+
 def test_error_breakdown_where_the_lost_pixels_went():
     """Two neighbours in one predicted mask (each IoU 0.44: both merged), a square in two pieces (IoU 0.375
     each, 0.75 together: split), and a small one inside the mask of its matched neighbour (merged into found)."""
