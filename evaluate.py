@@ -323,6 +323,7 @@ def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:
             "pipeline_exclusive_masks": args.exclusive_masks,
             "pipeline_trim_masks": args.trim_masks,
             "pipeline_smooth_masks": args.smooth_masks,
+            "pipeline_prefer_parts": args.prefer_parts,
             "pipeline_flip_tta": args.flip_tta,
             "pipeline_polarity": args.polarity,
             "pipeline_auto_scale": args.auto_scale,

@@ -55,6 +55,8 @@ DEFAULT_MAX_SIDE = 2048
 FLIP_TTA = False
 #: whether the pipeline makes its masks whole and smooth after the Otsu trim (``--[no-]smooth-masks``)
 SMOOTH_MASKS = False
+#: whether a detection that is the union of two or more others gives way to them (``--[no-]prefer-parts``)
+PREFER_PARTS = False
 
 
 class PipelineError(RuntimeError):
@@ -142,6 +144,7 @@ PIPELINE_OPTIONS = (
     "exclusive_masks",
     "trim_masks",
     "smooth_masks",
+    "prefer_parts",
     "polarity",
     "chromosome_width",
     "auto_scale",
@@ -188,6 +191,13 @@ def add_pipeline_args(group: Any) -> None:
         default=SMOOTH_MASKS,
         help="after the trim, make each mask whole and smooth: closed and opened, holes filled, its largest piece "
         f"(karyotyping.masks.smooth_masks; default: {'on' if SMOOTH_MASKS else 'off'})",
+    )
+    group.add_argument(
+        "--prefer-parts",
+        action=argparse.BooleanOptionalAction,
+        default=PREFER_PARTS,
+        help="drop a detection whose mask is the union of two or more other detections, so that the parts are "
+        f"kept (karyotyping.masks.prefer_parts; default: {'on' if PREFER_PARTS else 'off'})",
     )
     from karyotyping.image_checks import POLARITIES
 
@@ -242,6 +252,8 @@ class KaryotypePipeline:
             detections (:func:`karyotyping.masks.trim_to_foreground`); a detection left empty goes.
         smooth_masks: after the trim, close and open each mask, fill its holes and keep its largest piece
             (:func:`karyotyping.masks.smooth_masks`).
+        prefer_parts: a detection that is the union of two or more others gives way to them
+            (:func:`karyotyping.masks.prefer_parts`).
         flip_tta: classify each crop also upside down and average (:func:`models.classifier.predict_proba`
             ``flip``).
         max_side: images with a longer side are downscaled to it for processing (warned).
@@ -269,6 +281,7 @@ class KaryotypePipeline:
         exclusive_masks: bool = True,
         trim_masks: bool = True,
         smooth_masks: bool = SMOOTH_MASKS,
+        prefer_parts: bool = PREFER_PARTS,
         flip_tta: bool = FLIP_TTA,
         max_side: int = DEFAULT_MAX_SIDE,
         polarity: str = "auto",
@@ -320,6 +333,7 @@ class KaryotypePipeline:
         self.exclusive_masks = exclusive_masks
         self.trim_masks = trim_masks
         self.smooth_masks = smooth_masks
+        self.prefer_parts = prefer_parts
         self.flip_tta = flip_tta
         self.max_side = max_side
         self.polarity = polarity
@@ -349,6 +363,7 @@ class KaryotypePipeline:
             self.exclusive_masks,
             image if self.trim_masks else None,
             smooth=self.smooth_masks,
+            parts=self.prefer_parts,
         )
         det = det.select(keep)
         det.masks = masks

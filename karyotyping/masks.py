@@ -18,6 +18,7 @@ __all__ = [
     "TRIM_RADIUS",
     "exclusive_masks",
     "keep_instances",
+    "prefer_parts",
     "smooth_masks",
     "suppress_overlapping_masks",
     "trim_to_foreground",
@@ -29,6 +30,11 @@ TRIM_RADIUS = 15
 SMOOTH_RADIUS = 3
 #: :func:`smooth_masks` drops the pieces of a mask smaller than this fraction of its largest piece
 SPECK_FRACTION = 0.15
+#: :func:`prefer_parts`: a part lies this fraction of its pixels inside the whole, is at least PART_AREA and at
+#: most 1 - PART_AREA of the whole's area, and the parts together cover PART_COVER of the whole
+PART_INSIDE, PART_AREA, PART_COVER = 0.8, 0.2, 0.7
+#: two candidate parts are the same chromosome (only the better one counts) above this mask IoU
+PART_SAME_IOU = 0.5
 
 
 def suppress_overlapping_masks(masks: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
@@ -65,6 +71,66 @@ def suppress_overlapping_masks(masks: np.ndarray, scores: np.ndarray, thresh: fl
         keep.append(int(i))
         covered |= m
     return np.asarray(keep, np.int64)
+
+
+def prefer_parts(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Detections that are the union of two or more other detections go, so that the parts are kept instead.
+
+    A mask that holds two touching or crossing chromosomes often scores higher than each of them, and the
+    mask-overlap suppression then keeps it and drops them. Here a detection W goes when two or more other
+    detections, each a different chromosome (pairwise mask IoU < :data:`PART_SAME_IOU`), lie inside it (at least
+    :data:`PART_INSIDE` of their pixels), each between :data:`PART_AREA` and ``1 - PART_AREA`` of its area, and
+    together cover :data:`PART_COVER` of it. Run before :func:`suppress_overlapping_masks`.
+
+    Args:
+        masks: bool/uint8 [M, H, W]; scores: [M].
+
+    Returns:
+        int64 indices of the detections that stay, in their input order.
+    """
+    masks = np.asarray(masks).astype(bool)
+    scores = np.asarray(scores, np.float64)
+    m = len(masks)
+    if m < 3:
+        return np.arange(m, dtype=np.int64)
+    area = masks.reshape(m, -1).sum(1).astype(np.float64)
+    inter = _pairwise_intersections(masks)
+    union = area[:, None] + area[None, :] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    drop = np.zeros(m, bool)
+    for w in range(m):
+        if area[w] == 0:
+            continue
+        inside = np.divide(inter[:, w], area, out=np.zeros(m), where=area > 0)
+        size = area / area[w]
+        cand = np.flatnonzero((inside >= PART_INSIDE) & (size >= PART_AREA) & (size <= 1 - PART_AREA) & ~drop)
+        cand = cand[cand != w]
+        parts: list[int] = []
+        for c in cand[np.argsort(-scores[cand], kind="stable")]:
+            if all(iou[c, q] < PART_SAME_IOU for q in parts):
+                parts.append(int(c))
+        if len(parts) >= 2 and (masks[parts].any(0) & masks[w]).sum() >= PART_COVER * area[w]:
+            drop[w] = True
+    return np.flatnonzero(~drop).astype(np.int64)
+
+
+def _pairwise_intersections(masks: np.ndarray) -> np.ndarray:
+    """Pixel intersections float64 [M, M] of bool masks [M, H, W], each pair counted in its boxes' overlap only."""
+    m = len(masks)
+    box = np.zeros((m, 4), np.int64)  # y1, y2, x1, x2 (exclusive ends); an empty mask keeps a zero box
+    for i in range(m):
+        rows, cols = np.flatnonzero(masks[i].any(1)), np.flatnonzero(masks[i].any(0))
+        if len(rows):
+            box[i] = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    inter = np.zeros((m, m), np.float64)
+    for i in range(m):
+        inter[i, i] = masks[i].sum()
+        for j in range(i + 1, m):
+            y1, y2 = max(box[i, 0], box[j, 0]), min(box[i, 1], box[j, 1])
+            x1, x2 = max(box[i, 2], box[j, 2]), min(box[i, 3], box[j, 3])
+            if y1 < y2 and x1 < x2:
+                inter[i, j] = inter[j, i] = np.count_nonzero(masks[i, y1:y2, x1:x2] & masks[j, y1:y2, x1:x2])
+    return inter
 
 
 def exclusive_masks(masks: np.ndarray, prob: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -226,8 +292,10 @@ def keep_instances(
     exclusive: bool,
     image: np.ndarray | None = None,
     smooth: bool = False,
+    parts: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The pipeline's instances from its detections: :func:`suppress_overlapping_masks` at ``overlap``, then
+    """The pipeline's instances from its detections: (with ``parts``) :func:`prefer_parts`, then
+    :func:`suppress_overlapping_masks` at ``overlap``, then
     (with ``exclusive``) :func:`exclusive_masks`, then (with an ``image``) :func:`trim_to_foreground` and (with
     ``smooth``) :func:`smooth_masks`, dropping a detection left with no pixel.
 
@@ -238,7 +306,11 @@ def keep_instances(
     Returns:
         ``(indices into the M detections, in descending score order; uint8 [K, H, W] their final masks)``.
     """
-    keep = suppress_overlapping_masks(masks, scores, overlap)
+    if parts:
+        cand = prefer_parts(masks, scores)
+        keep = cand[suppress_overlapping_masks(np.asarray(masks)[cand], np.asarray(scores)[cand], overlap)]
+    else:
+        keep = suppress_overlapping_masks(masks, scores, overlap)
     kept = np.asarray(masks)[keep].astype(np.uint8)
     if exclusive and len(keep) > 1:
         kept = exclusive_masks(kept, prob[torch.as_tensor(keep)] if isinstance(prob, torch.Tensor) else prob[keep])

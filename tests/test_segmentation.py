@@ -632,3 +632,32 @@ def test_smooth_masks_fills_bites_and_holes_drops_specks_and_stays_in_bounds():
     assert out[1].sum() >= 0.9 * trimmed[1].sum() and not (out[1] & ~bounds[1]).any()  # corners rounded only
     with pytest.raises(ValueError, match="differ in shape"):
         smooth_masks(trimmed, bounds[:1])
+
+
+def test_prefer_parts_keeps_the_two_members_of_an_x_over_their_union():
+    """An X of two bars detected three times: each bar (0.8, 0.7) and the union (0.95). Without the rule the
+    union's better score wins and the bars go as covered; with it the union goes and both bars stay. A bar
+    with one fragment inside it, or a mask whose 'parts' are the same chromosome twice, stays."""
+    from karyotyping.masks import keep_instances, prefer_parts
+
+    h = np.zeros((40, 40), np.uint8)
+    h[18:22, 4:36] = 1
+    v = np.zeros((40, 40), np.uint8)
+    v[4:36, 18:22] = 1
+    union = h | v
+    m = np.stack([union, h, v])
+    s = np.array([0.95, 0.8, 0.7])
+    assert prefer_parts(m, s).tolist() == [1, 2]
+    assert keep_instances(m, s, m.astype(np.float32), 0.8, False)[0].tolist() == [0]
+    keep, kept = keep_instances(m, s, m.astype(np.float32), 0.8, False, parts=True)
+    assert keep.tolist() == [1, 2] and np.array_equal(kept, np.stack([h, v]))
+    # one part only (a fragment of the bar): nothing goes
+    frag = np.zeros((40, 40), np.uint8)
+    frag[18:22, 4:16] = 1
+    assert prefer_parts(np.stack([h, frag, np.zeros_like(h)]), np.array([0.9, 0.8, 0.7])).tolist() == [0, 1, 2]
+    # two near-identical 'parts' (IoU >= 0.5) are one chromosome: the whole stays
+    twin = h.copy()
+    twin[18:22, 4:8] = 0
+    assert prefer_parts(np.stack([union, h, twin]), s).tolist() == [0, 1, 2]
+    # fewer than three detections, or none: nothing to do
+    assert prefer_parts(m[:2], s[:2]).tolist() == [0, 1] and prefer_parts(m[:0], s[:0]).tolist() == []
