@@ -106,6 +106,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="with --lab-augment: the training scale is --fixed-scale times a factor drawn log-uniformly from "
         "[LO, HI] (default 1 1: none)",
     )
+    g.add_argument(
+        "--contact-paste",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --lab-augment: paste up to N isolated chromosomes of each crop so that they touch or cross "
+        "another, with exact masks (datasets.contacts.ContactPaste; default 0: none)",
+    )
 
     g = p.add_argument_group("Model")
     g.add_argument("--backbone", default=cfg.backbone, choices=BACKBONES)
@@ -294,6 +302,8 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
         raise ValueError(f"--scale-jitter LO HI needs 0 < LO <= HI, got {lo} {hi}")
     if (lo, hi) != (1.0, 1.0) and not args.lab_augment:
         raise ValueError("--scale-jitter needs --lab-augment")
+    if args.contact_paste < 0 or (args.contact_paste and not args.lab_augment):
+        raise ValueError(f"--contact-paste N needs --lab-augment and N >= 0, got {args.contact_paste}")
     if args.orientation_bins:
         from datasets.orientation import MAX_BINS
 
@@ -360,6 +370,7 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
         crop_size=args.crop_size,
         lab_augment=args.lab_augment,
         scale_jitter=tuple(args.scale_jitter),
+        contact_paste=args.contact_paste,
     )
 
     def labelled(tf, name: str):

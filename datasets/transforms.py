@@ -627,6 +627,7 @@ def detector_transforms(
     crop_size: int | None = None,
     lab_augment: bool = False,
     scale_jitter: tuple[float, float] = (1.0, 1.0),
+    contact_paste: int = 0,
 ) -> tuple[Compose | None, Compose | ResizeLongest | None]:
     """The detector trainer's (train, val) record transforms.
 
@@ -640,17 +641,25 @@ def detector_transforms(
         lab_augment: with ``fixed_scale`` and ``crop_size``: crop first then scale (:class:`ScaleCrop`, the scale
             jittered by ``scale_jitter``), then :func:`lab_train_transforms` instead of the default augmentation.
         scale_jitter: (lo, hi) factors around ``fixed_scale`` for ``lab_augment`` (log-uniform).
+        contact_paste: with ``lab_augment``: after the crop, up to this many isolated chromosomes pasted to touch
+            or cross another (:class:`datasets.contacts.ContactPaste`); 0 = none.
     """
     if fixed_scale is not None and resize_longest is not None:
         raise ValueError("fixed_scale and resize_longest both set the scale: give one")
     if crop_size is not None and fixed_scale is None:
         raise ValueError("crop_size needs fixed_scale")
+    if contact_paste < 0 or (contact_paste and not lab_augment):
+        raise ValueError(f"contact_paste needs lab_augment and must be >= 0, got {contact_paste}")
     if lab_augment:
         if fixed_scale is None or crop_size is None or resize_longest is not None:
             raise ValueError("lab_augment needs fixed_scale and crop_size (and no resize_longest)")
         if not augment:
             raise ValueError("lab_augment needs augment")
         steps_lab: list = [ScaleCrop(fixed_scale, crop_size, jitter=scale_jitter, max_side=max_size)]
+        if contact_paste:
+            from .contacts import ContactPaste
+
+            steps_lab.append(ContactPaste(contact_paste))
         steps_lab.append(lab_train_transforms())
         return Compose(steps_lab), None
     resize = None

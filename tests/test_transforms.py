@@ -290,3 +290,60 @@ def test_lab_augment_pipeline_and_its_preconditions(spread):
     assert max(out.image.shape) <= 130  # a 96 px crop, maybe turned by the free rotation
     with pytest.raises(ValueError, match="lab_augment needs fixed_scale"):
         detector_transforms(fixed_scale=0.5, lab_augment=True)
+
+
+def _rods(n_extra_touching: bool = False) -> KaryoRecord:
+    """Three isolated dark rods (6 px wide) on a light slide, masks exact."""
+    img = np.full((120, 120), 0.9, np.float32)
+    masks = np.zeros((3, 120, 120), np.uint8)
+    masks[0, 10:50, 20:26] = 1
+    masks[1, 70:110, 20:26] = 1
+    masks[2, 40:46, 60:100] = 1
+    if n_extra_touching:
+        masks[2, 40:46, 26:60] = 1  # the third reaches the first: none of the two is isolated
+    for m in masks:
+        img[m.astype(bool)] = 0.45
+    return KaryoRecord(image=img, boxes=masks_to_boxes(masks), labels=np.array([1, 2, 3]), masks=masks)
+
+
+@pytest.mark.parametrize("cross", [1.0, 0.0])
+def test_contact_paste_lays_a_copy_across_or_against_another_with_exact_masks(cross):
+    from datasets.contacts import MAX_SHARED, ContactPaste
+
+    rec = _rods()
+    out = ContactPaste(1, p=1.0, cross=cross)(rec, np.random.default_rng(5))
+    out.validate()
+    assert len(out) == 4 and np.array_equal(out.masks[:3], rec.masks)  # the others' masks are unchanged
+    new = out.masks[3].astype(bool)
+    assert abs(int(new.sum()) - 240) <= 24 and out.labels[3] in rec.labels  # a copy of a 240-px rod, turned
+    # the image changes only under the pasted chromosome and its soft edge, never lighter, and the overlap is
+    # darker than either
+    import cv2
+
+    near = cv2.dilate(new.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert np.array_equal(out.image[~near], rec.image[~near]) and (out.image <= rec.image + 1e-6).all()
+    shared = new & rec.masks.astype(bool).any(0)
+    if cross:
+        assert shared.any() and shared.sum() <= MAX_SHARED * 240
+        assert np.median(out.image[shared]) == pytest.approx(0.225, abs=0.01)  # 0.9 x (0.45 / 0.9)^2
+    else:
+        # touching: a rim of at most a few pixels' width belongs to both, and the two meet
+        grown = cv2.dilate(new.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert (grown & rec.masks.astype(bool).any(0)).any() and shared.sum() <= 3 * 8
+    # the same seed gives the same record; a record whose chromosomes all touch gets nothing
+    again = ContactPaste(1, p=1.0, cross=cross)(rec, np.random.default_rng(5))
+    assert np.array_equal(again.image, out.image) and np.array_equal(again.masks, out.masks)
+    crowded = _rods(n_extra_touching=True)
+    crowded = crowded.select([0, 2])
+    assert len(ContactPaste(2, p=1.0)(crowded, np.random.default_rng(0))) == 2
+
+
+def test_contact_paste_in_the_lab_pipeline_and_its_preconditions(spread):
+    from datasets.contacts import ContactPaste
+    from datasets.transforms import detector_transforms
+
+    train, _ = detector_transforms(fixed_scale=0.5, crop_size=128, lab_augment=True, contact_paste=2)
+    assert any(isinstance(t, ContactPaste) for t in train.transforms)
+    train(spread, np.random.default_rng(1)).validate()
+    with pytest.raises(ValueError, match="contact_paste needs lab_augment"):
+        detector_transforms(fixed_scale=0.5, crop_size=128, contact_paste=2)
