@@ -162,44 +162,22 @@ def _iter(ds, n: int, quiet: bool, desc: str):
 
 # ---------------------------------------------------------------------------- stages
 def evaluate_seg(args: argparse.Namespace) -> dict[str, Any]:
-    """COCO AP for boxes and masks, 24-class (if the model has classes) and class-agnostic; PQ and AJI."""
+    """COCO AP for boxes and masks, 24-class (if the model has classes) and class-agnostic; PQ and AJI
+    (:class:`metrics.pipeline.SegmentationEvaluator`)."""
     from karyotyping.detection import detect_dataset
     from karyotyping.runtime import resolve_device
-    from metrics.detection import coco_evaluate, encode_record
-    from metrics.pipeline import gt_masks, instance_metrics
+    from metrics.pipeline import SegmentationEvaluator
     from models.segmentation import load_segmentation_checkpoint
 
     device = resolve_device(args.device)
     model, cfg = load_segmentation_checkpoint(args.seg_weights, device)
     ds, n = _dataset(args)
-    gts, preds, kept = [], [], []
+    ev = SegmentationEvaluator(args.pipeline_score_thresh, with_classes=not cfg.agnostic)
     for _, rec, pred in detect_dataset(
         model, ds, device, score_thresh=args.score_thresh, max_images=n, progress=not args.quiet
     ):
-        gts.append(rec)
-        # AP needs every detection but only as RLE; the matching figures need the masks above the pipeline's
-        # threshold only (keeping all of them at the AP threshold would take ~150 MB per CIL image)
-        kept.append(pred.masks[pred.scores >= args.pipeline_score_thresh])
-        preds.append(encode_record(pred))
-    res: dict[str, Any] = {"images": n, "stage": "seg", "model_agnostic": bool(cfg.agnostic)}
-    agn = coco_evaluate(gts, preds, agnostic=True)
-    res.update({f"agnostic_{k}": v for k, v in agn.items() if not isinstance(v, dict)})
-    if not cfg.agnostic and all((g.labels > 0).all() for g in gts):
-        res.update({k: v for k, v in coco_evaluate(gts, preds, agnostic=False).items()})
-    else:
-        res.update({k: v for k, v in agn.items() if not isinstance(v, dict)})
-    # instance matching on the kept detections (pipeline threshold)
-    t_masks, p_masks = [gt_masks(g)[0] for g in gts], kept
-    res.update(instance_metrics(t_masks, p_masks))
-    res.update(
-        {
-            "count_error_mean_abs": float(np.mean([abs(len(p) - len(t)) for t, p in zip(t_masks, p_masks)])),
-            "pipeline_score_thresh": args.pipeline_score_thresh,  # the threshold of the matching figures above
-            "gt_masks_derived": bool(any(g.masks_derived for g in gts)),
-            "gt_masks_from_boxes": bool(any(gt_masks(g)[1] for g in gts)),
-        }
-    )
-    return res
+        ev.process(rec, pred)
+    return {"images": n, "stage": "seg", "model_agnostic": bool(cfg.agnostic), **ev.evaluate()}
 
 
 def _gt_instances(ds, n: int, quiet: bool, crop_specs: dict[str, tuple[int, int]]):
@@ -235,8 +213,7 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
     """Identification on ground-truth instances: (a) per-crop argmax, (b) karyotype assignment, (c) rule-based."""
     from karyogram.assign import argmax_labels, assign_karyotype, config_for_classifier, rule_based_labels
     from karyotyping.runtime import resolve_device
-    from metrics.identification import identification_metrics, plot_confusion, plot_per_class
-    from metrics.karyotype import sanity_score
+    from metrics.pipeline import IdentificationEvaluator
     from models.classifier import load_classifier_members, predict_members
 
     device = resolve_device(args.device)
@@ -247,50 +224,34 @@ def evaluate_cls(args: argparse.Namespace) -> dict[str, Any]:
         specs.setdefault(c.crop_mode, (c.crop_height, c.crop_width))
     ds, n = _dataset(args)
     cells, skipped = _gt_instances(ds, n, args.quiet, specs)
-    true, methods = [], {"argmax": [], "assignment": [], "rule_based": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+    ev = IdentificationEvaluator(("argmax", "assignment", "rule_based"), plots_dir=None if args.no_plots else args.out)
     for x, crops, labels, lengths, ci in cells:
         probs = np.asarray(predict_members(members, crops, x, flip=args.flip_tta))
-        true.append(labels)
-        methods["argmax"].append(np.asarray(argmax_labels(probs)))
-        res_a = assign_karyotype(probs, lengths=lengths, centromere_index=ci, config=assign_cfg)
-        methods["assignment"].append(np.asarray(res_a.labels))
-        methods["rule_based"].append(np.asarray(rule_based_labels(lengths, ci)))
+        assigned = assign_karyotype(probs, lengths=lengths, centromere_index=ci, config=assign_cfg).labels
+        ev.process(
+            labels,
+            {
+                "argmax": np.asarray(argmax_labels(probs)),
+                "assignment": np.asarray(assigned),
+                "rule_based": np.asarray(rule_based_labels(lengths, ci)),
+            },
+        )
     res: dict[str, Any] = {
         "images": len(cells),
         "stage": "cls",
-        "chromosomes": int(sum(len(t) for t in true)),
+        "chromosomes": int(sum(len(t) for t in ev.true)),
         "flip_tta": args.flip_tta,
     }
     res["instances_left_out"] = dict(skipped)  # degenerate true masks: not scored (the trainer skips them too)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, pred in methods.items():
-        m = identification_metrics(true, pred)
-        res[f"{name}_accuracy"] = m["accuracy"]
-        res[f"{name}_cell_exact_rate"] = m["cell_exact_rate"]
-        res[f"{name}_macro_F1"] = m.get("macro_F1")
-        res[f"{name}_sanity_score"] = float(np.mean([sanity_score(p) for p in pred])) if pred else 0.0
-        # the numerical karyotype (ISCN) written from the predicted labels, exactly equal to the true one
-        res[f"{name}_iscn_exact_rate"] = (
-            float(np.mean([_iscn(p) == _iscn(t) for p, t in zip(pred, true)])) if pred else 0.0
-        )
-        if not args.no_plots:
-            plot_confusion(np.asarray(m["confusion"]), args.out / f"confusion_{name}.png")
-            plot_per_class(m["per_class"], args.out / f"per_class_{name}.png")
-        if name == "assignment":
-            res["per_class"] = m["per_class"]
+    figures = ev.evaluate()
+    res.update({k: v for k, v in figures.items() if not k.endswith("_per_class")})
+    res["per_class"] = figures["assignment_per_class"]
     res["accuracy"] = res["assignment_accuracy"]
     res["cell_exact_rate"] = res["assignment_cell_exact_rate"]
     res["sanity_score"] = res["assignment_sanity_score"]
     res["iscn_exact_rate"] = res["assignment_iscn_exact_rate"]
     return res
-
-
-def _iscn(labels: np.ndarray) -> str:
-    """ISCN numerical karyotype of a cell's labels (unassigned 0 ignored)."""
-    from karyogram.iscn import iscn_string
-
-    a = np.asarray(labels)
-    return iscn_string(a[a > 0])
 
 
 def evaluate_full(args: argparse.Namespace) -> dict[str, Any]:

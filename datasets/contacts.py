@@ -125,8 +125,6 @@ class ContactPaste:
         return out
 
     def _paste_one(self, rec: KaryoRecord, rng: np.random.Generator) -> KaryoRecord:
-        from .transforms import _finish
-
         masks = rec.masks
         areas = masks.reshape(len(rec), -1).sum(1)
         big = areas >= MIN_AREA_FRACTION * float(np.median(areas))
@@ -164,7 +162,7 @@ class ContactPaste:
             ya, xa, yb, xb = max(top, 0), max(left, 0), min(top + ph, h), min(left + pw, w)
             t_full[ya:yb, xa:xb] = t_patch[ya - top : yb - top, xa - left : xb - left]
             image = np.clip(rec.image * t_full, 0.0, 1.0).astype(np.float32)
-            return _finish(_appended(rec, image, new_mask, src))
+            return _appended(rec, image, new_mask, src)
         return rec
 
     def _position(self, m_patch: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
@@ -215,7 +213,12 @@ def _appended(rec: KaryoRecord, image: np.ndarray, mask: np.ndarray, src: int) -
     out.masks = np.concatenate([rec.masks, mask[None]], 0)
     out.labels = np.concatenate([rec.labels, rec.labels[src : src + 1]])
     ys, xs = np.nonzero(mask)
-    box = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
+    # its tight box, grown by the annotation's margin where the record's boxes carry one (as datasets.transforms
+    # makes every box of such a record), inside the image
+    m = float(rec.meta.get("box_margin") or 0.0)
+    box = np.array([[xs.min() - m, ys.min() - m, xs.max() + 1 + m, ys.max() + 1 + m]], np.float32)
+    box[:, [0, 2]] = np.clip(box[:, [0, 2]], 0, rec.width)
+    box[:, [1, 3]] = np.clip(box[:, [1, 3]], 0, rec.height)
     out.boxes = np.concatenate([rec.boxes.astype(np.float32), box], 0)
     if rec.centromeres is not None:
         out.centromeres = np.concatenate([rec.centromeres, np.full((1, 2), np.nan, np.float32)], 0)

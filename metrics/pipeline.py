@@ -1,12 +1,15 @@
-"""The whole pipeline against ground truth: an evaluator in detectron2's shape (``reset / process / evaluate``).
+"""The evaluators: each stage and the whole pipeline against ground truth, in detectron2's shape
+(``reset / process / evaluate``).
 
     ev = PipelineEvaluator()
     for rec in dataset:                                   # ground truth, a KaryoRecord
         ev.process(rec, pipe.run(rec.image))              # the pipeline's KaryotypePrediction
     figures = ev.evaluate()                               # {"f1@0.5": ..., "accuracy": ..., ...}
 
-``evaluate.py --stage full`` and ``benchmarks/robustness.py`` both use it, so their figures are the same
-figures. Every comparison is in the original image's pixels.
+:class:`SegmentationEvaluator` scores the detector's own output (``evaluate.py --stage seg``),
+:class:`IdentificationEvaluator` labels of true instances (``--stage cls``), :class:`PipelineEvaluator` the
+whole pipeline (``--stage full``, ``benchmarks/robustness.py``, ``benchmarks/review_loop.py``), so that every
+script's figures are the same figures. Every comparison is in the original image's pixels.
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ import numpy as np
 
 from .matching import MATCH_IOU, _mask_overlap
 
-__all__ = ["FRAGMENT_INSIDE", "PipelineEvaluator", "fragment_counts", "gt_masks", "instance_metrics", "true_count"]
+__all__ = [
+    "FRAGMENT_INSIDE",
+    "IdentificationEvaluator",
+    "PipelineEvaluator",
+    "SegmentationEvaluator",
+    "fragment_counts",
+    "gt_masks",
+    "instance_metrics",
+    "true_count",
+]
 
 #: a predicted mask is a fragment of a true chromosome when at least this fraction of its pixels lies inside it
 FRAGMENT_INSIDE = 0.5
@@ -233,4 +245,122 @@ class PipelineEvaluator:
                     "per_class": ident["per_class"],
                 }
             )
+        return res
+
+
+class SegmentationEvaluator:
+    """The detector's own output against ground truth (``evaluate.py --stage seg``).
+
+    COCO box and mask AP of every detection, class-agnostic, and 24-class when the model has classes and every
+    true instance carries one; instance matching (precision, recall, F1 at :data:`metrics.matching.MATCH_IOU`),
+    PQ_all, AJI+ and the mean count error of the detections at or above ``pipeline_score_thresh`` (the
+    pipeline's operating point, before its selection).
+
+    Args:
+        pipeline_score_thresh: the score of the detections that the matching figures count.
+        with_classes: the model predicts the 24 classes (not class-agnostic).
+    """
+
+    def __init__(self, pipeline_score_thresh: float, with_classes: bool = False) -> None:
+        self.pipeline_score_thresh = float(pipeline_score_thresh)
+        self.with_classes = bool(with_classes)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every image processed so far."""
+        self.gts: list = []
+        self.preds: list = []
+        self.kept: list[np.ndarray] = []
+
+    def process(self, rec, pred) -> None:
+        """Add one image: its ground truth and the detector's :class:`datasets.record.KaryoRecord` of it."""
+        from .detection import encode_record
+
+        self.gts.append(rec)
+        # AP needs every detection but only as RLE; the matching figures need the masks above the pipeline's
+        # threshold only (keeping all of them at the AP threshold would take ~150 MB per CIL image)
+        self.kept.append(pred.masks[pred.scores >= self.pipeline_score_thresh])
+        self.preds.append(encode_record(pred))
+
+    def evaluate(self) -> dict[str, Any]:
+        """Every figure of the images processed so far (keys as ``evaluate.py --stage seg`` prints them)."""
+        from .detection import coco_evaluate
+
+        gts, preds = self.gts, self.preds
+        res: dict[str, Any] = {}
+        agn = coco_evaluate(gts, preds, agnostic=True)
+        res.update({f"agnostic_{k}": v for k, v in agn.items() if not isinstance(v, dict)})
+        if self.with_classes and all((g.labels > 0).all() for g in gts):
+            res.update(coco_evaluate(gts, preds, agnostic=False))
+        else:
+            res.update({k: v for k, v in agn.items() if not isinstance(v, dict)})
+        t_masks = [gt_masks(g)[0] for g in gts]
+        res.update(instance_metrics(t_masks, self.kept))
+        res.update(
+            {
+                "count_error_mean_abs": float(np.mean([abs(len(p) - len(t)) for t, p in zip(t_masks, self.kept)])),
+                "pipeline_score_thresh": self.pipeline_score_thresh,  # the threshold of the matching figures
+                "gt_masks_derived": bool(any(g.masks_derived for g in gts)),
+                "gt_masks_from_boxes": bool(any(gt_masks(g)[1] for g in gts)),
+            }
+        )
+        return res
+
+
+class IdentificationEvaluator:
+    """Labels given to true instances against their true labels, per labelling method (``--stage cls``).
+
+    For each method: accuracy, cell exact rate, macro F1, mean sanity score and the rate of cells whose
+    numerical ISCN karyotype written from the labels equals the true one; with ``plots_dir`` the confusion
+    matrix and per-class figures of each (``confusion_<method>.png``, ``per_class_<method>.png``).
+
+    Args:
+        methods: the labelling methods' names, in the order their figures are reported.
+        plots_dir: where to draw the plots (None: none).
+    """
+
+    def __init__(self, methods: tuple[str, ...], plots_dir=None) -> None:
+        self.methods = tuple(methods)
+        self.plots_dir = plots_dir
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every cell processed so far."""
+        self.true: list[np.ndarray] = []
+        self.pred: dict[str, list[np.ndarray]] = {m: [] for m in self.methods}
+
+    def process(self, true_labels: np.ndarray, predicted: dict[str, np.ndarray]) -> None:
+        """Add one cell: its true labels 1..24 and each method's labels of the same instances."""
+        if set(predicted) != set(self.methods):
+            raise ValueError(f"labels for {sorted(predicted)} given, {sorted(self.methods)} expected")
+        self.true.append(np.asarray(true_labels))
+        for m in self.methods:
+            self.pred[m].append(np.asarray(predicted[m]))
+
+    def evaluate(self) -> dict[str, Any]:
+        """``<method>_accuracy``, ``_cell_exact_rate``, ``_macro_F1``, ``_sanity_score``, ``_iscn_exact_rate`` of
+        every method, and ``<method>_per_class`` (the per-class figures)."""
+        from karyogram.iscn import iscn_string
+
+        from .identification import identification_metrics, plot_confusion, plot_per_class
+        from .karyotype import sanity_score
+
+        def iscn(labels: np.ndarray) -> str:  # the numerical karyotype, unassigned (0) left out
+            return iscn_string(labels[labels > 0])
+
+        res: dict[str, Any] = {}
+        for name, pred in self.pred.items():
+            m = identification_metrics(self.true, pred)
+            res[f"{name}_accuracy"] = m["accuracy"]
+            res[f"{name}_cell_exact_rate"] = m["cell_exact_rate"]
+            res[f"{name}_macro_F1"] = m.get("macro_F1")
+            res[f"{name}_sanity_score"] = float(np.mean([sanity_score(p) for p in pred])) if pred else 0.0
+            res[f"{name}_iscn_exact_rate"] = (
+                float(np.mean([iscn(p) == iscn(t) for p, t in zip(pred, self.true)])) if pred else 0.0
+            )
+            res[f"{name}_per_class"] = m["per_class"]
+            if self.plots_dir is not None:
+                self.plots_dir.mkdir(parents=True, exist_ok=True)
+                plot_confusion(np.asarray(m["confusion"]), self.plots_dir / f"confusion_{name}.png")
+                plot_per_class(m["per_class"], self.plots_dir / f"per_class_{name}.png")
         return res
