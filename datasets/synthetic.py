@@ -37,7 +37,7 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.spatial import cKDTree
 from scipy.special import erf
 
-from karyogram.labels import NUM_CLASSES, X_ID, Y_ID
+from karyogram.labels import AUTOSOMES, NUM_CLASSES, X_ID, Y_ID
 from karyogram.reference import bands, centromere_indices, relative_lengths
 
 from .base import RecordDataset, Transform
@@ -89,7 +89,7 @@ def parse_karyotype(iscn: str) -> ParsedKaryotype:
         raise ValueError(
             f"karyotype {iscn!r}: sex chromosomes {parts[1]!r} must be letters X and Y (e.g. XX, XY, X, XXY)"
         )
-    ids = [i for i in range(1, 23) for _ in range(2)]
+    ids = [i for i in AUTOSOMES for _ in range(2)]
     ids += [X_ID if c == "X" else Y_ID for c in sex]
     for tok in parts[2:]:
         m = re.fullmatch(r"([+-])(\d{1,2}|[XYxy])", tok)

@@ -61,7 +61,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .iscn import iscn_string
-from .labels import NUM_CLASSES, X_ID, Y_ID, denver_group
+from .labels import AUTOSOMES, NUM_CLASSES, X_ID, Y_ID, denver_group
 from .reference import centromere_indices, chromosome_table, relative_lengths
 
 #: sex hypotheses: name -> (number of X slots, number of Y slots)
@@ -229,7 +229,7 @@ def _check_inputs(
 
 def _expected_total(nx: int, ny: int) -> float:
     r = relative_lengths()
-    return 2.0 * float(r[:22].sum()) + nx * float(r[X_ID - 1]) + ny * float(r[Y_ID - 1])
+    return 2.0 * float(r[: len(AUTOSOMES)].sum()) + nx * float(r[X_ID - 1]) + ny * float(r[Y_ID - 1])
 
 
 def _fit_costs(
@@ -244,7 +244,7 @@ def _fit_costs(
     if ci is not None:
         tab = chromosome_table()
         sig = np.array(
-            [cfg.sigma_ci_acrocentric if tab[k].type == "acrocentric" else cfg.sigma_ci for k in range(1, 25)]
+            [cfg.sigma_ci_acrocentric if tab[k].type == "acrocentric" else cfg.sigma_ci for k in range(1, NUM_CLASSES + 1)]
         )
         z = (ci[:, None] - centromere_indices()[None, :]) / sig[None, :]
         t = np.minimum(cfg.term_cap, 0.5 * z**2)
@@ -262,8 +262,8 @@ class _Problem:
 
 
 def _build_problem(n: int, nx: int, ny: int, cfg: AssignConfig, prior: float) -> _Problem:
-    normal = [k for k in range(1, 23) for _ in (0, 1)] + [X_ID] * nx + [Y_ID] * ny
-    extra = [k for k in range(1, 23) for _ in range(cfg.extra_slots_per_class)]
+    normal = [k for k in AUTOSOMES for _ in (0, 1)] + [X_ID] * nx + [Y_ID] * ny
+    extra = [k for k in AUTOSOMES for _ in range(cfg.extra_slots_per_class)]
     cls = np.array(normal + extra + [0] * n, dtype=np.int64)
     kind = np.array([0] * len(normal) + [1] * len(extra) + [2] * n, dtype=np.int64)
     return _Problem(cls, kind, len(normal), prior)
@@ -462,7 +462,7 @@ def _flags(
             flags[i].append("low_confidence")
         if kinds[i] == 1:
             flags[i].append("extra")
-        elif (k <= 22 and counts[k] == 1) or (k == X_ID and sex == "X"):
+        elif (k < X_ID and counts[k] == 1) or (k == X_ID and sex == "X"):
             flags[i].append("unpaired")
     if lengths is None or not np.isfinite(scale):
         return flags
@@ -592,7 +592,7 @@ def rule_based_labels(
         if h not in SEX_HYPOTHESES:
             raise ValueError(f"unknown sex {h!r}; known: {sorted(SEX_HYPOTHESES)}")
         nx, ny = SEX_HYPOTHESES[h]
-        slots = [k for k in range(1, 23) for _ in (0, 1)] + [X_ID] * nx + [Y_ID] * ny
+        slots = [k for k in AUTOSOMES for _ in (0, 1)] + [X_ID] * nx + [Y_ID] * ny
         by_group = {g: [k for k in slots if denver_group(k) == g] for g in _group_order()}
         order = np.argsort(-ln, kind="stable")
         scale = ln.sum() / _expected_total(nx, ny)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .labels import X_ID, Y_ID
+from .labels import AUTOSOMES, X_ID, Y_ID
 
 _SEX_RE = re.compile(r"^[XY]+$")
 _CHANGE_RE = re.compile(r"^([+-])(\d{1,2}|X|Y)$")
@@ -44,7 +44,7 @@ def _sex_sort_key(c: str) -> int:
 
 def _autosome_changes(counts: Counter) -> list[str]:
     out: list[str] = []
-    for k in range(1, 23):
+    for k in AUTOSOMES:
         d = counts.get(k, 0) - 2
         out.extend([f"+{k}"] * max(d, 0) + [f"-{k}"] * max(-d, 0))
     return out
@@ -135,7 +135,7 @@ def parse_iscn(s: str) -> dict[str, Any]:
     ny = sex.count("Y") + gains.count(Y_ID) - losses.count(Y_ID)
     if nx < 0 or ny < 0:
         raise ValueError(f"ISCN karyotype {s!r} loses sex chromosomes it does not have")
-    auto = 44 + sum(1 for g in gains if g <= 22) - sum(1 for g in losses if g <= 22)
+    auto = 2 * len(AUTOSOMES) + sum(1 for g in gains if g < X_ID) - sum(1 for g in losses if g < X_ID)
     if auto + nx + ny != count:
         raise ValueError(
             f"ISCN karyotype {s!r}: count {count} disagrees with its content "
@@ -157,15 +157,15 @@ def labels_from_iscn(s: str) -> np.ndarray:
     '47,XXY'
     """
     p = parse_iscn(s)
-    counts = {k: 2 for k in range(1, 23)}
+    counts = {k: 2 for k in AUTOSOMES}
     for g in p["gains"]:
-        if g <= 22:
+        if g < X_ID:
             counts[g] += 1
     for g in p["losses"]:
-        if g <= 22:
+        if g < X_ID:
             counts[g] -= 1
     if any(v < 0 for v in counts.values()):
         raise ValueError(f"ISCN karyotype {s!r} loses more copies of an autosome than a cell has")
-    out = [k for k in range(1, 23) for _ in range(counts[k])]
+    out = [k for k in AUTOSOMES for _ in range(counts[k])]
     out += [X_ID] * p["sex_chromosomes"].count("X") + [Y_ID] * p["sex_chromosomes"].count("Y")
     return np.asarray(out, dtype=np.int64)

@@ -13,9 +13,11 @@ NUM_CLASSES = 24
 UNKNOWN = 0
 X_ID = 23
 Y_ID = 24
+#: the autosomes' ids, 1..22
+AUTOSOMES: tuple[int, ...] = tuple(range(1, X_ID))
 
 #: names indexed by ``id - 1``: "1".."22", "X", "Y"
-CLASS_NAMES: tuple[str, ...] = tuple(str(i) for i in range(1, 23)) + ("X", "Y")
+CLASS_NAMES: tuple[str, ...] = tuple(str(i) for i in AUTOSOMES) + ("X", "Y")
 
 #: Denver group of each chromosome id (ISCN): A 1-3, B 4-5, C 6-12 and X, D 13-15, E 16-18,
 #: F 19-20, G 21-22 and Y.
@@ -25,7 +27,7 @@ DENVER_GROUPS[X_ID] = "C"
 DENVER_GROUPS[Y_ID] = "G"
 
 #: the CIL:54816 annotation names ("A1", "B4", "C7", "D13", "E16", "F19", "G21", "X", "Y")
-CIL_NAMES: tuple[str, ...] = tuple(f"{DENVER_GROUPS[i]}{i}" for i in range(1, 23)) + ("X", "Y")
+CIL_NAMES: tuple[str, ...] = tuple(f"{DENVER_GROUPS[i]}{i}" for i in AUTOSOMES) + ("X", "Y")
 
 
 class UnknownClassError(ValueError):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from karyogram.labels import NUM_CLASSES
 from karyotyping.core import KaryotypePrediction
 
 __all__ = ["coco_results", "from_json_dict", "to_json_dict", "write_outputs"]
@@ -95,7 +96,9 @@ def from_json_dict(d: dict[str, Any]) -> KaryotypePrediction:
             scores=np.array([c["score"] for c in chroms], np.float32),
             masks=masks,
             labels=np.array([c["label"] for c in chroms], np.int64),
-            probs=np.array([c["probs"] for c in chroms], np.float32).reshape(n, -1) if n else np.zeros((0, 24)),
+            probs=np.array([c["probs"] for c in chroms], np.float32).reshape(n, -1)
+            if n
+            else np.zeros((0, NUM_CLASSES)),
             confidence=np.array([c["confidence"] for c in chroms], np.float64),
             pair_of=np.array([-1 if c["pair"] is None else c["pair"] for c in chroms], np.int64),
             flags=[list(c["flags"]) for c in chroms],

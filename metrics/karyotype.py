@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from karyogram.labels import CLASS_NAMES, NUM_CLASSES, X_ID, Y_ID
+from karyogram.labels import AUTOSOMES, CLASS_NAMES, NUM_CLASSES, X_ID, Y_ID
 
 __all__ = ["sanity_score", "sanity_terms", "NORMAL_COUNT"]
 
@@ -61,10 +61,10 @@ def sanity_terms(labels: Any) -> dict[str, Any]:
     counts = np.bincount(a, minlength=NUM_CLASSES + 1)
     n = int(counts[1:].sum())
     n_x, n_y = int(counts[X_ID]), int(counts[Y_ID])
-    autosome_copies = counts[1:23]
+    autosome_copies = counts[1:X_ID]
     n_paired = int((autosome_copies == 2).sum())
     count_term = math.exp(-abs(n - NORMAL_COUNT) / 2)
-    pairing_term = n_paired / 22
+    pairing_term = n_paired / len(AUTOSOMES)
     if (n_x, n_y) in ((2, 0), (1, 1)):
         sex_term = 1.0
     elif n_x + n_y in (1, 3):
@@ -77,7 +77,7 @@ def sanity_terms(labels: Any) -> dict[str, Any]:
         "n_x": n_x,
         "n_y": n_y,
         "copies": {name: int(counts[i + 1]) for i, name in enumerate(CLASS_NAMES)},
-        "abnormal_autosomes": [CLASS_NAMES[i] for i in range(22) if autosome_copies[i] != 2],
+        "abnormal_autosomes": [CLASS_NAMES[i] for i in range(len(AUTOSOMES)) if autosome_copies[i] != 2],
         "count_term": count_term,
         "pairing_term": pairing_term,
         "sex_term": sex_term,

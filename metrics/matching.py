@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from karyogram.labels import name_of
+from karyogram.labels import NUM_CLASSES, name_of
 
 #: the IoU at which a predicted chromosome matches a true one, everywhere figures are computed (F1@0.5,
 #: identification of found chromosomes, the error breakdown)
@@ -550,7 +550,7 @@ def multiclass_panoptic_quality(
     true_labels_list: Sequence[np.ndarray],
     pred_masks_list: Sequence[np.ndarray],
     pred_labels_list: Sequence[np.ndarray],
-    classes: Iterable[int] = range(1, 25),
+    classes: Iterable[int] = range(1, NUM_CLASSES + 1),
     thresh: float = 0.5,
 ) -> tuple[float, dict[str, float]]:
     """Multi-class panoptic quality (mPQ, as the dataset-level mPQ+ of the CoNIC challenge).

@@ -22,7 +22,7 @@ import numpy as np
 from flask import Flask, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
-from karyogram.labels import name_of
+from karyogram.labels import NUM_CLASSES, name_of
 from karyogram.render import FLAG_WORDS, LAYOUT, class_colour
 
 from .cases import CaseBook, case_of
@@ -224,8 +224,8 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
             height=cell.height,
             image=str(loaded.image_path),
             layout=_layout(),
-            colours={k: _css_colour(k) for k in range(0, 25)},
-            names={k: name_of(k) for k in range(0, 25)},
+            colours={k: _css_colour(k) for k in range(NUM_CLASSES + 1)},
+            names={k: name_of(k) for k in range(NUM_CLASSES + 1)},
             chromosomes=chroms,
             pipeline={"karyotype": cell.data.get("karyotype"), "sanity_score": cell.data.get("sanity_score")},
             review=review,
@@ -245,7 +245,7 @@ def create_app(results_dir: str | Path, *, image_dirs: tuple[str | Path, ...] = 
         res = request.args.get("resolution", "400")
         if not (res.isdigit() and int(res) in RESOLUTIONS):
             raise ReviewError(f"resolution must be one of {', '.join(map(str, RESOLUTIONS))} bands, got {res!r}")
-        if not (k.isdigit() and 1 <= int(k) <= 24):
+        if not (k.isdigit() and 1 <= int(k) <= NUM_CLASSES):
             raise NotFoundError(f"no chromosome class {k!r}: classes are 1..24 (23 = X, 24 = Y)")
         bs = bands(int(res))[int(k)]
         cen = next((b.start for b in bs if b.arm == "q"), 0.0)

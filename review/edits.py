@@ -288,7 +288,7 @@ def flags_of(state: CellState, pipeline_flags: list[list[str]], pair: list[int])
         f = [] if state.touched[i] else [x for x in model[i] if x in MODEL_FLAGS]
         if pair[i] < 0 and counts[k] > 2:
             f.append("extra")
-        elif (k <= 22 and counts[k] == 1) or (k == X_ID and sex == "X"):
+        elif (k < X_ID and counts[k] == 1) or (k == X_ID and sex == "X"):
             f.append("unpaired")
         out.append(f)
     return out

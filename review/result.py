@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from datasets.errors import DataError
+from karyogram.labels import NUM_CLASSES
 
 #: versions of the pipeline's per-image JSON this app understands (the JSON has no version field yet:
 #: an absent ``schema_version`` means 1, the layout of ``inference_pipeline.py`` today)
@@ -126,8 +127,8 @@ def check_result(data: Any, p: Path) -> None:
         if c["id"] != i:
             raise CellError(p, f"{where} has id {c['id']!r}; ids must be 0..N-1 in order")
         lab = c["label"]
-        if not isinstance(lab, int) or isinstance(lab, bool) or not 0 <= lab <= 24:
-            raise CellError(p, f"{where}: label must be an integer 0..24, got {lab!r}")
+        if not isinstance(lab, int) or isinstance(lab, bool) or not 0 <= lab <= NUM_CLASSES:
+            raise CellError(p, f"{where}: label must be an integer 0..{NUM_CLASSES}, got {lab!r}")
         box = c["box"]
         if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)):
             raise CellError(p, f"{where}: box must be [x1, y1, x2, y2] numbers, got {box!r}")
@@ -140,8 +141,8 @@ def check_result(data: Any, p: Path) -> None:
         if pair is not None and not (isinstance(pair, int) and 0 <= pair < len(chroms) and pair != i):
             raise CellError(p, f"{where}: pair must be null or another chromosome's id, got {pair!r}")
         probs = c["probs"]
-        if not (isinstance(probs, list) and len(probs) == 24 and all(_number(v) for v in probs)):
-            raise CellError(p, f"{where}: probs must be 24 numbers")
+        if not (isinstance(probs, list) and len(probs) == NUM_CLASSES and all(_number(v) for v in probs)):
+            raise CellError(p, f"{where}: probs must be {NUM_CLASSES} numbers")
 
 
 def image_warnings(data: dict[str, Any], p: Path) -> list[str]:

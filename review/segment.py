@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from karyogram.labels import NUM_CLASSES
+
 from .edits import REMOVED, CellState
 from .geometry import (
     MIN_PIECE_PX,
@@ -281,7 +283,7 @@ def make_edit(
     # the assignment over every instance after the edit, the reviewer's own labels kept
     m_all = n + len(added)
     probs = np.concatenate(
-        [pred.probs, np.array([a["probs"] for a in state.added + added], np.float64).reshape(-1, 24)]
+        [pred.probs, np.array([a["probs"] for a in state.added + added], np.float64).reshape(-1, NUM_CLASSES)]
     )
     lengths = np.concatenate([pred.length_px, [a["length_px"] for a in state.added + added]]).astype(np.float64)
     ci = np.concatenate([pred.centromere_index, [a["centromere_index"] for a in state.added + added]])
