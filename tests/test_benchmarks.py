@@ -264,3 +264,146 @@ def test_robustness_scale_estimate_follows_resampling(tmp_path):
     est = res["scale_estimate"]
     for name in ("scale_0.5", "scale_0.35", "scale_2", "scale_3"):
         assert est[name]["median_ratio"] == pytest.approx(1.0, abs=0.15), name
+
+
+# ---------------------------------------------------------------------------------------------- the review loop
+#: the rods of the review loop's known cell: (end, end) in (x, y) pixels, 8 px wide, and the true class of each
+_LOOP_RODS = {
+    0: (((20, 20), (20, 110)), 1),  # found, labelled 2: relabel
+    1: (((50, 20), (50, 110)), 3),  # found and right
+    2: (((80, 60), (170, 60)), 4),  # 2 and 3 cross and are found as one instance: separate
+    3: (((125, 15), (125, 105)), 5),
+    4: (((200, 20), (200, 110)), 6),  # 4 and 5 touch and are found as one: cut
+    5: (((209, 20), (209, 110)), 7),
+    6: (((245, 20), (245, 110)), 8),  # missed: draw
+    7: (((20, 160), (130, 160)), 9),  # found as two pieces: redraw
+}
+
+
+def _review_loop():
+    """benchmarks/review_loop.py as a module (registered in sys.modules: its dataclasses need it)."""
+    import sys
+
+    if "review_loop" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("review_loop", ROOT / "benchmarks" / "review_loop.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["review_loop"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["review_loop"]
+
+
+def _loop_case():
+    """A cell with one case of each correction: true masks and labels, the predicted ones (ids 0-7: the
+    relabelled, the right one, the crossing pair, the touching pair, two pieces of one rod, a speck of
+    debris, a duplicate piece of a found rod), and the expected corrections."""
+    import cv2
+    import numpy as np
+
+    shape = (220, 300)
+
+    def rod(ends):
+        m = np.zeros(shape, np.uint8)
+        cv2.line(m, *ends, 1, thickness=8)
+        return m
+
+    true = np.stack([rod(e) for e, _ in _LOOP_RODS.values()])
+    labels = np.array([k for _, k in _LOOP_RODS.values()])
+    k5 = np.ones((5, 5), np.uint8)
+    piece = lambda x0, x1: rod(((x0, 160), (x1, 160)))  # noqa: E731
+    speck = np.zeros(shape, np.uint8)
+    cv2.circle(speck, (280, 200), 6, 1, -1)
+    dup = np.zeros(shape, np.uint8)
+    dup[30:50] = true[1][30:50]
+    pred = np.stack([true[0], true[1], cv2.dilate(true[2] | true[3], k5), cv2.dilate(true[4] | true[5], k5),
+                     piece(20, 60), piece(90, 130), speck, dup])  # fmt: skip
+    pred_labels = np.array([2, 3, 4, 6, 9, 9, 0, 3])
+    assert (true[2] & true[3]).any() and not (true[4] & true[5]).any()  # the crossing shares pixels, the touch none
+    expected = {"relabel": 1, "delete": 2, "cut": 1, "separate": 1, "redraw": 1, "draw": 1}
+    return true, labels, pred, pred_labels, expected
+
+
+def test_review_loop_plans_the_corrections_of_a_known_cell():
+    mod = _review_loop()
+    true, labels, pred, pred_labels, expected = _loop_case()
+    plan = mod.plan_corrections(true, labels, pred, pred_labels)
+    assert dict(plan.counts) == expected
+    assert plan.keep == {0: 0, 1: 1} and plan.relabel == [0]
+    assert sorted(plan.delete) == [6, 7] and sorted(plan.replace) == [2, 3, 4, 5]
+    assert plan.draw == {2: "separate", 3: "separate", 4: "cut", 5: "cut", 6: "draw", 7: "redraw"}
+
+
+@pytest.mark.skipif(not (ROOT / "weights" / "classifier.pt").is_file(), reason="shipped weights/ not present")
+def test_review_loop_reviewer_saves_the_truth_through_the_app(tmp_path):
+    """The simulated reviewer corrects the known cell through the review app's own code (Delete, Draw, moves,
+    save): reviewed_coco.json then holds exactly the true chromosomes with their classes."""
+    import json
+
+    import numpy as np
+
+    from datasets import build_dataset
+    from datasets.io import atomic_write_image
+    from metrics.matching import iou_matrix
+    from review.store import ResultsFolder
+    from tests.review_fixtures import _result_json
+
+    mod = _review_loop()
+    true, labels, pred, pred_labels, expected = _loop_case()
+    image = np.where(pred.any(0) | true.any(0), 0.3, 0.95).astype(np.float32)
+    image[true.any(0) & ((np.arange(image.shape[1])[None, :] // 9) % 3 == 0)] = 0.15  # bands
+    atomic_write_image(tmp_path / "cell.png", np.round(image * 255).astype(np.uint8))
+    n = len(pred)
+    data = _result_json(tmp_path / "cell.png", pred, pred_labels.tolist(), [[] for _ in range(n)], [-1] * n,
+                        [0.9] * n, [None] * n)  # fmt: skip
+    (tmp_path / "cell.json").write_text(json.dumps(data))
+    out = mod.review_cell(ResultsFolder(tmp_path), "cell", true, labels)
+    assert out["counts"] == expected and out["draw_refused"] == 0
+    assert len(out["drawn_iou"]) == 6 and min(out["drawn_iou"]) > 0.85  # 2 + 2 + 1 + 1 rods drawn
+    ops = [e["op"] for e in out["edits"]]
+    assert ops.count("debris") == 6 and ops.count("draw") == 6
+    reviewed = json.loads((tmp_path / "cell.reviewed.json").read_text())["review"]
+    assert reviewed["status"] == "accepted" and reviewed["reviewer"] == mod.REVIEWER
+    rec = build_dataset("coco", tmp_path / "reviewed_coco.json", "all")[0]
+    assert len(rec) == len(true)  # the speck, the duplicate and the replaced instances are gone
+    iou = iou_matrix(true, rec.masks)
+    match = iou.argmax(1)
+    assert sorted(match.tolist()) == list(range(len(true))) and iou.max(1).min() > 0.85
+    assert rec.labels[match].tolist() == labels.tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "weights" / "segmentation.pt").is_file(), reason="shipped weights/ not present")
+def test_review_loop_smoke_runs_the_loop_end_to_end(tmp_path):
+    """--smoke: a synthetic pool cell reviewed and saved by the app's code, both models fine-tuned on it (one step
+    each, with a synthetic replay) and, as the control, on the replay alone; the pipeline measured before and
+    after; the new weights load and differ from the start."""
+    import json
+
+    import torch
+
+    from datasets import build_dataset
+    from models.classifier import load_classifier_members, read_classifier_file
+    from models.segmentation import load_segmentation_checkpoint
+
+    mod = _review_loop()
+    res = mod.main(mod.get_args_parser().parse_args(
+        ["--smoke", "--ks", "0", "1", "--max-eval", "1", "--out", str(tmp_path), "--quiet"]))  # fmt: skip
+    assert list(res["runs"]) == ["before", "K=0", "K=1"]  # K = 0: the control, replay alone
+    assert res["runs"]["K=0"]["finetune"]["reviewed_repeat"] == 0 and res["runs"]["K=0"]["review"]["cells"] == 0
+    for run in res["runs"].values():
+        assert 0.0 <= run["nearest"]["f1@0.5"] <= 1.0 and run["nearest"]["images"] == 1
+    review = res["runs"]["K=1"]["review"]
+    assert review["cells"] == 1 and review["draw_refused"] == 0
+    coco = build_dataset("coco", tmp_path / "k1" / "results" / "reviewed_coco.json", "all")
+    assert len(coco) == 1 and len(coco[0]) == review["true_chromosomes"]  # one instance per true chromosome
+    ft = res["runs"]["K=1"]["finetune"]
+    assert ft["reviewed_repeat"] == 2 and ft["cpu_s"]["seg"] > 0
+    start, _ = load_segmentation_checkpoint(ROOT / "weights" / "segmentation.pt", "cpu")
+    tuned, _ = load_segmentation_checkpoint(ft["seg"], "cpu")
+    a, b = start.state_dict(), tuned.state_dict()
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    assert len(load_classifier_members(ft["cls"], "cpu")) == 2
+    m0, _ = read_classifier_file(tmp_path / "members" / "classifier_member0.pt")
+    t0 = torch.load(tmp_path / "k1" / "cls0" / "last.pth", map_location="cpu", weights_only=False)["model"]
+    assert any(not torch.equal(m0[k].float(), t0[k].float()) for k in m0 if k in t0)
+    assert (tmp_path / "table.md").is_file() and "| K=1 |" in (tmp_path / "table.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["pool_cells"] == 1
