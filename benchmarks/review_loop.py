@@ -261,7 +261,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("Fine-tuning")
     t.add_argument("--replay-root", type=Path, default=ROOT.parent / "shared" / "data" / "cil54816_extra",
                    help="voc training data of the shipped models, sampled as replay")  # fmt: skip
-    t.add_argument("--replay-n", type=int, default=100, help="replay cells mixed in (about half of every batch)")
+    t.add_argument(
+        "--replay-n",
+        type=int,
+        default=150,
+        help="replay cells mixed in (about half of every batch; enough for --seg-steps batches of 2)",
+    )
     t.add_argument("--seg-steps", type=int, default=75, help="detector steps of 2 crops (the step budget)")
     t.add_argument("--cls-steps", type=int, default=30, help="steps of 128 crops per classifier member")
     t.add_argument("--seg-lr", type=float, default=1e-4)
@@ -571,6 +576,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.smoke:
         args.pool_n, args.replay_n = min(args.pool_n, 1), 2
         args.seg_steps, args.cls_steps = min(args.seg_steps, 1), min(args.cls_steps, 1)
+    if not args.smoke and args.replay_n // 2 < args.seg_steps:  # an epoch of K = 0 is replay_n / 2 batches
+        raise SystemExit(f"error: --replay-n {args.replay_n} gives K = 0 fewer than --seg-steps {args.seg_steps} steps")
     args.out.mkdir(parents=True, exist_ok=True)
     cells = load_cells(args)
     evaluation = cells.evaluation[: args.max_eval] if args.max_eval else cells.evaluation
