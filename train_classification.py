@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets.instances import CROP_MODES
+from features.crops import CROP_MODES
 
 FEATURE_CHOICES = ("none", "geometry", "scale", "texture", "all")
 

@@ -1,17 +1,17 @@
 """Per-chromosome samples for the classifier, made from any dataset of spreads (or of single crops).
 
 :class:`InstanceDataset` walks a dataset of :class:`~datasets.record.KaryoRecord` once and, for every
-spread, computes :func:`features.triad.spread_features` on the whole spread (so the "scale" features
-are relative to the cell the chromosome came from) and the straightened crop of every chromosome
-(:func:`features.triad.oriented_crop`: p arm up, white background), trimmed to the chromosome
-(:func:`tight_crop`) and fitted into a fixed ``crop_height x crop_width`` box (aspect ratio kept,
-padded with white), so every chromosome fills the box; its size relative to the cell is carried by
-the "scale" features. Everything is kept as arrays:
+spread, makes the features and crops of its chromosomes with :func:`features.crops.make_crops`, the one
+crop maker the pipeline uses too: the features on the whole spread (so the "scale" features are relative to
+the cell the chromosome came from), and each chromosome's crop (straightened along its centre line, or
+turned to its long axis: the crop mode; p arm up, white background) fitted into a fixed
+``crop_height x crop_width`` box (aspect ratio kept, padded with white), so every chromosome fills the box;
+its size relative to the cell is carried by the "scale" features. Everything is kept as arrays:
 
 =================== ======================== ==============================================
 array               shape / dtype            meaning
 =================== ======================== ==============================================
-``crops``           uint8 [M, H, W]          fitted crops, 255 = white background
+``crops``           uint8 [M, H, W]          fitted crops (``make_crops``' x 255, rounded), 255 = white
 ``features``        float32 [M, F_all]       every :data:`features.triad.FEATURE_NAMES` column
 ``labels``          int64 [M]                0..23 = class id - 1
 ``cell``            int64 [M]                index of the spread in the source dataset
@@ -45,40 +45,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from features.crops import MIN_AREA, CropSpec, check_crop_mode
+from karyogram.labels import NUM_CLASSES
+
 from .io import atomic_write
 
 CACHE_VERSION = 1
-#: instances whose mask has fewer pixels than this are skipped as degenerate
-MIN_AREA = 12
 
 _ARRAY_KEYS = ("crops", "features", "labels", "cell", "lengths", "centromere", "image_ids")
 
 
 # ---------------------------------------------------------------------------------------------- crops
-def fit_crop(crop: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize ``crop`` float [h, w] (white background 1.0) into float32 [height, width] keeping its aspect ratio.
-
-    The crop is scaled by ``min(height / h, width / w)`` (up or down) and centred on a white (1.0) canvas.
-
-    >>> fit_crop(np.zeros((40, 10), np.float32), 96, 32).shape
-    (96, 32)
-    """
-    import cv2
-
-    a = np.asarray(crop, dtype=np.float32)
-    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
-        raise ValueError(f"crop must be a non-empty 2-D array, got shape {a.shape}")
-    h, w = a.shape
-    s = min(height / h, width / w)
-    nh, nw = min(height, max(1, round(h * s))), min(width, max(1, round(w * s)))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    r = cv2.resize(a, (nw, nh), interpolation=interp)
-    out = np.ones((height, width), np.float32)
-    y0, x0 = (height - nh) // 2, (width - nw) // 2
-    out[y0 : y0 + nh, x0 : x0 + nw] = np.clip(r, 0.0, 1.0)
-    return out
-
-
 class CropAugment:
     """Random augmentation of one fitted crop float32 [H, W] (white background 1.0), shape kept.
 
@@ -133,173 +110,49 @@ class CropAugment:
 
 
 # ---------------------------------------------------------------------------------------------- computing
-def tight_crop(f: Any) -> np.ndarray:
-    """The straightened strip of one instance, p arm up, trimmed to the rows and columns its mask covers.
-
-    Args:
-        f: :class:`features.triad.InstanceFeatures`.
-
-    Returns:
-        float32 [h, w], white (1.0) outside the chromosome; ``[0, 0]`` for an empty instance.
-    """
-    from features.triad import oriented_crop
-
-    crop = np.asarray(oriented_crop(f), np.float32)
-    m = np.asarray(f.straightened_mask)
-    if not f.p_at_start:
-        m = m[::-1]
-    if crop.ndim != 2 or crop.size == 0 or m.shape != crop.shape or not m.any():
-        return np.zeros((0, 0), np.float32)
-    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-    # the strip is a fixed 32 px wide whatever the chromosome's width: trim it so that fitting into
-    # the crop box scales every chromosome to fill the box (its size is in the "scale" features)
-    return np.ascontiguousarray(crop[rows[0] : rows[-1] + 1, max(cols[0] - 1, 0) : cols[-1] + 2])
-
-
-#: how a chromosome is cut out for the classifier: "straight" (:func:`tight_crop`: the strip along its centre
-#: line, white outside its mask) or "axis" (:func:`axis_crop`: the image turned to its long axis, unmasked)
-CROP_MODES = ("straight", "axis")
-
-
-def check_crop_mode(crop_mode: str) -> str:
-    """``crop_mode`` if it is one of :data:`CROP_MODES`, else a ValueError naming them."""
-    if crop_mode not in CROP_MODES:
-        raise ValueError(f"unknown crop mode {crop_mode!r}: choose one of {', '.join(CROP_MODES)}")
-    return crop_mode
-
-
-def axis_crop(image: np.ndarray, box: np.ndarray, mask: np.ndarray, f: Any, *, min_width: float = 0.0) -> np.ndarray:
-    """The image around one instance, turned so that its long axis is vertical, p arm up, *not* masked.
-
-    Unlike :func:`tight_crop`, the pixels do not depend on the mask's outline: where two chromosomes cross
-    or touch, a derived (or predicted) mask is often a fragment of the chromosome or takes in part of the
-    neighbour, and the straightened strip then shows a piece or a chimera. Here the mask only gives the
-    direction of the long axis (its second moments) and, with its centre line, which end is the p arm;
-    the window is the instance's box seen along that axis.
-
-    Args:
-        image: float32 [H, W] grey, chromosomes dark on light.
-        box: ``(x0, y0, x1, y1)`` of the instance in ``image`` pixels.
-        mask: uint8 [H, W] its mask.
-        f: its :class:`features.triad.InstanceFeatures` (centre line and p-arm end).
-        min_width: the window is at least this wide (pixels; e.g. 1.5x the spread's median chromosome
-            width, so that a sliver of a mask still gets the whole chromosome's width).
-
-    Returns:
-        float32 [h, w] (white, 1.0, outside the image); ``[0, 0]`` for an empty instance. Rows run along the
-        axis (row 0 at the p end), columns across it; the window covers the box's extent along the axis and
-        the mask's extent across it (both about the box's centre), plus 2 px each side, at least
-        ``min_width`` wide but never wider than the box across the axis.
-    """
-    import cv2
-
-    line = np.asarray(getattr(f, "centerline", np.zeros((0, 2))), np.float64).reshape(-1, 2)
-    m_u8 = np.asarray(mask).astype(np.uint8, copy=False)
-    bx, by, bw, bh = cv2.boundingRect(m_u8)  # the mask's own extent: nonzero() over it, not the whole image
-    ys, xs = np.nonzero(m_u8[by : by + bh, bx : bx + bw])
-    ys, xs = ys + by, xs + bx
-    if len(xs) < 2 or len(line) == 0:
-        return np.zeros((0, 0), np.float32)
-    pts = np.stack([xs, ys], 1).astype(np.float64)
-    cov = np.cov(pts, rowvar=False)
-    evals, evecs = np.linalg.eigh(cov)
-    u = evecs[:, int(np.argmax(evals))]  # unit long axis (x, y)
-    nrm = np.array([-u[1], u[0]])
-    x0, y0, x1, y1 = (float(v) for v in np.asarray(box, np.float64).reshape(4))
-    c = np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0])
-    p_end = line[0] if f.p_at_start else line[-1]
-    if float((p_end - c) @ u) > 0:  # the p arm at the start of the axis: row 0
-        u, nrm = -u, -nrm
-    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]) - c
-    half_len = float(np.abs(corners @ u).max()) + 2.0
-    box_half_w = float(np.abs(corners @ nrm).max())
-    mask_half_w = float(np.abs((pts + 0.5 - c) @ nrm).max())
-    half_w = min(max(mask_half_w, min_width / 2.0), box_half_w) + 2.0
-    h, w = max(1, int(round(2 * half_len))), max(1, int(round(2 * half_w)))
-    # output (col, row) -> image (x, y): centre of the window on the box centre
-    m = np.array(
-        [
-            [nrm[0], u[0], c[0] - nrm[0] * (w - 1) / 2.0 - u[0] * (h - 1) / 2.0],
-            [nrm[1], u[1], c[1] - nrm[1] * (w - 1) / 2.0 - u[1] * (h - 1) / 2.0],
-        ],
-        np.float64,
-    )
-    img = np.ascontiguousarray(image, np.float32)
-    out = cv2.warpAffine(
-        img, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0
-    )
-    return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
-
-
-def instance_crops(
-    image: np.ndarray,
-    boxes: np.ndarray,
-    masks: np.ndarray,
-    infos: Sequence[Any],
-    mode: str = "straight",
-    straight: Sequence[np.ndarray] | None = None,
-) -> list[np.ndarray]:
-    """The classifier's crop of each instance (``infos[i]`` measured on ``masks[i]``) in crop ``mode``.
-
-    ``"straight"``: :func:`tight_crop`; ``"axis"``: :func:`axis_crop`, at least 1.5x the median chromosome
-    width of the instances given wide. Empty crops (``[0, 0]``) mark degenerate instances, the same ones in
-    every mode (an instance without a straightened crop has no axis crop either), so that the crops of two
-    modes (an ensemble's members) describe the same chromosomes. ``straight``: the instances' straight crops
-    when the caller has them already (they are not cut again).
-    """
-    check_crop_mode(mode)
-    if straight is None:
-        straight = [tight_crop(f) for f in infos]
-    if mode == "straight":
-        return list(straight)
-    widths = [float(f.mean_width_px) for f in infos if f.length_px > 0]
-    min_w = 1.5 * float(np.median(widths)) if widths else 0.0
-    return [
-        axis_crop(image, b, m, f, min_width=min_w) if s.size else np.zeros((0, 0), np.float32)
-        for b, m, f, s in zip(boxes, masks, infos, straight)
-    ]
-
-
 def spread_instances(
-    rec: Any, height: int, width: int, *, min_area: int = MIN_AREA, crop_mode: str = "straight"
+    rec: Any, height: int, width: int, *, crop_mode: str = "straight"
 ) -> tuple[dict[str, np.ndarray], Counter]:
     """Samples of one spread: features on the whole spread, crops and labels of its labelled chromosomes.
 
     Args:
         rec: a :class:`~datasets.record.KaryoRecord` with masks.
         height / width: crop box in pixels.
-        min_area: masks with fewer pixels are skipped as degenerate.
-        crop_mode: one of :data:`CROP_MODES` (see :func:`instance_crops`).
+        crop_mode: one of :data:`features.crops.CROP_MODES`.
 
     Returns:
         (arrays, skipped): arrays ``crops`` uint8 [m, H, W], ``features`` float32 [m, F_all],
         ``labels`` int64 [m] (0..23), ``lengths`` / ``centromere`` float32 [m]; ``skipped`` counts the
         instances left out by reason.
     """
-    arrays, skipped = spread_instances_by_mode(rec, {crop_mode: (height, width)}, min_area=min_area)
+    arrays, skipped = spread_instances_by_mode(rec, {crop_mode: (height, width)})
     arrays["crops"] = arrays.pop("crops_by_mode")[crop_mode]
     return arrays, skipped
 
 
-def spread_instances_by_mode(
-    rec: Any, specs: Mapping[str, tuple[int, int]], *, min_area: int = MIN_AREA
-) -> tuple[dict[str, Any], Counter]:
+def spread_instances_by_mode(rec: Any, specs: Mapping[str, tuple[int, int]]) -> tuple[dict[str, Any], Counter]:
     """:func:`spread_instances` with the crops of several crop modes, the features measured once.
 
+    The features and crops are :func:`features.crops.make_crops`' for the record's masks and boxes, exactly what
+    the pipeline gives its classifiers for the same masks (the fitted crops rounded to uint8). Left out: masks
+    under ``MIN_AREA`` pixels ("degenerate mask"; measured with the others, but, like in the pipeline, they do
+    not set the spread's scale), chromosomes of unknown class (label 0; they do set the scale) and instances
+    without a centre line (no crop in any mode).
+
     Args:
-        specs: crop mode (:data:`CROP_MODES`) -> ``(height, width)`` of its crop box.
+        specs: crop mode (:data:`features.crops.CROP_MODES`) -> ``(height, width)`` of its crop box.
 
     Returns:
         (arrays, skipped) as :func:`spread_instances`, with ``crops_by_mode`` (mode -> uint8 [m, h, w]) in place
-        of ``crops``; every mode holds the same m instances (:func:`instance_crops`).
+        of ``crops``; every mode holds the same m instances.
     """
-    from features.triad import FEATURE_NAMES, spread_features
+    from features.crops import make_crops
+    from features.triad import FEATURE_NAMES
 
-    for mode in specs:
-        check_crop_mode(mode)
+    crop_specs = {mode: CropSpec(int(h), int(w), check_crop_mode(mode)) for mode, (h, w) in specs.items()}
     skipped: Counter = Counter()
     empty = {
-        "crops_by_mode": {mode: np.zeros((0, h, w), np.uint8) for mode, (h, w) in specs.items()},
+        "crops_by_mode": {mode: np.zeros((0, s.height, s.width), np.uint8) for mode, s in crop_specs.items()},
         "features": np.zeros((0, len(FEATURE_NAMES)), np.float32),
         "labels": np.zeros(0, np.int64),
         "lengths": np.zeros(0, np.float32),
@@ -311,52 +164,40 @@ def spread_instances_by_mode(
     if rec.masks is None:
         skipped["no masks"] += n
         return empty, skipped
-    area = rec.masks.reshape(n, -1).sum(1, dtype=np.int64)
-    ok = area >= min_area
-    if (~ok).any():
-        skipped["degenerate mask"] += int((~ok).sum())
-    # unknown-class chromosomes still belong to the cell: they take part in the per-spread scale features
-    idx = np.flatnonzero(ok)
-    if len(idx) == 0:
-        return empty, skipped
     image = rec.image
     if rec.meta.get("polarity") == "bright":  # fluorescence left un-inverted by its loader: make it dark on light
         image = 1.0 - image
-    feats, infos = spread_features(image, rec.masks[idx])
-    feats = np.asarray(feats, np.float32)
-    straight = [tight_crop(f) for f in infos]
-    all_crops = {mode: instance_crops(image, rec.boxes[idx], rec.masks[idx], infos, mode, straight) for mode in specs}
+    made = make_crops(image, rec.masks, crop_specs.values(), boxes=rec.boxes)
+    skipped["degenerate mask"] += int((~made.measured).sum())
+    ok = made.ok
     keep = []
-    for j, i in enumerate(idx):
+    for i in np.flatnonzero(made.measured):
         if rec.labels[i] <= 0:
             skipped["unknown class (label 0)"] += 1
-            continue
-        if any(all_crops[mode][j].size == 0 for mode in specs):  # (empty in every mode alike)
+        elif not ok[i]:
             skipped["no centre line (degenerate mask)"] += 1
-            continue
-        keep.append(j)
+        else:
+            keep.append(i)
+    skipped = +skipped  # (no zero counts)
     if not keep:
         return empty, skipped
     keep_a = np.asarray(keep)
-    crops_by_mode = {
-        mode: np.stack([np.round(fit_crop(all_crops[mode][j], h, w) * 255.0).astype(np.uint8) for j in keep])
-        for mode, (h, w) in specs.items()
-    }
     return {
-        "crops_by_mode": crops_by_mode,
-        "features": feats[keep_a],
-        "labels": rec.labels[idx[keep_a]].astype(np.int64) - 1,
-        "lengths": np.array([infos[j].length_px for j in keep], np.float32),
-        "centromere": np.array([infos[j].centromere_index for j in keep], np.float32),
+        "crops_by_mode": {
+            mode: np.round(made.fitted[s][keep_a] * 255.0).astype(np.uint8) for mode, s in crop_specs.items()
+        },
+        "features": made.features[keep_a],
+        "labels": rec.labels[keep_a].astype(np.int64) - 1,
+        "lengths": np.array([made.infos[i].length_px for i in keep], np.float32),
+        "centromere": np.array([made.infos[i].centromere_index for i in keep], np.float32),
     }, skipped
 
 
 class _SpreadJob(torch.utils.data.Dataset):
     """Wraps the record dataset so that DataLoader workers compute spreads in parallel."""
 
-    def __init__(self, ds: Any, height: int, width: int, min_area: int, crop_mode: str = "straight") -> None:
-        self.ds, self.height, self.width, self.min_area = ds, height, width, min_area
-        self.crop_mode = crop_mode
+    def __init__(self, ds: Any, height: int, width: int, crop_mode: str = "straight") -> None:
+        self.ds, self.height, self.width, self.crop_mode = ds, height, width, crop_mode
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -365,9 +206,7 @@ class _SpreadJob(torch.utils.data.Dataset):
         rec = self.ds[i]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # per-instance warnings are counted instead
-            arrays, skipped = spread_instances(
-                rec, self.height, self.width, min_area=self.min_area, crop_mode=self.crop_mode
-            )
+            arrays, skipped = spread_instances(rec, self.height, self.width, crop_mode=self.crop_mode)
         return i, rec.image_id or str(i), arrays, skipped
 
 
@@ -398,14 +237,14 @@ def _describe(ds: Any) -> dict[str, Any]:
     return d
 
 
-def cache_key(ds: Any, height: int, width: int, min_area: int = MIN_AREA, crop_mode: str = "straight") -> str:
+def cache_key(ds: Any, height: int, width: int, crop_mode: str = "straight") -> str:
     """Hex key of (dataset description, crop size and mode, feature names, cache version)."""
     from features.triad import FEATURE_NAMES
 
     desc = {
         "dataset": _describe(ds),
         "crop": [height, width],
-        "min_area": min_area,
+        "min_area": MIN_AREA,
         "features": list(FEATURE_NAMES),
         "version": CACHE_VERSION,
     }
@@ -417,9 +256,8 @@ def cache_key(ds: Any, height: int, width: int, min_area: int = MIN_AREA, crop_m
 def compute_instances(
     ds: Any,
     *,
-    crop_height: int = 96,
-    crop_width: int = 32,
-    min_area: int = MIN_AREA,
+    crop_height: int = CropSpec.height,
+    crop_width: int = CropSpec.width,
     workers: int = 0,
     progress: bool = True,
     desc: str = "instances",
@@ -430,7 +268,7 @@ def compute_instances(
 
     from features.triad import FEATURE_NAMES
 
-    job = _SpreadJob(ds, crop_height, crop_width, min_area, check_crop_mode(crop_mode))
+    job = _SpreadJob(ds, crop_height, crop_width, check_crop_mode(crop_mode))
     loader = torch.utils.data.DataLoader(job, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity)
     parts: list[dict[str, np.ndarray]] = []
     cells: list[np.ndarray] = []
@@ -507,13 +345,12 @@ class InstanceDataset(torch.utils.data.Dataset):
         record_dataset: Any = None,
         *,
         feature_groups: str = "all",
-        crop_height: int = 96,
-        crop_width: int = 32,
+        crop_height: int = CropSpec.height,
+        crop_width: int = CropSpec.width,
         cache_path: str | os.PathLike | None = None,
         transforms: Any = None,
         workers: int = 0,
         progress: bool = True,
-        min_area: int = MIN_AREA,
         arrays: dict[str, np.ndarray] | None = None,
         desc: str = "instances",
         crop_mode: str = "straight",
@@ -529,9 +366,7 @@ class InstanceDataset(torch.utils.data.Dataset):
         if arrays is None:
             if record_dataset is None:
                 raise ValueError("InstanceDataset needs a record dataset or precomputed arrays")
-            arrays = self._load_or_compute(
-                record_dataset, min_area=min_area, workers=workers, progress=progress, desc=desc
-            )
+            arrays = self._load_or_compute(record_dataset, workers=workers, progress=progress, desc=desc)
         self._set_arrays(arrays)
         # validates the group name, and "none" gives [M, 0]
         self.selected = np.ascontiguousarray(select_features(self.features, feature_groups), dtype=np.float32)
@@ -555,13 +390,13 @@ class InstanceDataset(torch.utils.data.Dataset):
         for k in ("crops", "features", "cell", "lengths", "centromere"):
             if len(getattr(self, k)) != m:
                 raise ValueError(f"instance array {k!r} has {len(getattr(self, k))} rows, labels have {m}")
-        if m and (self.labels.min() < 0 or self.labels.max() > 23):
-            raise ValueError(f"labels must be 0..23 (class id - 1), got {self.labels.min()}..{self.labels.max()}")
+        if m and (self.labels.min() < 0 or self.labels.max() >= NUM_CLASSES):
+            raise ValueError(
+                f"labels must be 0..{NUM_CLASSES - 1} (class id - 1), got {self.labels.min()}..{self.labels.max()}"
+            )
 
-    def _load_or_compute(
-        self, ds: Any, *, min_area: int, workers: int, progress: bool, desc: str
-    ) -> dict[str, np.ndarray]:
-        key = cache_key(ds, self.crop_height, self.crop_width, min_area, self.crop_mode)
+    def _load_or_compute(self, ds: Any, *, workers: int, progress: bool, desc: str) -> dict[str, np.ndarray]:
+        key = cache_key(ds, self.crop_height, self.crop_width, self.crop_mode)
         p = self.cache_path
         if p is not None and p.exists():
             try:
@@ -577,7 +412,6 @@ class InstanceDataset(torch.utils.data.Dataset):
             ds,
             crop_height=self.crop_height,
             crop_width=self.crop_width,
-            min_area=min_area,
             workers=workers,
             progress=progress,
             desc=desc,
@@ -601,7 +435,7 @@ class InstanceDataset(torch.utils.data.Dataset):
 
     def class_counts(self) -> np.ndarray:
         """int64 [24]: instances per class (index = class id - 1)."""
-        return np.bincount(self.labels, minlength=24).astype(np.int64)
+        return np.bincount(self.labels, minlength=NUM_CLASSES).astype(np.int64)
 
     def sample_weights(self) -> np.ndarray:
         """float64 [M]: 1 / (instances of the sample's class), for class-balanced sampling."""
@@ -701,14 +535,8 @@ __all__ = [
     "cache_key",
     "compute_instances",
     "concat_instances",
-    "CROP_MODES",
-    "axis_crop",
-    "check_crop_mode",
-    "fit_crop",
-    "instance_crops",
     "load_instance_cache",
     "save_instance_cache",
     "spread_instances",
     "spread_instances_by_mode",
-    "tight_crop",
 ]

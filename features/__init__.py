@@ -1,9 +1,11 @@
-"""Per-chromosome features: centre line and straightening, centromere and polarity, banding, the triad.
+"""Per-chromosome features: centre line and straightening, centromere and polarity, banding, the triad, the crops.
 
-See :mod:`features.triad` for the feature vector (geometry + centromere, scale, texture).
+See :mod:`features.triad` for the feature vector (geometry + centromere, scale, texture) and
+:mod:`features.crops` for every crop of a chromosome (:func:`make_crops`).
 """
 
 from .centromere import CentromereEstimate, locate_centromere
+from .crops import Crops, CropSpec, make_crops
 from .geometry import centerline, line_length, straighten, width_profile
 from .texture import band_stats, density_profile
 from .triad import (
@@ -12,7 +14,6 @@ from .triad import (
     InstanceFeatures,
     feature_names,
     instance_features,
-    oriented_crop,
     select_features,
     spread_features,
 )
@@ -21,6 +22,8 @@ __all__ = [
     "FEATURE_GROUPS",
     "FEATURE_NAMES",
     "CentromereEstimate",
+    "CropSpec",
+    "Crops",
     "InstanceFeatures",
     "band_stats",
     "centerline",
@@ -29,7 +32,7 @@ __all__ = [
     "instance_features",
     "line_length",
     "locate_centromere",
-    "oriented_crop",
+    "make_crops",
     "select_features",
     "spread_features",
     "straighten",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from .centromere import locate_centromere
@@ -45,13 +44,16 @@ __all__ = [
     "InstanceFeatures",
     "feature_names",
     "instance_features",
-    "oriented_crop",
+    "MIN_AREA",
     "select_features",
     "spread_features",
 ]
 
 #: width of the stored straightened strip (pixels)
 STRIP_WIDTH = 32
+#: masks with fewer pixels than this are not measured as chromosomes: they do not set the spread's scale
+#: (:func:`spread_features`), and the classifier's trainer leaves them out
+MIN_AREA = 12
 _N_WIDTH_BINS = 8
 _N_DENS_BINS = 16
 
@@ -135,10 +137,8 @@ class InstanceFeatures:
 
     @property
     def centromere_row(self) -> float:
-        """Row of the centromere in :func:`oriented_crop` at its natural height (p arm up).
-
-        For a crop resized to ``height`` rows, the row is ``centromere_row * (height - 1) / (L - 1)``.
-        """
+        """Row of the centromere in the straightened strip turned p arm up (:func:`features.crops.make_crops`'
+        straight crop), at its natural height."""
         n = self.straightened.shape[0]
         return float(self.centromere_index * max(n - 1, 0))
 
@@ -268,26 +268,6 @@ def instance_features(image: np.ndarray, mask: np.ndarray) -> InstanceFeatures:
     )
 
 
-def oriented_crop(f: InstanceFeatures, height: int | None = None) -> np.ndarray:
-    """The straightened strip with the p arm up: float32 [h, 32] (white background).
-
-    Args:
-        f: features of one instance.
-        height: rows of the output (linear resize along the length), or None for the natural length.
-
-    The centromere is at row ``f.centromere_row`` of the natural-height crop (see that property for
-    a resized crop). An empty instance gives ``height`` (or 0) white rows.
-    """
-    s = f.straightened if f.p_at_start else f.straightened[::-1]
-    w = s.shape[1] if s.ndim == 2 else STRIP_WIDTH
-    if height is None:
-        return np.ascontiguousarray(s, dtype=np.float32)
-    h = max(1, int(height))
-    if s.shape[0] == 0:
-        return np.ones((h, w), np.float32)
-    return cv2.resize(np.ascontiguousarray(s, np.float32), (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-
-
 def _own_row(f: InstanceFeatures) -> dict[str, float]:
     wp = f.oriented(f.width_profile)
     w8 = resample_profile(wp, _N_WIDTH_BINS) / max(f.mean_width_px, 1e-6) if f.length_px > 0 else np.zeros(8)
@@ -317,25 +297,31 @@ def _safe_ratio(a: np.ndarray, b: float) -> np.ndarray:
     return a / b if b > 0 else np.zeros_like(a)
 
 
-def spread_features(image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, list[InstanceFeatures]]:
+def spread_features(
+    image: np.ndarray, masks: np.ndarray, *, min_area: int = MIN_AREA
+) -> tuple[np.ndarray, list[InstanceFeatures]]:
     """Features of every chromosome of one metaphase.
 
-    Scale features (each chromosome against the other instances of the same image, N instances):
+    Scale features: each chromosome against the spread's *measured* instances, the N of them whose mask has at
+    least ``min_area`` pixels (every instance when none has; a smaller mask is a speck, not a chromosome, and
+    would shift the spread's count, ranks and medians):
 
     * ``rel_length`` = ``2 * (N / 46) * length / sum(lengths)``: on the scale of the reference's
       haploid relative length (a normal 46-chromosome spread sums to ~2 haploid sets); the ``N/46``
       keeps it comparable when chromosomes are missing or extra;
-    * ``length_rank``: rank of the length within the spread in [0, 1] (0 shortest, 1 longest; 0.5 if N=1);
+    * ``length_rank``: rank of the length among the measured instances in [0, 1] (0 shortest, 1 longest;
+      0.5 if N=1; an instance below ``min_area``: the share of the others' ranks below its length);
     * ``rel_length_median`` = length / median length; ``rel_area`` = area / median area;
       ``rel_width`` = mean width / median mean width; ``rel_p_arm``, ``rel_q_arm`` = arm length /
       median length; ``rel_darkness`` = mean darkness / median mean darkness.
 
     Args:
         image: float32 [H, W] grey in [0, 1].
-        masks: uint8 [N, H, W].
+        masks: uint8 [N_all, H, W].
+        min_area: the smallest mask (pixels) that sets the spread's scale (:data:`MIN_AREA`).
 
     Returns:
-        ``(x float32[N, len(FEATURE_NAMES)], per-instance features)``, every value finite.
+        ``(x float32[N_all, len(FEATURE_NAMES)], per-instance features)``, every value finite.
     """
     masks = np.asarray(masks)
     if masks.ndim == 2:
@@ -351,18 +337,25 @@ def spread_features(image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, l
     dark = np.array([f.darkness_mean for f in feats], np.float64)
     p_len = np.array([f.p_arm_len_px for f in feats], np.float64)
     q_len = np.array([f.q_arm_len_px for f in feats], np.float64)
-    med_len = float(np.median(length))
+    ref = area >= min_area  # the instances that set the spread's scale
+    if not ref.any():
+        ref[:] = True
+    n_ref = int(ref.sum())
+    med_len = float(np.median(length[ref]))
+    rank = np.full(n, 0.5)
+    if n_ref > 1:
+        rank[ref] = np.argsort(np.argsort(length[ref], kind="stable"), kind="stable") / (n_ref - 1)
+        below = np.searchsorted(np.sort(length[ref]), length[~ref], side="left")
+        rank[~ref] = np.minimum(below / (n_ref - 1), 1.0)
     scale = {
-        "rel_length": _safe_ratio(2.0 * (n / 46.0) * length, float(length.sum())),
-        "length_rank": (np.argsort(np.argsort(length, kind="stable"), kind="stable") / (n - 1))
-        if n > 1
-        else np.full(1, 0.5),
+        "rel_length": _safe_ratio(2.0 * (n_ref / 46.0) * length, float(length[ref].sum())),
+        "length_rank": rank,
         "rel_length_median": _safe_ratio(length, med_len),
-        "rel_area": _safe_ratio(area, float(np.median(area))),
-        "rel_width": _safe_ratio(width, float(np.median(width))),
+        "rel_area": _safe_ratio(area, float(np.median(area[ref]))),
+        "rel_width": _safe_ratio(width, float(np.median(width[ref]))),
         "rel_p_arm": _safe_ratio(p_len, med_len),
         "rel_q_arm": _safe_ratio(q_len, med_len),
-        "rel_darkness": _safe_ratio(dark, float(np.median(dark))),
+        "rel_darkness": _safe_ratio(dark, float(np.median(dark[ref]))),
     }
     col = {name: j for j, name in enumerate(FEATURE_NAMES)}
     for i, f in enumerate(feats):

@@ -6,10 +6,9 @@
   at the bottom, the ISCN string as the title. PNG, SVG or PDF by the file suffix.
 * :func:`render_overlay`: the spread with each mask tinted by its class (:data:`PALETTE`, the same
   colours as the karyogram's baselines), its contour and its name.
-* :func:`upright_crop`: an upright crop from an image and a mask (principal axis vertical, white outside
-  the mask) for when no straightened features are available.
 
-Every file is written atomically (:mod:`fileio`). This package imports no loader (``datasets``): the label
+The karyogram's crops are made by :func:`features.crops.make_crops` (its ``shown`` crops), for the pipeline and
+the review app alike. Every file is written atomically (:mod:`fileio`). This package imports no loader (``datasets``): the label
 vocabulary (:mod:`karyogram.labels`) sits below the loaders, which import it.
 """
 
@@ -65,78 +64,6 @@ _FLAG_RED = "#d62728"
 def class_colour(class_id: int) -> tuple[int, int, int]:
     """RGB (0-255) colour of a class id 1..24; grey for 0 (unassigned)."""
     return PALETTE[int(class_id) - 1] if 1 <= int(class_id) <= NUM_CLASSES else UNASSIGNED_COLOUR
-
-
-# ----------------------------------------------------------------------------------------------- crops
-def upright_crop(
-    image: np.ndarray,
-    mask: np.ndarray,
-    box: Sequence[float] | np.ndarray | None = None,
-    *,
-    centromere: Sequence[float] | np.ndarray | None = None,
-    p_dir: Sequence[float] | np.ndarray | None = None,
-    pad: int = 2,
-) -> tuple[np.ndarray, float | None]:
-    """The masked region rotated so that the mask's principal axis is vertical.
-
-    Args:
-        image: float32 [H, W] grey in [0, 1], dark chromosomes on light.
-        mask: [H, W] nonzero on the chromosome.
-        box: ``x1, y1, x2, y2`` pixels bounding the mask (speeds up large images), or None.
-        centromere: ``(x, y)`` of the centromere in the image, or None.
-        p_dir: ``(dx, dy)`` from the centromere towards the p-arm end, or None. With ``p_dir`` the p arm
-            is put up; with only ``centromere`` the end nearer the centromere (the short arm) is put up.
-        pad: white pixels around the result.
-
-    Returns:
-        ``(crop, centromere_row)``: crop float32 [h, w] in [0, 1], white (1.0) outside the mask; the row of
-        the centromere in the crop (None when ``centromere`` is None). A bent chromosome stays bent.
-    """
-    img = np.asarray(image, dtype=np.float32)
-    m = np.asarray(mask) > 0
-    if img.shape != m.shape:
-        raise ValueError(f"image {img.shape} and mask {m.shape} must have the same shape [H, W]")
-    if box is not None:
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        x1, y1 = max(x1 - 2, 0), max(y1 - 2, 0)
-        x2, y2 = min(x2 + 2, m.shape[1]), min(y2 + 2, m.shape[0])
-    else:
-        x1 = y1 = 0
-        y2, x2 = m.shape
-    sub_m = m[y1:y2, x1:x2]
-    ys, xs = np.nonzero(sub_m)
-    if ys.size == 0:
-        return np.ones((1, 1), np.float32), None
-    pts = np.stack([xs, ys], 1).astype(np.float64)
-    c = pts.mean(0)
-    cov = np.cov((pts - c).T) if ys.size > 1 else np.eye(2)
-    w_, v_ = np.linalg.eigh(cov)
-    v = v_[:, int(np.argmax(w_))]  # principal axis (dx, dy), unit
-    cen = None if centromere is None else np.asarray(centromere, np.float64) - (x1, y1)
-    if p_dir is not None and np.all(np.isfinite(p_dir)):
-        if float(np.dot(v, np.asarray(p_dir, np.float64))) > 0:  # v must point away from the p arm (down)
-            v = -v
-    elif cen is not None and np.all(np.isfinite(cen)):
-        proj = (pts - c) @ v
-        if float((cen - c) @ v) > 0.5 * (proj.min() + proj.max()):  # centromere in the lower half: flip
-            v = -v
-    elif v[1] < 0:
-        v = -v
-    rot = np.array([[v[1], -v[0]], [v[0], v[1]]])  # rot @ v = (0, 1)
-    q = (pts - c) @ rot.T
-    lo = q.min(0) - pad
-    hi = q.max(0) + pad
-    out_w, out_h = int(np.ceil(hi[0] - lo[0])) + 1, int(np.ceil(hi[1] - lo[1])) + 1
-    aff = np.hstack([rot, (-rot @ c - lo)[:, None]]).astype(np.float64)
-    sub_i = img[y1:y2, x1:x2]
-    fg = np.where(sub_m, sub_i, 1.0).astype(np.float32)
-    crop = cv2.warpAffine(fg, aff, (out_w, out_h), flags=cv2.INTER_LINEAR, borderValue=1.0)
-    mw = cv2.warpAffine(sub_m.astype(np.float32), aff, (out_w, out_h), flags=cv2.INTER_LINEAR, borderValue=0.0)
-    crop = np.where(mw > 0.5, crop, 1.0).astype(np.float32)
-    row = None
-    if cen is not None and np.all(np.isfinite(cen)):
-        row = float((aff[:, :2] @ cen + aff[:, 2])[1])
-    return np.clip(crop, 0.0, 1.0), row
 
 
 def _check_lengths(n: int, **arrays: object) -> None:

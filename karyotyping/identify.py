@@ -1,9 +1,10 @@
 """Measure and classify the instances of one spread, as the pipeline does between segmentation and assignment.
 
 :func:`measure_and_classify` is the middle of :meth:`karyotyping.core.KaryotypePipeline._identify`
-(features over the whole spread, the straightened crops, each classifier member on the crops of its mode)
-for any masks, e.g. the ones a reviewer has cut, joined or drawn (``review/``). ``which`` classifies only
-some instances: the others' features still count, as the spread's scale, for the ones classified.
+(:func:`features.crops.make_crops`: features over the whole spread and every member's crops, the very ones the
+trainer makes for the same masks; then each classifier member on its own crops) for any masks, e.g. the ones a
+reviewer has cut, joined or drawn (``review/``). ``which`` classifies only some instances: the others' features
+still count, as the spread's scale, for the ones classified.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class Identified:
     Attributes:
         x: float32 [N, len(features.triad.FEATURE_NAMES)] the feature triad of every instance.
         feats: the N :class:`features.triad.InstanceFeatures`.
-        crops: the N straightened crops (p arm up; ``[0, 0]`` for a degenerate instance).
+        crops: the N crops the karyogram lays out (:attr:`features.crops.Crops.shown`: straightened, p arm up,
+            at the cell's pixel scale; a mask without a centre line turned upright).
         which: int [K] the instances classified.
         probs: float32 [K, 24] their probabilities (column k - 1 for class k).
     """
@@ -53,13 +55,14 @@ def measure_and_classify(
         boxes: float [N, 4] xyxy of each instance (the axis crops' windows), ``image`` pixels.
         which: the instances to classify (default all).
         flip: :func:`models.classifier.predict_members` ``flip``.
-        timings: seconds are added to its ``"features"`` (measuring) and ``"classification"`` (crops and the
-            classifiers) entries.
+        timings: seconds are added to its ``"features"`` (measuring and cutting the crops) and
+            ``"classification"`` (the classifiers) entries.
     """
     import time
 
-    from datasets.instances import instance_crops, tight_crop
-    from features.triad import FEATURE_NAMES, spread_features
+    from features.crops import make_crops
+    from features.triad import FEATURE_NAMES
+    from karyogram.labels import NUM_CLASSES
     from models.classifier import predict_members
 
     n = len(masks)
@@ -68,24 +71,21 @@ def measure_and_classify(
         if timings is not None:  # nothing to measure or classify: the stages took no time, and say so
             timings.setdefault("features", 0.0)
             timings.setdefault("classification", 0.0)
-        return Identified(np.zeros((0, len(FEATURE_NAMES)), np.float32), [], [], idx, np.zeros((0, 24), np.float32))
+        return Identified(
+            np.zeros((0, len(FEATURE_NAMES)), np.float32), [], [], idx, np.zeros((0, NUM_CLASSES), np.float32)
+        )
     t0 = time.perf_counter()
-    x, feats = spread_features(image, masks)
+    # each classifier gets exactly the crops it was trained on (its config's crop spec), over all instances: the
+    # spread's scale and the axis crops' minimum width come from every measured instance
+    made = make_crops(image, masks, [c.crop_spec for _, c in members], boxes=boxes)
     t1 = time.perf_counter()
-    # the straightened crops (p arm up, trimmed to the mask) go into the karyogram; each classifier gets exactly
-    # the crops it was trained on: these, or the unmasked axis crops (its config's crop_mode)
-    crops = [tight_crop(f) for f in feats]
-    by_mode = {"straight": crops}
-    for mode in sorted({c.crop_mode for _, c in members} - {"straight"}):
-        # over all instances: the axis crops' minimum width is the spread's median chromosome width
-        by_mode[mode] = instance_crops(image, boxes, masks, feats, mode, crops)
-    chosen = {mode: [c[i] for i in idx] for mode, c in by_mode.items()}
+    chosen = {spec: crops[idx] for spec, crops in made.fitted.items()}
     probs = (
-        np.asarray(predict_members(members, chosen, x[idx], flip=flip), np.float32)
+        np.asarray(predict_members(members, chosen, made.features[idx], flip=flip), np.float32)
         if len(idx)
-        else np.zeros((0, 24), np.float32)
+        else np.zeros((0, NUM_CLASSES), np.float32)
     )
     if timings is not None:
         timings["features"] = timings.get("features", 0.0) + t1 - t0
         timings["classification"] = timings.get("classification", 0.0) + time.perf_counter() - t1
-    return Identified(x, feats, crops, idx, probs)
+    return Identified(made.features, made.infos, made.shown, idx, probs)

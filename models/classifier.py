@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from features.crops import CropSpec, check_crop_mode, fit_crop
 from karyogram.labels import NUM_CLASSES
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -46,11 +47,12 @@ class ClsConfig:
         arch: "resnet18", "resnet34" or "resnet50" (torchvision, from scratch), or "efficientnet_lite0"
             (lite1, lite2; timm's architecture, see :mod:`models.efficientnet_lite`).
         in_channels: channels of the crop (1: grey).
-        crop_height / crop_width: size in pixels the straightened crop is fitted into (p arm up).
-        crop_mode: how each chromosome is cut out (:data:`datasets.instances.CROP_MODES`): "straight" (the
+        crop_height / crop_width: size in pixels the crop is fitted into (p arm up); defaults
+            :class:`features.crops.CropSpec`'s.
+        crop_mode: how each chromosome is cut out (:data:`features.crops.CROP_MODES`): "straight" (the
             strip along its centre line, white outside its mask) or "axis" (the image turned to its long
-            axis, unmasked); see :func:`datasets.instances.instance_crops`. Checkpoints from before this
-            field are "straight".
+            axis, unmasked); see :mod:`features.crops`. Checkpoints from before this field are "straight".
+            The three make :attr:`crop_spec`.
         stem: "small" (3x3 stride-1 conv + max-pool: total stride 16, a 96x32 crop ends as a 6x2 map),
             "cifar" (3x3 stride-1 conv, no pool: stride 8) or "imagenet" (torchvision's 7x7 stride-2 conv +
             pool: stride 32, which leaves a 3x1 map for 96x32 crops, too coarse for banding) or "imagenet16"
@@ -74,9 +76,9 @@ class ClsConfig:
 
     arch: str = "resnet18"
     in_channels: int = 1
-    crop_height: int = 96
-    crop_width: int = 32
-    crop_mode: str = "straight"
+    crop_height: int = CropSpec.height
+    crop_width: int = CropSpec.width
+    crop_mode: str = CropSpec.mode
     stem: str = "small"
     imagenet: bool = False
     n_features: int = 0
@@ -95,8 +97,6 @@ class ClsConfig:
             raise ValueError(f"unknown stem {self.stem!r}: choose one of {', '.join(STEMS)}")
         if self.imagenet and not self.arch.startswith("efficientnet"):
             raise ValueError(f"ImageNet weights come with the efficientnet_lite* archs, not {self.arch!r}")
-        from datasets.instances import check_crop_mode
-
         check_crop_mode(self.crop_mode)
         if self.crop_height < 8 or self.crop_width < 8:
             raise ValueError(f"crop size {self.crop_height}x{self.crop_width} is too small (at least 8x8 pixels)")
@@ -112,6 +112,11 @@ class ClsConfig:
             raise ValueError(f"feature_names has {len(self.feature_names)} names but n_features is {self.n_features}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def crop_spec(self) -> CropSpec:
+        """The crop this classifier takes (:func:`features.crops.make_crops`)."""
+        return CropSpec(self.crop_height, self.crop_width, self.crop_mode)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,8 +174,8 @@ class HybridClassifier(nn.Module):
             come from one of our checkpoints anyway).
 
     Forward:
-        crops (FloatTensor[B, C, H, W]): straightened crops, values in [0, 1], dark chromosome on a white
-            (1.0) background as :func:`features.triad.oriented_crop` gives them; the model inverts them so
+        crops (FloatTensor[B, C, H, W]): fitted crops, values in [0, 1], dark chromosome on a white
+            (1.0) background as :func:`features.crops.make_crops` gives them; the model inverts them so
             that the background is 0 (zero padding of the convolutions then matches the background).
         features (FloatTensor[B, F] or None): the *selected*, unstandardised features (F = n_features);
             the model standardises them with ``config.feature_mean / feature_std`` and replaces NaN
@@ -451,8 +456,6 @@ def prepare_crops(crops: np.ndarray | Sequence[np.ndarray], config: ClsConfig) -
             empty crop (a degenerate mask: a pixel, a line) stays all white, so it gets the model's
             "nothing there" probabilities and the karyotype assignment can leave it unassigned.
     """
-    from datasets.instances import fit_crop
-
     out = np.ones((len(crops), config.crop_height, config.crop_width), np.float32)
     for i, c in enumerate(crops):
         a = np.asarray(c)
@@ -539,9 +542,9 @@ def predict_members(
 
     Args:
         members: ``(model, config)`` pairs (:func:`load_classifier_members`).
-        crops: a mapping crop mode -> the N crops in that mode (:func:`datasets.instances.instance_crops`),
-            each member taking its ``config.crop_mode``'s; or the N crops themselves when every member uses
-            the same mode.
+        crops: a mapping from :class:`features.crops.CropSpec` (:attr:`ClsConfig.crop_spec`) or crop mode to the
+            N crops (:attr:`features.crops.Crops.fitted`), each member taking its spec's, else its mode's; or the
+            N crops themselves when every member uses the same mode.
         features, flip: as :func:`predict_proba` (all columns; each member selects its own).
 
     One member: its :func:`predict_proba`. Several: the normalised geometric mean of theirs, i.e. the
@@ -554,9 +557,10 @@ def predict_members(
     probs = []
     for model, config in members:
         if isinstance(crops, Mapping):
-            if config.crop_mode not in crops:
+            key = config.crop_spec if config.crop_spec in crops else config.crop_mode
+            if key not in crops:
                 raise ValueError(f"no {config.crop_mode!r} crops given for a classifier of that crop mode")
-            c = crops[config.crop_mode]
+            c = crops[key]
         else:
             c = crops
         probs.append(np.asarray(predict_proba(model, config, c, features, flip=flip), np.float32))

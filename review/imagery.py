@@ -80,28 +80,19 @@ class Crop:
 
 
 def chromosome_crops(image: np.ndarray, masks: np.ndarray) -> list[Crop]:
-    """The crops the pipeline lays out in its karyogram (:func:`datasets.instances.tight_crop` of the
-    straightened chromosome), with :func:`karyogram.render.upright_crop` for an instance too small to
-    straighten."""
-    from datasets.instances import tight_crop
-    from features.triad import spread_features
-    from karyogram.render import upright_crop
+    """The crops the pipeline lays out in its karyogram (:attr:`features.crops.Crops.shown`: the straightened
+    chromosome, or the mask turned upright for an instance too small to straighten)."""
+    from features.crops import make_crops
 
     if len(masks) == 0:
         return []
-    _, feats = spread_features(image, masks)
+    made = make_crops(image, masks)
     out = []
-    for m, f in zip(masks, feats):
-        crop = tight_crop(f)
-        row = float(f.centromere_row)
-        if crop.size == 0:
-            crop, r = upright_crop(image, m)
-            row = float(r) if r is not None else 0.5 * (crop.shape[0] - 1)
+    for f, crop, row in zip(made.infos, made.shown, made.centromere_rows):
         p = np.asarray(f.p_end_xy, np.float64) - np.asarray(f.centromere_xy, np.float64)
         norm = float(np.hypot(*p))
         p_dir = (float(p[0] / norm), float(p[1] / norm)) if norm > 1e-6 and np.isfinite(norm) else None
-        row = float(np.clip(row, 0, crop.shape[0] - 1))
-        out.append(Crop(np.clip(crop, 0.0, 1.0).astype(np.float32), row, p_dir))
+        out.append(Crop(crop, row, p_dir))
     return out
 
 

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.instances import CROP_MODES, axis_crop, cache_key, instance_crops, spread_instances
+from datasets.instances import cache_key, spread_instances
+from features.crops import CROP_MODES, CropSpec, axis_crop, make_crops
 from models.classifier import ClsConfig
 
 
@@ -91,7 +92,7 @@ def test_axis_crop_of_an_empty_instance_is_empty():
 def test_crop_modes_are_checked_and_keep_the_straight_cache_key():
     assert CROP_MODES == ("straight", "axis")
     with pytest.raises(ValueError, match="crop mode 'bent'"):
-        instance_crops(np.ones((8, 8), np.float32), np.zeros((0, 4)), np.zeros((0, 8, 8), np.uint8), [], "bent")
+        CropSpec(mode="bent")
     with pytest.raises(ValueError, match="crop mode 'bent'"):
         ClsConfig(crop_mode="bent")
     assert ClsConfig.from_dict({"arch": "resnet18"}).crop_mode == "straight"  # checkpoints from before the field
@@ -115,22 +116,33 @@ def test_spread_instances_axis_mode_same_instances_other_pixels():
     assert (b["crops"][:, :, [0, -1]] < 250).mean() > (a["crops"][:, :, [0, -1]] < 250).mean()
 
 
-def test_both_modes_leave_out_the_same_degenerate_instances():
-    """An instance without a straightened crop has no axis crop either, so an ensemble's modes agree."""
+def test_both_modes_leave_out_the_same_degenerate_instances(monkeypatch):
+    """An instance without a straightened crop has no axis crop either (all white in every spec), so an
+    ensemble's modes agree; the karyogram still gets a crop of it (its mask turned upright)."""
     import dataclasses
 
+    import features.crops as fc
     from datasets.synthetic import generate_spread
-    from features.triad import spread_features
 
     rec = generate_spread(np.random.default_rng(5), None, "46,XY", size=(384, 384), image_id="deg")
-    _, infos = spread_features(rec.image, rec.masks)
-    infos[3] = dataclasses.replace(
-        infos[3], straightened=np.zeros((0, 32), np.float32), straightened_mask=np.zeros((0, 32), np.uint8)
-    )
-    straight = instance_crops(rec.image, rec.boxes, rec.masks, infos, "straight")
-    axis = instance_crops(rec.image, rec.boxes, rec.masks, infos, "axis")
-    assert [c.size == 0 for c in straight] == [c.size == 0 for c in axis]
-    assert straight[3].size == 0 and all(c.size for i, c in enumerate(axis) if i != 3)
+    real = fc.spread_features
+
+    def no_strip_for_3(image, masks):
+        x, infos = real(image, masks)
+        infos[3] = dataclasses.replace(
+            infos[3], straightened=np.zeros((0, 32), np.float32), straightened_mask=np.zeros((0, 32), np.uint8)
+        )
+        return x, infos
+
+    monkeypatch.setattr(fc, "spread_features", no_strip_for_3)
+    specs = [CropSpec(48, 16, "straight"), CropSpec(48, 16, "axis")]
+    made = make_crops(rec.image, rec.masks, specs, boxes=rec.boxes)
+    assert made.ok.tolist() == [i != 3 for i in range(len(rec))]
+    for s in specs:
+        assert (made.fitted[s][3] == 1.0).all() and all(
+            (made.fitted[s][i] < 1.0).any() for i in range(len(rec)) if i != 3
+        )
+    assert made.shown[3].shape[0] > 2 * made.shown[3].shape[1]  # the upright mask
 
 
 def test_spread_instances_by_mode_measures_once_and_equals_the_single_mode_calls():

@@ -14,11 +14,11 @@ from datasets.instances import (
     DistributedWeightedSampler,
     InstanceDataset,
     concat_instances,
-    fit_crop,
     spread_instances,
 )
 from datasets.record import KaryoRecord, masks_to_boxes
 from engine import load_checkpoint
+from features.crops import fit_crop
 from features.triad import FEATURE_NAMES, feature_names
 from models.classifier import (
     ClsConfig,

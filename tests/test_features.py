@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from features.centromere import locate_centromere
+from features.crops import straight_crop
 from features.geometry import centerline, line_length, straighten, width_profile
 from features.texture import band_stats, density_profile
 from features.triad import (
@@ -14,7 +15,6 @@ from features.triad import (
     FEATURE_NAMES,
     feature_names,
     instance_features,
-    oriented_crop,
     select_features,
     spread_features,
 )
@@ -166,14 +166,14 @@ def test_centromere_position_and_polarity(cpos, angle):
     assert np.linalg.norm(f.centromere_xy - (start + cpos * 120 * direction)) < 6
     assert f.centromere_conf > 0.5
     assert f.p_arm_len_px + f.q_arm_len_px == pytest.approx(f.length_px)
-    # oriented crop: p arm up, centromere at centromere_row: the narrowest row near it
-    crop = oriented_crop(f)
-    assert crop.shape == f.straightened.shape
+    # the straight crop: p arm up, centromere at centromere_row: the narrowest row near it
+    crop = straight_crop(f)
+    assert f.straightened.shape[0] - 2 <= crop.shape[0] <= f.straightened.shape[0]  # trimmed to the mask
+    assert crop.shape[1] < f.straightened.shape[1]
     row = int(round(f.centromere_row))
     assert row < crop.shape[0] / 2
     w = (crop < 1.0).sum(1)
     assert w[row] < np.median(w)
-    assert oriented_crop(f, height=50).shape == (50, 32)
 
 
 @pytest.mark.parametrize("angle", [0.0, 0.7])
@@ -247,8 +247,10 @@ def test_feature_vector_order_groups_and_scale():
     # rank: 120 longest, 60 shortest non-empty, empty instance shortest of all
     assert x[0, col["length_rank"]] == 1.0 and x[3, col["length_rank"]] == 0.0
     assert x[1, col["length_rank"]] < x[2, col["length_rank"]]
+    # the empty instance (under MIN_AREA pixels) does not set the spread's scale: N = 3
     total = sum(f.length_px for f in feats)
-    assert x[0, col["rel_length"]] == pytest.approx(2 * 4 / 46 * feats[0].length_px / total, rel=1e-5)
+    assert x[0, col["rel_length"]] == pytest.approx(2 * 3 / 46 * feats[0].length_px / total, rel=1e-5)
+    np.testing.assert_array_equal(spread_features(image, masks[:3])[0], x[:3])  # as if it were not there
     assert x[2, col["centromere_index"]] == pytest.approx(0.2, abs=0.05)
     # stable: the same input gives the same vector
     x2, _ = spread_features(image, masks)

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from karyogram.render import PALETTE, class_colour, render_karyogram, render_overlay, upright_crop
+from karyogram.render import PALETTE, class_colour, render_karyogram, render_overlay
 
 TRUTH_46XY = [k for k in range(1, 23) for _ in (0, 1)] + [23, 24]
 
@@ -98,42 +98,6 @@ def test_overlay(tmp_path):
     assert np.abs(grey - grey.mean(1, keepdims=True)).max() <= 3  # unassigned is grey
     with pytest.raises(ValueError, match="masks"):
         render_overlay(img, masks[:2], [1, 2, 3], path=tmp_path / "bad.png")
-
-
-def test_upright_crop_without_centromere_is_upright_and_white():
-    H, W = 200, 200
-    img = np.ones((H, W), np.float32)
-    mask = np.zeros((H, W), np.uint8)
-    # a 100 x 14 rod rotated by 35 degrees
-    rect = ((100.0, 100.0), (14.0, 100.0), 35.0)
-    cv2.fillPoly(mask, [cv2.boxPoints(rect).astype(np.int32)], 1)
-    img[mask > 0] = 0.4
-    ys, xs = np.nonzero(mask)
-    box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    crop = upright_crop(img, mask, box)[0]
-    assert crop.dtype == np.float32 and crop.ndim == 2
-    h, w = crop.shape
-    assert 95 <= h <= 112 and 12 <= w <= 26  # principal axis vertical, no scaling
-    assert crop[0, 0] == 1.0 and crop[-1, -1] == 1.0  # white background
-    assert abs(float(crop[h // 2, w // 2]) - 0.4) < 0.05
-
-
-def test_upright_crop_puts_p_arm_up():
-    H, W = 160, 160
-    img = np.ones((H, W), np.float32)
-    mask = np.zeros((H, W), np.uint8)
-    mask[80:90, 20:140] = 1  # horizontal rod, p end at the right (x = 140)
-    img[mask > 0] = 0.6
-    img[80:90, 130:140] = 0.05  # a dark cap at the p end
-    cen = (110.0, 85.0)  # CI = 30 / 120 = 0.25 from the p end
-    crop, row = upright_crop(img, mask, centromere=cen, p_dir=(1.0, 0.0))
-    h = crop.shape[0]
-    dark_rows = np.flatnonzero((crop < 0.2).any(axis=1))
-    assert dark_rows.max() < h / 3  # the p end is at the top
-    assert row is not None and abs(row - (2 + 30)) <= 2  # pad 2 + 30 px from the p end
-    # without p_dir, the centromere alone decides: the short arm goes up
-    crop2, row2 = upright_crop(img, mask, centromere=cen)
-    assert row2 < crop2.shape[0] / 2
 
 
 def test_long_title_stays_inside_the_image(tmp_path):
