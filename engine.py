@@ -14,12 +14,17 @@ Conventions:
   continues at exactly the same position of the schedule.
 * Every file is written atomically (:mod:`datasets.io`): a killed run never leaves a half-written
   checkpoint or log line.
+* Both trainers run one protocol (see "runs" below): :func:`resume_path` and :func:`restore` (``--resume
+  auto|PATH``), :func:`write_run_info` (args.json, config.json, env.json), then per epoch
+  :func:`begin_epoch` (RNGs from seed, rank and epoch), the trainer's own train/validate, and
+  :func:`end_epoch` (best.pth, last.pth, epoch_NNN.pth in that order, the log row, the printed line).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -38,20 +43,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from datasets.io import atomic_torch_save, atomic_write, load_torch_file
+from datasets.io import atomic_torch_save, atomic_write, atomic_write_json, load_torch_file
 from karyotyping.detection import evaluate_detection  # the one detection-evaluation loop (sharded under DDP)
 from karyotyping.runtime import env_rank, resolve_device  # the one --device resolver (honours LOCAL_RANK)
 
 __all__ = [
     "DistInfo",
     "MetricLogger",
+    "ResumeState",
     "amp_dtype",
     "autocast_context",
     "barrier",
+    "begin_epoch",
     "build_lr_scheduler",
     "check_finite",
     "cleanup_distributed",
     "detection_collate",
+    "end_epoch",
     "evaluate_detection",
     "gather_rows",
     "get_rank",
@@ -62,12 +70,16 @@ __all__ = [
     "make_scaler",
     "reduce_dict",
     "resolve_device",
+    "restore",
+    "resume_path",
     "save_checkpoint",
+    "save_epoch",
     "seed_everything",
     "seed_worker",
     "shard_indices",
     "train_one_epoch_detection",
     "unwrap_model",
+    "write_run_info",
 ]
 
 # ---------------------------------------------------------------------------------------------- distributed
@@ -395,7 +407,6 @@ def build_lr_scheduler(
 def _jsonable(obj: Any) -> Any:
     """Plain-Python version of args/config (argparse Namespace, dataclass, Path) for a portable checkpoint."""
     import argparse
-    import dataclasses
 
     if isinstance(obj, argparse.Namespace):
         obj = vars(obj)
@@ -463,6 +474,178 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         keys = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{p}: not a training checkpoint (no 'model' entry; found {keys})")
     return ckpt
+
+
+# ---------------------------------------------------------------------------------------------- runs
+#
+# Both trainers run the same protocol around their own model, data and one epoch's train/validate:
+#
+#     path = resume_path(args.resume, out_dir)           # --resume auto|PATH -> the checkpoint, or None
+#     ...build model, optimizer, scheduler, scaler...
+#     state = restore(ckpt, model=..., optimizer=..., scheduler=..., scaler=...)   # -> ResumeState
+#     write_run_info(out_dir, args, config, device=..., world_size=..., seed=...)
+#     for epoch in range(state.start_epoch, args.epochs):
+#         begin_epoch(loader, epoch, seed)                # the RNGs of (seed, rank, epoch) only
+#         ...train, validate...
+#         end_epoch(out_dir, logger, row, message, is_best=..., keep=..., **checkpoint)
+
+
+@dataclass
+class ResumeState:
+    """Where a run goes on: the first epoch to train, the best metric so far, the checkpoint's ``extra``.
+
+    A fresh run is ``ResumeState()``: epoch 0, no best metric, nothing extra.
+    """
+
+    start_epoch: int = 0
+    best_metric: float | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def resume_path(resume: str | None, out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint that ``--resume auto|PATH`` names, or None for a fresh run.
+
+    ``auto`` is ``<out_dir>/last.pth`` when it exists; when it does not yet, the run starts at epoch 0 (and
+    says so). Raises ``FileNotFoundError`` for a ``PATH`` that is not a file.
+    """
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = Path(out_dir) / "last.pth"
+        if path.is_file():
+            return path
+        if is_main_process():
+            print(f"--resume auto: no {path} yet, starting from epoch 0")
+        return None
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: checkpoint {path} does not exist")
+    return path
+
+
+def restore(
+    ckpt: Mapping[str, Any] | None,
+    *,
+    model: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    scaler: torch.amp.GradScaler | None,
+) -> ResumeState:
+    """Load a :func:`save_checkpoint` file's states into the run's objects; the run goes on after its epoch.
+
+    ``model`` (unwrapped; None when the caller built the model from the checkpoint already), ``optimizer``,
+    ``scheduler`` and ``scaler`` take the checkpoint's entries of the same names where the file has them.
+    No RNG state is stored or needed: every epoch's RNGs are seeded from (seed, rank, epoch) by
+    :func:`begin_epoch`, so a resumed epoch draws what the uninterrupted one drew. ``ckpt=None`` is a fresh
+    run: nothing is loaded.
+    """
+    if ckpt is None:
+        return ResumeState()
+    if model is not None:
+        unwrap_model(model).load_state_dict(ckpt["model"])
+    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
+        if obj is not None and ckpt.get(key):
+            obj.load_state_dict(ckpt[key])
+    return ResumeState(
+        start_epoch=int(ckpt["epoch"]) + 1, best_metric=ckpt.get("best_metric"), extra=dict(ckpt.get("extra") or {})
+    )
+
+
+def write_run_info(
+    out_dir: str | os.PathLike,
+    args: Any,
+    config: Any,
+    *,
+    device: torch.device,
+    world_size: int,
+    seed: int,
+) -> None:
+    """Write ``args.json`` (the flags), ``config.json`` (the model config) and ``env.json`` (versions, device,
+    seeds, command, start time) into the run folder; on the main process only, rewritten at every (re)start.
+
+    ``seed`` is this process's seed (:func:`seed_everything`'s return value, the flag's seed plus the rank).
+    """
+    if not is_main_process():
+        return
+    import platform
+
+    out = Path(out_dir)
+    device = torch.device(device)
+    atomic_write_json(out / "args.json", _jsonable(args))
+    atomic_write_json(out / "config.json", config.to_dict() if hasattr(config, "to_dict") else _jsonable(config))
+    atomic_write_json(
+        out / "env.json",
+        {
+            "torch": torch.__version__,
+            "torchvision": __import__("torchvision").__version__,
+            "cuda": torch.version.cuda,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "world_size": int(world_size),
+            "seed": getattr(args, "seed", None),
+            "seed_rank0": int(seed) - get_rank(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "command": " ".join(sys.argv),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
+
+
+#: the epoch's stride in the per-epoch seed (a prime, so that (seed, epoch) pairs do not collide for small seeds)
+EPOCH_SEED_STRIDE = 1_000_003
+
+
+def begin_epoch(loader: Any, epoch: int, seed: int) -> None:
+    """Start ``epoch``: the sampler's permutation and the RNGs depend on (seed, rank, epoch) only, so a resumed
+    epoch is the same epoch as the uninterrupted one.
+
+    Sets the loader's sampler's epoch (when it has ``set_epoch``), seeds torch's global RNG (augmentations in
+    the main process, the workers' base seed) and the loader's own generator when it has one, all with
+    ``seed + EPOCH_SEED_STRIDE * epoch``; ``seed`` is :func:`seed_everything`'s return value (seed + rank).
+    """
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    s = int(seed) + EPOCH_SEED_STRIDE * int(epoch)
+    torch.manual_seed(s)
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(s)
+
+
+def save_epoch(out_dir: str | os.PathLike, *, is_best: bool, keep: bool = False, **ckpt: Any) -> None:
+    """Write an epoch's checkpoints (:func:`save_checkpoint`'s keywords): ``best.pth`` when ``is_best``, then
+    ``last.pth``, then ``epoch_NNN.pth`` when ``keep``.
+
+    best.pth comes before last.pth on purpose: a run killed between the two must not resume from a last.pth
+    whose ``best_metric`` points at a best.pth that was never written.
+    """
+    out = Path(out_dir)
+    if is_best:
+        save_checkpoint(out / "best.pth", **ckpt)
+    save_checkpoint(out / "last.pth", **ckpt)
+    if keep:
+        save_checkpoint(out / f"epoch_{int(ckpt['epoch']):03d}.pth", **ckpt)
+
+
+def end_epoch(
+    out_dir: str | os.PathLike,
+    logger: MetricLogger,
+    row: Mapping[str, Any],
+    message: str,
+    *,
+    is_best: bool,
+    keep: bool = False,
+    **ckpt: Any,
+) -> None:
+    """Close an epoch: on the main process :func:`save_epoch`, log ``row`` (TensorBoard step = the epoch) and
+    print ``message``; then every process waits for the others (:func:`barrier`)."""
+    if is_main_process():
+        save_epoch(out_dir, is_best=is_best, keep=keep, **ckpt)
+        logger.log(row, step=int(ckpt["epoch"]))
+        print(message)
+    barrier()
 
 
 # ---------------------------------------------------------------------------------------------- logging

@@ -17,9 +17,10 @@ Examples::
     torchrun --nproc_per_node=4 train_classification.py --dataset voc --data-root ../shared/data/cil54816 ...
 
 Outputs in ``--output-dir``: ``last.pth`` (every epoch), ``best.pth`` (best val accuracy), ``log.csv``,
-``log.jsonl``, ``tb/``, ``args.json``, and for the best model on val: ``confusion.png``,
-``per_class.png``, ``per_class.json`` and ``val_probs.npz`` (per-instance probabilities, labels,
-cell index, lengths, centromere index: everything karyotype-level assignment needs).
+``log.jsonl``, ``tb/``, ``args.json``, ``env.json``, ``config.json`` (:func:`engine.write_run_info`), and for
+the best model on val: ``confusion.png``, ``per_class.png``, ``per_class.json`` and ``val_probs.npz``
+(per-instance probabilities, labels, cell index, lengths, centromere index: everything karyotype-level
+assignment needs).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -476,14 +476,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
     seed = engine.seed_everything(args.seed, dist_info.rank)
 
-    resume_path = None
-    if args.resume is not None:
-        resume_path = out_dir / "last.pth" if args.resume == "auto" else Path(args.resume)
-        if args.resume == "auto" and not resume_path.exists():
-            print(f"--resume auto: no {resume_path} yet, starting from scratch")
-            resume_path = None
-        elif not resume_path.is_file():
-            raise FileNotFoundError(f"--resume {args.resume}: checkpoint {resume_path} does not exist")
+    resume_path = engine.resume_path(args.resume, out_dir)
 
     # -- data: rank 0 fills the caches first, the other ranks then read them
     if is_main:
@@ -607,32 +600,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     scaler = engine.make_scaler(device, args.amp)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
-    start_epoch, best = 0, -1.0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = int(ckpt["epoch"]) + 1
-        best = float(ckpt["best_metric"]) if ckpt.get("best_metric") is not None else -1.0
+    # the model took the checkpoint's weights above (from its config); the rest of the run's state here
+    state = engine.restore(ckpt, model=None, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    del ckpt
+    start_epoch = state.start_epoch
+    best = float(state.best_metric) if state.best_metric is not None else -1.0
+    if resume_path is not None:
         print(f"resumed from {resume_path}: continuing at epoch {start_epoch} (best val accuracy {best:.4f})")
-        del ckpt
 
+    engine.write_run_info(out_dir, args, config, device=device, world_size=ws, seed=seed)
     logger = engine.MetricLogger(out_dir, enabled=is_main)
-    if is_main:
-        env = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()}
-        atomic_write_json(
-            out_dir / "args.json",
-            {"args": vars(args), "config": config.to_dict(), "seed": seed, "world_size": ws, "device": str(device)}
-            | env,
-        )
 
     # -- epochs
+    # what every checkpoint of the run holds besides its epoch, best metric and extra (engine.end_epoch)
+    saved = dict(model=model_without_ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    saved |= dict(args=args, config=config)
     for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        # the RNGs depend on (seed, rank, epoch) only, so a resumed epoch is the same epoch (as in train_segmentation)
-        torch.manual_seed(args.seed + rank + 1_000_003 * epoch)
-        loader.generator.manual_seed(seed + 1_000_003 * epoch)
+        engine.begin_epoch(loader, epoch, seed)
         t0 = time.time()
         stats = train_one_epoch(
             model,
@@ -656,20 +640,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         stats |= val_summary(probs, val_ds.labels, args.label_smoothing)
         improved = stats["val_accuracy"] > best
         best = max(best, stats["val_accuracy"])
-        if is_main:
-            ck = {"model": model_without_ddp, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-            ck |= {"epoch": epoch, "args": args, "config": config, "best_metric": best}
-            # best.pth first (see train_segmentation.py): last.pth's best_metric always has its best.pth on disk
-            if improved:
-                engine.save_checkpoint(out_dir / "best.pth", **ck, extra={"val_accuracy": stats["val_accuracy"]})
-            engine.save_checkpoint(out_dir / "last.pth", **ck, extra={"val_accuracy": stats["val_accuracy"]})
-            row = {"epoch": epoch, **stats, "best_val_accuracy": best, "time_s": time.time() - t0}
-            logger.log(row, step=epoch)
-            print(
-                f"epoch {epoch}: loss {stats['train_loss']:.4f} train acc {stats['train_acc']:.4f} "
-                f"val acc {stats['val_accuracy']:.4f} (best {best:.4f}) lr {stats['lr']:.2e} {row['time_s']:.0f}s"
-            )
-        engine.barrier()
+        row = {"epoch": epoch, **stats, "best_val_accuracy": best, "time_s": time.time() - t0}
+        engine.end_epoch(
+            out_dir,
+            logger,
+            row,
+            f"epoch {epoch}: loss {stats['train_loss']:.4f} train acc {stats['train_acc']:.4f} "
+            f"val acc {stats['val_accuracy']:.4f} (best {best:.4f}) lr {stats['lr']:.2e} {row['time_s']:.0f}s",
+            is_best=improved,
+            epoch=epoch,
+            best_metric=best,
+            extra={"val_accuracy": stats["val_accuracy"]},
+            **saved,
+        )
 
     # -- the best model on val: metrics and per-instance probabilities for karyotype assignment
     summary: dict[str, Any] = {"best_val_accuracy": best, "epochs": args.epochs, "output_dir": str(out_dir)}

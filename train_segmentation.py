@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -454,7 +452,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train; returns ``{"output_dir", "start_epoch", "last_epoch", "best_metric", "history"}``."""
     import engine
     from datasets.base import DetectionView
-    from datasets.io import atomic_write_json
     from models.segmentation import build_segmentation_model, float32_box_decoding
 
     roots = check_args(args)  # bad flags fail here, before anything is built
@@ -523,61 +520,32 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.amp and device.type != "cuda" and main_proc:
         print(f"note: --amp has no effect on {device} (mixed precision is used on CUDA only); training in float32")
 
-    start_epoch, best_key, best_metric = 0, None, None
-    resume = args.resume
-    if resume == "auto":
-        resume = str(out_dir / "last.pth") if (out_dir / "last.pth").is_file() else None
-        if resume is None and main_proc:
-            print(f"--resume auto: no {out_dir / 'last.pth'} yet, starting from epoch 0")
-    if resume:
-        ckpt = engine.load_checkpoint(resume, map_location="cpu")
+    resume = engine.resume_path(args.resume, out_dir)
+    ckpt = engine.load_checkpoint(resume, map_location="cpu") if resume is not None else None
+    if ckpt is not None:
         old = ckpt.get("config") or {}
         for key in ("backbone", "agnostic", "orientation_bins", "num_classes"):
             if old.get(key, 0 if key == "orientation_bins" else getattr(config, key)) != getattr(config, key):
                 raise ValueError(
                     f"--resume {resume}: checkpoint has {key}={old[key]!r} but the flags give {getattr(config, key)!r}"
                 )
-        model_without_ddp.load_state_dict(ckpt["model"])
-        if ckpt.get("optimizer"):
-            optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scheduler"):
-            scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = int(ckpt["epoch"]) + 1
-        best_metric = ckpt.get("best_metric")
-        best_key = tuple(ckpt.get("extra", {}).get("best_key") or ()) or None
-        if main_proc:
-            print(f"resumed from {resume}: continuing at epoch {start_epoch}, optimizer step {scheduler.last_epoch}")
+    state = engine.restore(ckpt, model=model_without_ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    del ckpt
+    start_epoch, best_metric = state.start_epoch, state.best_metric
+    best_key = tuple(state.extra.get("best_key") or ()) or None
+    if resume is not None and main_proc:
+        print(f"resumed from {resume}: continuing at epoch {start_epoch}, optimizer step {scheduler.last_epoch}")
 
-    if main_proc:
-        atomic_write_json(out_dir / "args.json", vars(args))
-        atomic_write_json(out_dir / "config.json", config.to_dict())
-        atomic_write_json(
-            out_dir / "env.json",
-            {
-                "torch": torch.__version__,
-                "torchvision": __import__("torchvision").__version__,
-                "cuda": torch.version.cuda,
-                "device": str(device),
-                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-                "world_size": dist_info.world_size,
-                "seed": args.seed,
-                "seed_rank0": seed - dist_info.rank,
-                "python": sys.version.split()[0],
-                "platform": platform.platform(),
-                "command": " ".join(sys.argv),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            },
-        )
+    engine.write_run_info(out_dir, args, config, device=device, world_size=dist_info.world_size, seed=seed)
     logger = engine.MetricLogger(out_dir, enabled=main_proc)
     history: list[dict[str, Any]] = []
+    # what every checkpoint of the run holds besides its epoch, best metric and extra (engine.end_epoch)
+    saved = dict(model=model_without_ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    saved |= dict(args=args, config=config)
     epoch = start_epoch - 1
     try:
         for epoch in range(start_epoch, args.epochs):
-            sampler.set_epoch(epoch)
-            # augmentation RNG depends on (seed, rank, epoch) only, so a resumed epoch is the same epoch
-            torch.manual_seed(args.seed + dist_info.rank + 1_000_003 * epoch)
+            engine.begin_epoch(loader, epoch, seed)
             lr_start = optimizer.param_groups[0]["lr"]
             stats = engine.train_one_epoch_detection(
                 model,
@@ -610,32 +578,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 is_best, key = _better(metrics, best_key)
                 if is_best:
                     best_key, best_metric = key, key[0]
-            if main_proc:
-                common = dict(
-                    model=model_without_ddp,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
-                    epoch=epoch,
-                    args=args,
-                    config=config,
-                    best_metric=best_metric,
-                    extra={"best_key": list(best_key) if best_key else None, "stats": row},
-                )
-                # best.pth before last.pth: a run killed between the two must not resume from a last.pth
-                # whose best_metric points at a best.pth that was never written
-                if is_best:
-                    engine.save_checkpoint(out_dir / "best.pth", **common)
-                engine.save_checkpoint(out_dir / "last.pth", **common)
-                if args.keep_checkpoints:
-                    engine.save_checkpoint(out_dir / f"epoch_{epoch:03d}.pth", **common)
-                logger.log(row, step=epoch)
-                print(
-                    f"epoch {epoch}: loss {stats['loss']:.4f} lr {stats['lr']:.2e}"
-                    + (f" val bbox_AP50 {row['val_bbox_AP50']:.4f}" if "val_bbox_AP50" in row else "")
-                )
+            engine.end_epoch(
+                out_dir,
+                logger,
+                row,
+                f"epoch {epoch}: loss {stats['loss']:.4f} lr {stats['lr']:.2e}"
+                + (f" val bbox_AP50 {row['val_bbox_AP50']:.4f}" if "val_bbox_AP50" in row else ""),
+                is_best=is_best,
+                keep=args.keep_checkpoints,
+                epoch=epoch,
+                best_metric=best_metric,
+                extra={"best_key": list(best_key) if best_key else None, "stats": row},
+                **saved,
+            )
             history.append(row)
-            engine.barrier()
     finally:
         logger.close()
     engine.cleanup_distributed()

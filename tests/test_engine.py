@@ -1,4 +1,5 @@
-"""engine.py: LR schedules, devices, seeds, AMP helpers, checkpoints, logging and the detection loops."""
+"""engine.py: LR schedules, devices, seeds, AMP helpers, checkpoints, resume and run info, logging and the
+detection loops."""
 
 from __future__ import annotations
 
@@ -156,6 +157,107 @@ def test_checkpoint_unwraps_ddp(tmp_path):
         assert engine.is_main_process() and engine.get_world_size() == 1
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def _run_objects(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = engine.build_lr_scheduler(opt, schedule="cosine", total_steps=10, warmup_steps=2)
+    return model, opt, sched, engine.make_scaler(torch.device("cpu"), False)
+
+
+def test_resume_path_auto_explicit_and_missing(tmp_path, capsys):
+    assert engine.resume_path(None, tmp_path) is None
+    assert engine.resume_path("auto", tmp_path) is None  # a fresh run: says so, starts at epoch 0
+    assert f"--resume auto: no {tmp_path / 'last.pth'} yet, starting from epoch 0" in capsys.readouterr().out
+    (tmp_path / "last.pth").write_bytes(b"x")
+    assert engine.resume_path("auto", tmp_path) == tmp_path / "last.pth"
+    assert engine.resume_path(str(tmp_path / "last.pth"), tmp_path / "elsewhere") == tmp_path / "last.pth"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        engine.resume_path(str(tmp_path / "gone.pth"), tmp_path)
+
+
+def test_save_epoch_order_and_restore_goes_on_exactly(tmp_path, monkeypatch):
+    model, opt, sched, scaler = _run_objects()
+    for _ in range(3):
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    saved, save = [], engine.save_checkpoint
+    monkeypatch.setattr(engine, "save_checkpoint", lambda path, **kw: (saved.append(path.name), save(path, **kw)))
+    ck = dict(model=model, optimizer=opt, scheduler=sched, scaler=scaler, args={"seed": 0}, config={})
+    engine.save_epoch(tmp_path, is_best=False, epoch=4, best_metric=0.5, extra={"best_key": [0.5, 0.1]}, **ck)
+    engine.save_epoch(tmp_path, is_best=True, keep=True, epoch=5, best_metric=0.7, extra={"best_key": [0.7]}, **ck)
+    # best.pth before last.pth: a kill between the two never leaves a last.pth whose best.pth is missing
+    assert saved == ["last.pth", "best.pth", "last.pth", "epoch_005.pth"]
+
+    fresh = _run_objects(seed=1)
+    assert engine.restore(None, model=fresh[0], optimizer=fresh[1], scheduler=fresh[2], scaler=fresh[3]) == (
+        engine.ResumeState(start_epoch=0, best_metric=None, extra={})
+    )
+    state = engine.restore(
+        engine.load_checkpoint(tmp_path / "last.pth"),
+        model=fresh[0],
+        optimizer=fresh[1],
+        scheduler=fresh[2],
+        scaler=fresh[3],
+    )
+    assert state == engine.ResumeState(start_epoch=6, best_metric=0.7, extra={"best_key": [0.7]})
+    assert fresh[2].last_epoch == 3 and fresh[1].param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    for m, o, s in ((model, opt, sched), fresh[:3]):  # the next step is the same step
+        m(torch.ones(1, 3)).sum().backward()
+        o.step()
+        s.step()
+    assert torch.equal(model.weight, fresh[0].weight) and torch.equal(model.bias, fresh[0].bias)
+
+
+def test_begin_epoch_seeds_from_seed_and_epoch_only():
+    ds = torch.utils.data.TensorDataset(torch.arange(20.0))
+
+    def draws(epoch, noise):
+        sampler = torch.utils.data.DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=3)
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler, generator=torch.Generator())
+        torch.rand(noise)  # whatever ran before (another epoch, or nothing after a resume) does not matter
+        loader.generator.manual_seed(noise)
+        engine.begin_epoch(loader, epoch, seed=7)
+        return list(sampler), torch.rand(3), torch.randint(0, 1000, (3,), generator=loader.generator)
+
+    a, b, c = draws(2, 5), draws(2, 11), draws(3, 5)
+    assert a[0] == b[0] and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    assert a[0] != c[0] and not torch.equal(a[1], c[1])
+
+
+def test_write_run_info_and_end_epoch(tmp_path, capsys):
+    import argparse
+
+    from models.segmentation import SegConfig
+
+    args = argparse.Namespace(seed=4, lr=0.1, scale_jitter=(1.0, 1.0), output_dir=tmp_path)
+    engine.write_run_info(tmp_path, args, SegConfig(), device=torch.device("cpu"), world_size=1, seed=4)
+    assert json.loads((tmp_path / "args.json").read_text()) == {
+        "seed": 4, "lr": 0.1, "scale_jitter": [1.0, 1.0], "output_dir": str(tmp_path)
+    }  # fmt: skip
+    assert json.loads((tmp_path / "config.json").read_text()) == json.loads(json.dumps(SegConfig().to_dict()))
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env["seed"] == 4 and env["seed_rank0"] == 4 and env["world_size"] == 1 and env["device"] == "cpu"
+    assert {"torch", "torchvision", "python", "platform", "command", "started"} <= set(env)
+
+    model, opt, sched, scaler = _run_objects()
+    log = engine.MetricLogger(tmp_path, tensorboard=False)
+    engine.end_epoch(
+        tmp_path, log, {"epoch": 0, "loss": 1.5}, "epoch 0: loss 1.5000", is_best=True, model=model,
+        optimizer=opt, scheduler=sched, scaler=scaler, epoch=0, args=args, config={}, best_metric=0.2,
+    )  # fmt: skip
+    log.close()
+    assert "epoch 0: loss 1.5000" in capsys.readouterr().out
+    assert json.loads((tmp_path / "log.jsonl").read_text()) == {"epoch": 0, "loss": 1.5}
+    assert engine.load_checkpoint(tmp_path / "best.pth")["best_metric"] == 0.2
+    assert engine.load_checkpoint(tmp_path / "last.pth")["args"]["seed"] == 4
 
 
 def test_init_distributed_without_torchrun(monkeypatch):
