@@ -278,6 +278,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     o.add_argument("--smoke", action="store_true", help="two synthetic spreads, one step per model (the test)")
     o.add_argument("--plot", type=Path, help="only draw the curve of this results.json (into --plot-out)")
     o.add_argument("--plot-out", type=Path, default=ROOT / "docs" / "review_loop.png")
+    o.add_argument(
+        "--components",
+        action="store_true",
+        help="also measure each fine-tuned model alone beside the shipped other one (which of the two moved)",
+    )
     o.add_argument("--quiet", action="store_true")
     return p
 
@@ -527,11 +532,12 @@ def review_counts(reviews: dict[str, Any], cells: list[dict]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def table(results: dict[str, Any], truth: str = "nearest") -> str:
-    """The Markdown table: one row per run (before, then each K), figures against the ``truth`` masks."""
+def table(results: dict[str, Any], truth: str = "nearest", which: str = "runs") -> str:
+    """The Markdown table: one row per run (before, then each K; ``which="components"``: each fine-tuned model
+    alone), figures against the ``truth`` masks."""
     heads = ["run", *KINDS, "fine-tuning CPU min", *(h for _, h, _ in COLUMNS)]
     lines = ["| " + " | ".join(heads) + " |", "|" + " --- |" * len(heads)]
-    for name, r in results["runs"].items():
+    for name, r in results[which].items():
         rv = r.get("review") or {}
         cpu = r.get("finetune", {}).get("cpu_s")
         cells = [str(rv.get(k, "-")) for k in KINDS] + [f"{sum(cpu.values()) / 60:.1f}" if cpu else "-"]
@@ -614,10 +620,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         save()
         if not args.quiet:
             print(table(results), flush=True)
+    for k in ks if args.components else []:
+        ft = results["runs"][f"K={k}"]["finetune"]
+        for which, seg, cls in (("detector", ft["seg"], args.cls_weights), ("classifier", args.seg_weights, ft["cls"])):
+            name = f"K={k}, {which} only"
+            if name not in results.setdefault("components", {}):
+                results["components"][name] = run_pipeline(Path(seg), Path(cls), evaluation, cells.images, None, True)
+                save()
     results["pipeline_on_pool"] = reviews["pipeline_on_pool"]
     save()
     md = table(results)
-    (args.out / "table.md").write_text(md + "\n\naxis truth:\n\n" + table(results, "axis") + "\n")
+    parts = [md, "axis truth:", table(results, "axis")]
+    if results.get("components"):
+        parts += ["each fine-tuned model beside the shipped other:", table(results, which="components")]
+    (args.out / "table.md").write_text("\n\n".join(parts) + "\n")
     with open(args.out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", *KINDS, "cpu_s", *(f"{t}_{key}" for t in ("nearest", "axis") for key, _, _ in COLUMNS)])
