@@ -9,7 +9,8 @@ pipeline is measured (:class:`metrics.pipeline.PipelineEvaluator`) on the *other
 
     OMP_NUM_THREADS=1 python benchmarks/review_loop.py --out runs/review_loop            # K = 0 (control), 10, 30, 50
     OMP_NUM_THREADS=1 python benchmarks/review_loop.py --variant clahe --out runs/review_loop_clahe   # another lab
-    python benchmarks/review_loop.py --plot runs/review_loop/results.json --plot-out docs/review_loop.png
+    python benchmarks/review_loop.py --plot runs/review_loop/results.json runs/review_loop_clahe/results.json \
+        --plot-out docs/review_loop.png
 
 **The cells.** The 100 val cells of CIL:54816 (``val_fraction 0.1``, seed 0; the test split is never read)
 are split by a seeded hash of their name into a *pool* of ``--pool-n`` (50) that the reviewer may correct
@@ -276,7 +277,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("Output")
     o.add_argument("--out", type=Path, default=ROOT / "runs" / "review_loop")
     o.add_argument("--smoke", action="store_true", help="two synthetic spreads, one step per model (the test)")
-    o.add_argument("--plot", type=Path, help="only draw the curve of this results.json (into --plot-out)")
+    o.add_argument("--plot", type=Path, nargs="+", help="only draw the curves of these results.json (--plot-out)")
     o.add_argument("--plot-out", type=Path, default=ROOT / "docs" / "review_loop.png")
     o.add_argument(
         "--components",
@@ -546,27 +547,38 @@ def table(results: dict[str, Any], truth: str = "nearest", which: str = "runs") 
     return "\n".join(lines)
 
 
-def plot(results: dict[str, Any], path: Path) -> Path:
-    """The curve: F1, the true chromosomes right and count exact against K, the shipped models as K = 'before'."""
+def plot(all_results: list[dict[str, Any]], path: Path) -> Path:
+    """The curve: F1, the true chromosomes right and count exact against K (K = 0: the control), one line per
+    results file (scenario), its shipped models' figures dashed in the same colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
 
-    runs = {n: r for n, r in results["runs"].items() if n.startswith("K=")}
-    ks = [int(n[2:]) for n in runs]
-    before = results["runs"]["before"]["nearest"]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    for ax, (key, head, _) in zip(axes, (COLUMNS[0], COLUMNS[1], COLUMNS[2])):
-        ax.plot(ks, [r["nearest"][key] for r in runs.values()], "o-", label="fine-tuned (K = 0: replay only)")
-        ax.axhline(before[key], color="grey", ls="--", label="shipped models")
-        ax.set_xlabel("reviewed cells K")
-        ax.set_title(head)
-        ax.set_xticks(ks)
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.6))
+    for n, results in enumerate(all_results):
+        colour = f"C{n}"
+        variant = results["config"]["variant"]
+        runs = {int(k[2:]): r for k, r in results["runs"].items() if k.startswith("K=")}
+        ks = sorted(runs)
+        before = results["runs"]["before"]["nearest"]
+        for ax, (key, head, _) in zip(axes, COLUMNS[:3]):
+            ax.plot(ks, [runs[k]["nearest"][key] for k in ks], "o-", color=colour, label=f"{variant}: fine-tuned")
+            ax.axhline(before[key], color=colour, ls="--", lw=1, label=f"{variant}: shipped models")
+            ax.set_title(head, fontsize=10)
+            ax.set_xlabel("reviewed cells K (0: replay only)")
+            ax.set_xticks(sorted({*ax.get_xticks(), *ks}) if n else ks)
+    for ax, (key, _, _) in zip(axes, COLUMNS[:3]):
+        lo, hi = ax.get_ylim()
+        mid, half = (lo + hi) / 2, max((hi - lo) / 2, 0.02 if key != "count_exact_rate" else 0.06)
+        ax.set_ylim(mid - half, mid + half)
+        if key != "f1@0.5":
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0 if key == "count_exact_rate" else 1))
     axes[0].legend(fontsize=7, loc="lower right")
-    variant = results["config"]["variant"]
-    n_eval = results["config"]["eval_cells"]
-    fig.suptitle(f"the review loop, measured: {n_eval} other val cells ({variant}); CIL:54816", fontsize=10)
+    n_eval = all_results[0]["config"]["eval_cells"]
+    fig.suptitle(f"the review loop: the whole pipeline on {n_eval} val cells that were not reviewed (CIL:54816)",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -578,7 +590,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from datasets.io import atomic_write_json
 
     if args.plot is not None:
-        return {"plot": str(plot(json.loads(args.plot.read_text()), args.plot_out))}
+        return {"plot": str(plot([json.loads(f.read_text()) for f in args.plot], args.plot_out))}
     if args.smoke:
         args.pool_n, args.replay_n = min(args.pool_n, 1), 2
         args.seg_steps, args.cls_steps = min(args.seg_steps, 1), min(args.cls_steps, 1)
