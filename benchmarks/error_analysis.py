@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from datasets.derive_masks import CROSSING_RULES  # noqa: E402
+from datasets.derive_masks import CROSSING_RULES, contact_kinds  # noqa: E402
 from datasets.splits import add_split_args  # noqa: E402
 from karyotyping.core import DEFAULT_CLS_WEIGHTS, DEFAULT_SEG_WEIGHTS, add_pipeline_args, pipeline_options  # noqa: E402
 
@@ -77,23 +77,6 @@ def _near_edge(box: np.ndarray, width: int, height: int) -> bool:
     return bool(x1 <= EDGE_PX or y1 <= EDGE_PX or x2 >= width - EDGE_PX or y2 >= height - EDGE_PX)
 
 
-def _touching(masks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """bool [N]: each mask comes within :data:`TOUCH_PX` of another (dilated in its own box's window)."""
-    import cv2
-
-    n, h, w = masks.shape
-    out = np.zeros(n, bool)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * TOUCH_PX + 1, 2 * TOUCH_PX + 1))
-    for i in range(n):
-        x1, y1, x2, y2 = boxes[i]
-        x1, y1 = max(int(x1) - TOUCH_PX - 1, 0), max(int(y1) - TOUCH_PX - 1, 0)
-        x2, y2 = min(int(np.ceil(x2)) + TOUCH_PX + 1, w), min(int(np.ceil(y2)) + TOUCH_PX + 1, h)
-        grown = cv2.dilate(masks[i, y1:y2, x1:x2], kernel).astype(bool)
-        others = np.delete(masks[:, y1:y2, x1:x2], i, axis=0)
-        out[i] = bool((others.astype(bool) & grown).any())
-    return out
-
-
 def describe_cell(rec, pred, raw_boxes: np.ndarray, raw_scores: np.ndarray, kept_score: float, true_masks):
     """Rows for one cell: each true chromosome not found, and each unmatched final instance (dicts)."""
     from metrics.matching import box_iou, instance_fates
@@ -109,7 +92,7 @@ def describe_cell(rec, pred, raw_boxes: np.ndarray, raw_scores: np.ndarray, kept
     background = float(np.median(image[~anything])) if (~anything).any() else 1.0
     dark = np.array([background - float(image[m.astype(bool)].mean()) if m.any() else 0.0 for m in tm])
     med_dark = float(np.median(dark)) if len(dark) else 1.0
-    touching = _touching(tm, rec.boxes) if len(tm) else np.zeros(0, bool)
+    touching = np.array([k != "isolated" for k in contact_kinds(tm, gap=TOUCH_PX)], bool)
     iou_raw = box_iou(rec.boxes, raw_boxes) if len(raw_boxes) else np.zeros((len(tm), 0))
     lost = []
     for a in np.flatnonzero(fates.true_fate != "found"):

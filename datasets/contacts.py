@@ -16,6 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .derive_masks import contact_kinds
 from .record import KaryoRecord
 
 __all__ = ["ContactPaste", "isolated_instances"]
@@ -45,19 +46,10 @@ def isolated_instances(masks: np.ndarray, *, px: int = TOUCH_PX) -> np.ndarray:
     [False, False, True]
     """
     n, h, w = masks.shape
-    out = np.zeros(n, bool)
-    if not n:
-        return out
-    occupied = masks.astype(np.int32).sum(0)
-    for i in range(n):
-        m = masks[i].astype(bool)
-        if not m.any():
-            continue
-        ys, xs = np.nonzero(m)
-        if ys.min() < px or xs.min() < px or ys.max() >= h - px or xs.max() >= w - px:
-            continue
-        grown = _grow(masks[i], px).astype(bool)
-        out[i] = not (occupied[grown] - m[grown]).any()
+    out = np.array([k == "isolated" for k in contact_kinds(masks, gap=px)], bool).reshape(n)
+    for i in np.flatnonzero(out):  # not at the border either, and not empty
+        ys, xs = np.nonzero(masks[i])
+        out[i] = len(ys) > 0 and ys.min() >= px and xs.min() >= px and ys.max() < h - px and xs.max() < w - px
     return out
 
 

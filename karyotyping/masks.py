@@ -93,8 +93,9 @@ def prefer_parts(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
     m = len(masks)
     if m < 3:
         return np.arange(m, dtype=np.int64)
-    area = masks.reshape(m, -1).sum(1).astype(np.float64)
-    inter = _pairwise_intersections(masks)
+    from metrics.matching import overlap_counts
+
+    inter, area, _ = overlap_counts(masks, masks)
     union = area[:, None] + area[None, :] - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     drop = np.zeros(m, bool)
@@ -112,25 +113,6 @@ def prefer_parts(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
         if len(parts) >= 2 and (masks[parts].any(0) & masks[w]).sum() >= PART_COVER * area[w]:
             drop[w] = True
     return np.flatnonzero(~drop).astype(np.int64)
-
-
-def _pairwise_intersections(masks: np.ndarray) -> np.ndarray:
-    """Pixel intersections float64 [M, M] of bool masks [M, H, W], each pair counted in its boxes' overlap only."""
-    m = len(masks)
-    box = np.zeros((m, 4), np.int64)  # y1, y2, x1, x2 (exclusive ends); an empty mask keeps a zero box
-    for i in range(m):
-        rows, cols = np.flatnonzero(masks[i].any(1)), np.flatnonzero(masks[i].any(0))
-        if len(rows):
-            box[i] = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    inter = np.zeros((m, m), np.float64)
-    for i in range(m):
-        inter[i, i] = masks[i].sum()
-        for j in range(i + 1, m):
-            y1, y2 = max(box[i, 0], box[j, 0]), min(box[i, 1], box[j, 1])
-            x1, x2 = max(box[i, 2], box[j, 2]), min(box[i, 3], box[j, 3])
-            if y1 < y2 and x1 < x2:
-                inter[i, j] = inter[j, i] = np.count_nonzero(masks[i, y1:y2, x1:x2] & masks[j, y1:y2, x1:x2])
-    return inter
 
 
 def exclusive_masks(masks: np.ndarray, prob: np.ndarray | torch.Tensor) -> np.ndarray:

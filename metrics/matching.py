@@ -49,6 +49,7 @@ __all__ = [
     "matching_masks",
     "matching_dataset",
     "iou_matrix",
+    "overlap_counts",
     "box_iou",
     "held_fraction",
     "error_breakdown",
@@ -275,6 +276,17 @@ def _mask_overlap(true_masks: np.ndarray, pred_masks: np.ndarray) -> tuple[np.nd
         a, b, c, d = y0[i, j], y1[i, j], x0[i, j], x1[i, j]
         inter[i, j] = np.count_nonzero(tb[i, a:b, c:d] & pb[j, a:b, c:d])
     return inter, area_t, area_p
+
+
+def overlap_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel intersections float64 [N, M] of stacked binary masks ``a`` [N, H, W] and ``b`` [M, H, W], and their
+    areas [N], [M]; only pairs whose bounding boxes meet are intersected.
+
+    >>> a = np.zeros((1, 4, 4), np.uint8); a[0, :2] = 1
+    >>> [x.tolist() for x in overlap_counts(a, np.concatenate([a, 1 - a]))]
+    [[[8.0, 0.0]], [8.0], [8.0, 8.0]]
+    """
+    return _mask_overlap(a, b)
 
 
 def iou_matrix(true_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
