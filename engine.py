@@ -16,8 +16,10 @@ Conventions:
   checkpoint or log line.
 * Both trainers run one protocol (see "runs" below): :func:`resume_path` and :func:`restore` (``--resume
   auto|PATH``), :func:`write_run_info` (args.json, config.json, env.json), then per epoch
-  :func:`begin_epoch` (RNGs from seed, rank and epoch), the trainer's own train/validate, and
-  :func:`end_epoch` (best.pth, last.pth, epoch_NNN.pth in that order, the log row, the printed line).
+  :func:`begin_epoch` (RNGs from seed, rank and epoch), :func:`train_one_epoch` with the model's own
+  :data:`TrainStep` (:func:`detection_step`, ``models.classifier.training_step``), the validation of its kind
+  (:func:`evaluate_detection`, :func:`predict_dataset`), and :func:`end_epoch` (best.pth, last.pth,
+  epoch_NNN.pth in that order, the log row, the printed line).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import sys
 import time
 import warnings
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ __all__ = [
     "DistInfo",
     "MetricLogger",
     "ResumeState",
+    "TrainStep",
     "amp_dtype",
     "autocast_context",
     "barrier",
@@ -59,6 +62,7 @@ __all__ = [
     "check_finite",
     "cleanup_distributed",
     "detection_collate",
+    "detection_step",
     "end_epoch",
     "evaluate_detection",
     "gather_rows",
@@ -68,6 +72,7 @@ __all__ = [
     "is_main_process",
     "load_checkpoint",
     "make_scaler",
+    "predict_dataset",
     "reduce_dict",
     "resolve_device",
     "restore",
@@ -77,7 +82,7 @@ __all__ = [
     "seed_everything",
     "seed_worker",
     "shard_indices",
-    "train_one_epoch_detection",
+    "train_one_epoch",
     "unwrap_model",
     "write_run_info",
 ]
@@ -486,7 +491,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 #     write_run_info(out_dir, args, config, device=..., world_size=..., seed=...)
 #     for epoch in range(state.start_epoch, args.epochs):
 #         begin_epoch(loader, epoch, seed)                # the RNGs of (seed, rank, epoch) only
-#         ...train, validate...
+#         stats = train_one_epoch(model, step, loader, optimizer, device, epoch, ...)   # step: the model's own
+#         ...validate (evaluate_detection, or predict_dataset and the trainer's figures)...
 #         end_epoch(out_dir, logger, row, message, is_best=..., keep=..., **checkpoint)
 
 
@@ -765,10 +771,35 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def train_one_epoch_detection(
+#: what a model brings to :func:`train_one_epoch`: ``step(model, batch, device) -> (losses, sums)`` runs the
+#: forward pass of one batch (under autocast) and returns its loss dict (scalar tensors, summed and
+#: backpropagated) and the batch's sums for the epoch's figures (numbers or scalar tensors, read after the optimizer
+#: step; e.g. ``{"correct": 7, "samples": 8}``)
+TrainStep = Callable[
+    [torch.nn.Module, Any, torch.device], tuple[Mapping[str, torch.Tensor], Mapping[str, float | torch.Tensor]]
+]
+
+
+def detection_step(
+    model: torch.nn.Module, batch: Any, device: torch.device
+) -> tuple[Mapping[str, torch.Tensor], dict[str, float]]:
+    """The :data:`TrainStep` of a torchvision detection model: ``model(images, targets)`` in train mode returns its
+    loss dict. ``batch`` is ``(images, targets)`` (see :func:`detection_collate`) or a list of ``(image, target)``
+    pairs; images FloatTensor[1, H, W], targets as ``KaryoRecord.to_target``. No sums."""
+    if isinstance(batch, list) and batch and isinstance(batch[0], (tuple, list)) and len(batch[0]) == 2:
+        images, targets = detection_collate(batch)
+    else:
+        images, targets = batch
+    images = [_to_device(im, device) for im in images]
+    targets = [_to_device(t, device) for t in targets]
+    return model(images, targets), {}
+
+
+def train_one_epoch(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    step: TrainStep,
     loader: Iterable,
+    optimizer: torch.optim.Optimizer,
     device: torch.device,
     epoch: int,
     *,
@@ -781,27 +812,34 @@ def train_one_epoch_detection(
     progress: bool = True,
     log_every: int = 20,
 ) -> dict[str, float]:
-    """One epoch of a torchvision detection model (loss dict in train mode).
+    """One training epoch of any model: the model's own ``step`` (its forward pass and losses) inside one loop
+    of autocast, gradient accumulation, scaling, clipping, optimizer and per-step schedule.
+
+    Per batch: ``losses, sums = step(model, batch, device)`` under :func:`autocast_context`; the losses are
+    averaged over the ranks and checked (:func:`check_finite`: a NaN on one rank stops every rank), their sum
+    divided by ``accum_steps`` is backpropagated; every ``accum_steps`` batches (and at the end of the epoch)
+    the optimizer steps, then the scheduler.
 
     Args:
-        model: Mask R-CNN (possibly DDP-wrapped); ``model(images, targets)`` returns a loss dict.
+        model: the model in train mode (possibly DDP-wrapped).
+        step: its :data:`TrainStep` (:func:`detection_step`, ``models.classifier.training_step(criterion)``).
+        loader: yields the batches ``step`` takes.
         optimizer / scheduler: the scheduler is stepped once per optimizer step.
-        loader: yields ``(images, targets)`` (see :func:`detection_collate`) or lists of
-            ``(image, target)`` pairs; images FloatTensor[1, H, W], targets as ``KaryoRecord.to_target``.
         device: where to run.
-        epoch: for the progress bar.
+        epoch: for the progress bar and the heartbeat.
         scaler: a GradScaler (see :func:`make_scaler`); None means no scaling.
-        amp: run the forward pass under :func:`autocast_context`.
+        amp: run ``step`` under :func:`autocast_context`.
         accum_steps: gradient accumulation: one optimizer step every ``accum_steps`` batches (and
             at the end of the epoch).
         max_steps: stop after this many batches (smoke runs, debugging).
-        clip_grad_norm: clip the global gradient norm to this value if given.
+        clip_grad_norm: clip the global gradient norm to this value if given (0 or None: off).
         progress: tqdm bar (on the main process only).
         log_every: without a bar, print a one-line heartbeat every this many batches (0 = never).
 
     Returns:
-        mean of each loss over the batches seen (``loss`` is the total), ``lr`` (after the last step),
-        ``steps`` (batches), ``optimizer_steps``, ``time_s``.
+        the mean of each loss over the batches seen (each batch's value averaged over the ranks; ``loss`` is
+        the total), ``lr`` (after the last step), ``steps`` (batches), ``optimizer_steps``, ``time_s``, and
+        each of ``step``'s sums totalled over the epoch and the ranks.
 
     Raises:
         FloatingPointError: a loss became NaN/inf (the loss dict is printed first).
@@ -817,7 +855,9 @@ def train_one_epoch_detection(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False)
-    sums: dict[str, float] = {}
+    sums: dict[str, float] = {}  # of each loss, over the batches
+    loss_sum = 0.0  # of the total loss, over the batches
+    totals: dict[str, float] = {}  # of step's sums
     n_batches = 0
     n_opt = 0
     t0 = time.time()
@@ -826,19 +866,13 @@ def train_one_epoch_detection(
     for i, batch in enumerate(loader):
         if max_steps is not None and i >= max_steps:
             break
-        if isinstance(batch, list) and batch and isinstance(batch[0], (tuple, list)) and len(batch[0]) == 2:
-            images, targets = detection_collate(batch)
-        else:
-            images, targets = batch
-        images = [_to_device(im, device) for im in images]
-        targets = [_to_device(t, device) for t in targets]
         last_in_epoch = (total is not None and i + 1 == total) or (max_steps is not None and i + 1 == max_steps)
         do_step = (i + 1) % accum_steps == 0 or last_in_epoch
         # skip the gradient all-reduce on accumulation-only batches of a DDP model
         sync = contextlib.nullcontext() if do_step or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast_context(device, amp):
-                loss_dict = model(images, targets)
+                loss_dict, batch_sums = step(model, batch, device)
             losses = sum(loss_dict.values())
             logged = reduce_dict({k: v.detach() for k, v in loss_dict.items()})
             check_finite(logged)
@@ -857,16 +891,18 @@ def train_one_epoch_detection(
         n_batches += 1
         for k, v in logged.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-        sums["loss"] = sums.get("loss", 0.0) + float(sum(float(v) for v in logged.values()))
+        loss_sum += float(sum(float(v) for v in logged.values()))
+        for k, v in batch_sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         elif log_every and is_main_process() and (i + 1) % log_every == 0:
             # background runs (nohup, --no-progress) still get a heartbeat in their log
             dt = (time.time() - t0) / n_batches
             print(
                 f"epoch {epoch} step {i + 1}/{total if total is not None else '?'} "
-                f"loss {sums['loss'] / n_batches:.4f} lr {optimizer.param_groups[0]['lr']:.2e} {dt:.2f} s/step",
+                f"loss {loss_sum / n_batches:.4f} lr {optimizer.param_groups[0]['lr']:.2e} {dt:.2f} s/step",
                 flush=True,
             )
     if pending:  # an iterable without len ended between optimizer steps
@@ -877,13 +913,46 @@ def train_one_epoch_detection(
     if bar is not None:
         bar.close()
     out = {k: v / max(1, n_batches) for k, v in sums.items()}
+    out["loss"] = loss_sum / max(1, n_batches)
     out.update(
         lr=float(optimizer.param_groups[0]["lr"]),
         steps=n_batches,
         optimizer_steps=n_opt,
         time_s=time.time() - t0,
     )
+    if totals:  # every rank's sums, added up (the same figures on every rank)
+        reduced = reduce_dict(
+            {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in totals.items()}, average=False
+        )
+        out.update({k: float(reduced[k]) for k in totals})
     return out
+
+
+@torch.no_grad()
+def predict_dataset(
+    model: torch.nn.Module,
+    dataset: torch.utils.data.Dataset,
+    device: torch.device,
+    predict: Callable[[torch.nn.Module, Any, torch.device], np.ndarray],
+    *,
+    batch_size: int,
+    row_shape: tuple[int, ...],
+    workers: int = 0,
+) -> np.ndarray:
+    """The rows ``predict(model, batch, device)`` gives (numpy [B, *row_shape]) for every sample of ``dataset``, in
+    order, with the model in eval mode: the validation loop of a trainer whose figures need every sample.
+
+    In a distributed run every rank must call it: each predicts its share (:func:`shard_indices`) and the shares
+    are gathered (:func:`gather_rows`), so every rank returns the whole array and none waits for rank 0 in a
+    barrier. ``row_shape`` is the shape of one row (a rank with no sample still needs it).
+    """
+    model.eval()
+    idx = shard_indices(len(dataset))
+    sub = torch.utils.data.Subset(dataset, idx.tolist())
+    loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=workers)
+    out = [predict(model, batch, device) for batch in loader]
+    mine = np.concatenate(out) if out else np.zeros((0, *row_shape), np.float32)
+    return gather_rows(idx, mine, len(dataset))
 
 
 def _optimizer_step(model, optimizer, scaler, clip_grad_norm) -> None:

@@ -331,140 +331,15 @@ def feature_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
-# ---------------------------------------------------------------------------------------------- loops
-def train_one_epoch(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    criterion: nn.Module,
-    device: torch.device,
-    *,
-    amp: bool,
-    epoch: int,
-    use_features: bool,
-    max_steps: int | None = None,
-    clip_grad_norm: float = 0.0,
-    progress: bool = True,
-) -> dict[str, float]:
-    """One epoch; returns mean loss and accuracy over this rank's samples and the last learning rate."""
-    from tqdm.auto import tqdm
-
-    from engine import autocast_context, check_finite, reduce_dict
-
-    model.train()
-    total = max_steps if max_steps is not None else len(loader)
-    total = min(total, len(loader))
-    sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-    bar = tqdm(loader, total=total, desc=f"epoch {epoch}", disable=not progress, leave=False)
-    for step, (crops, feats, labels) in enumerate(bar):
-        if step >= total:
-            break
-        crops = crops.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        f = feats.to(device, non_blocking=True) if use_features else None
-        with autocast_context(device, amp):
-            logits = model(crops, f)
-            loss = criterion(logits.float(), labels)
-        # checked after the all-reduce: a NaN on one rank is seen by every rank, so all stop together
-        # (a rank raising alone would leave the others waiting in the next collective)
-        check_finite(reduce_dict({"loss": loss.detach()}))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_grad_norm > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        n = labels.numel()
-        sums += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    r = reduce_dict({"s": sums.to(device)}, average=False)["s"].cpu()
-    cnt = max(float(r[2]), 1.0)
-    return {"train_loss": float(r[0]) / cnt, "train_acc": float(r[1]) / cnt, "lr": optimizer.param_groups[0]["lr"]}
-
-
-@torch.no_grad()
-def predict_dataset(
-    model: nn.Module, ds: Any, device: torch.device, *, batch_size: int, use_features: bool, workers: int = 0
-) -> np.ndarray:
-    """Softmax probabilities float32 [M, 24] of every sample of ``ds`` (in order), computed in float32.
-
-    In a distributed run every rank must call it: each predicts its share (``engine.shard_indices``) and the
-    shares are gathered, so every rank returns the whole array and none waits for rank 0 in a barrier.
-    """
-    from engine import gather_rows, shard_indices
-
-    model.eval()
-    idx = shard_indices(len(ds))
-    sub = torch.utils.data.Subset(ds, idx.tolist())
-    loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=workers)
-    out = []
-    for crops, feats, _ in loader:
-        logits = model(crops.to(device), feats.to(device) if use_features else None)
-        out.append(torch.softmax(logits.float(), 1).cpu().numpy())
-    mine = np.concatenate(out) if out else np.zeros((0, 24), np.float32)
-    return gather_rows(idx, mine, len(ds))
-
-
-def val_summary(probs: np.ndarray, labels: np.ndarray, smoothing: float) -> dict[str, float]:
-    """Val accuracy and cross-entropy (with the training label smoothing) of probabilities [M, 24]."""
-    if len(labels) == 0:
-        return {"val_accuracy": float("nan"), "val_loss": float("nan")}
-    logp = torch.log(torch.from_numpy(probs).clamp_min(1e-12))
-    loss = nn.functional.nll_loss(logp, torch.from_numpy(labels)) * (1 - smoothing) - smoothing * logp.mean(1).mean()
-    return {"val_accuracy": float((probs.argmax(1) == labels).mean()), "val_loss": float(loss)}
-
-
-def write_val_outputs(out_dir: Path, ds: Any, probs: np.ndarray) -> dict[str, Any]:
-    """val_probs.npz, per_class.json, confusion.png and per_class.png for ``probs`` [M, 24] on ``ds``."""
-    from datasets.io import atomic_write, atomic_write_json
-    from metrics.identification import identification_metrics, plot_confusion, plot_per_class
-
-    pred_ids = probs.argmax(1).astype(np.int64) + 1
-    true_ids = ds.labels + 1
-    with atomic_write(out_dir / "val_probs.npz", "wb") as f:
-        np.savez(
-            f,
-            probs=probs.astype(np.float32),
-            labels=ds.labels,
-            class_ids=true_ids,
-            cell=ds.cell,
-            lengths=ds.lengths,
-            centromere_index=ds.centromere,
-            image_ids=ds.image_ids,
-        )
-    cells = np.unique(ds.cell)
-    true_pc = [true_ids[ds.cell == c] for c in cells]
-    pred_pc = [pred_ids[ds.cell == c] for c in cells]
-    m = identification_metrics(true_pc, pred_pc)
-    atomic_write_json(out_dir / "per_class.json", _plain(m))
-    plot_confusion(m["confusion"], out_dir / "confusion.png")
-    plot_per_class(m["per_class"], out_dir / "per_class.png")
-    return m
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 # ---------------------------------------------------------------------------------------------- main
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train; returns a summary dict (best val accuracy, epochs run, output paths)."""
     import engine
     from datasets.instances import CropAugment, DistributedWeightedSampler
     from datasets.io import atomic_write_json
-    from models.classifier import ClsConfig, build_classifier
+    from karyogram.labels import NUM_CLASSES
+    from metrics.identification import per_crop_scores, write_instance_outputs
+    from models.classifier import ClsConfig, build_classifier, predict_batch, training_step
 
     args = check_args(args)
     dist_info = engine.init_distributed(device=args.device)
@@ -542,7 +417,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             mlp_hidden=args.mlp_hidden,
             dropout=args.dropout,
         )
-    use_features = config.n_features > 0
     model = build_classifier(config).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
@@ -598,7 +472,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         warmup_steps=round(args.warmup_epochs * steps),
     )
     scaler = engine.make_scaler(device, args.amp)
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    step = training_step(nn.CrossEntropyLoss(label_smoothing=args.label_smoothing))
+
+    def predict_val() -> np.ndarray:  # softmax probabilities float32 [M, 24] of every val chromosome, in order
+        return engine.predict_dataset(
+            model_without_ddp, val_ds, device, predict_batch, batch_size=args.batch_size * 2, row_shape=(NUM_CLASSES,)
+        )
 
     # the model took the checkpoint's weights above (from its config); the rest of the run's state here
     state = engine.restore(ckpt, model=None, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
@@ -618,26 +497,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for epoch in range(start_epoch, args.epochs):
         engine.begin_epoch(loader, epoch, seed)
         t0 = time.time()
-        stats = train_one_epoch(
+        stats = engine.train_one_epoch(
             model,
+            step,
             loader,
             optimizer,
-            scheduler,
-            scaler,
-            criterion,
             device,
+            epoch,
+            scheduler=scheduler,
+            scaler=scaler,
             amp=args.amp,
-            epoch=epoch,
-            use_features=use_features,
             max_steps=steps,
             clip_grad_norm=args.clip_grad_norm,
             progress=progress,
         )
+        # the epoch's sample-weighted loss and accuracy over every rank's samples
+        n = max(stats.get("samples", 0.0), 1.0)
+        stats = {
+            "train_loss": stats.get("loss_sum", 0.0) / n,
+            "train_acc": stats.get("correct", 0.0) / n,
+            "lr": stats["lr"],
+        }
         # every rank scores its share of val in float32; all get the same figures
-        probs = predict_dataset(
-            model_without_ddp, val_ds, device, batch_size=args.batch_size * 2, use_features=use_features
-        )
-        stats |= val_summary(probs, val_ds.labels, args.label_smoothing)
+        scores = per_crop_scores(predict_val(), val_ds.labels, label_smoothing=args.label_smoothing)
+        stats |= {f"val_{k}": v for k, v in scores.items()}
         improved = stats["val_accuracy"] > best
         best = max(best, stats["val_accuracy"])
         row = {"epoch": epoch, **stats, "best_val_accuracy": best, "time_s": time.time() - t0}
@@ -659,16 +542,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if (out_dir / "best.pth").exists():  # every rank (the val prediction is sharded); rank 0 writes
         best_ckpt = engine.load_checkpoint(out_dir / "best.pth", "cpu")
         model_without_ddp.load_state_dict(best_ckpt["model"])
-        probs = predict_dataset(
-            model_without_ddp, val_ds, device, batch_size=args.batch_size * 2, use_features=use_features
-        )
+        probs = predict_val()
     if is_main and (out_dir / "best.pth").exists():
-        m = write_val_outputs(out_dir, val_ds, probs)
+        m = write_instance_outputs(out_dir, val_ds, probs)
         summary |= {"best_epoch": int(best_ckpt["epoch"]), "val_cell_exact_rate": m.get("cell_exact_rate")}
         print(
             f"best epoch {best_ckpt['epoch']}: val accuracy {m.get('accuracy', float('nan')):.4f}; wrote {out_dir}/val_probs.npz"
         )
-        atomic_write_json(out_dir / "summary.json", _plain(summary))
+        atomic_write_json(out_dir / "summary.json", summary)
     logger.close()
     engine.cleanup_distributed()
     return summary

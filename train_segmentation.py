@@ -547,10 +547,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         for epoch in range(start_epoch, args.epochs):
             engine.begin_epoch(loader, epoch, seed)
             lr_start = optimizer.param_groups[0]["lr"]
-            stats = engine.train_one_epoch_detection(
+            stats = engine.train_one_epoch(
                 model,
-                optimizer,
+                engine.detection_step,
                 loader,
+                optimizer,
                 device,
                 epoch,
                 scheduler=scheduler,

@@ -34,7 +34,13 @@ import numpy as np
 
 from karyogram.labels import CLASS_NAMES, NUM_CLASSES, name_of
 
-__all__ = ["identification_metrics", "plot_confusion", "plot_per_class"]
+__all__ = [
+    "identification_metrics",
+    "per_crop_scores",
+    "plot_confusion",
+    "plot_per_class",
+    "write_instance_outputs",
+]
 
 #: axis labels of the confusion matrix: "?" (0), "1".."22", "X", "Y"
 AXIS_NAMES: tuple[str, ...] = ("?",) + CLASS_NAMES
@@ -110,6 +116,72 @@ def identification_metrics(
         "n_chromosomes": n_chrom,
         "n_cells": len(trues),
     }
+
+
+def per_crop_scores(probs: np.ndarray, labels: np.ndarray, *, label_smoothing: float = 0.0) -> dict[str, float]:
+    """Per-crop ``accuracy`` and ``loss`` of class probabilities float [M, 24] against labels int [M] (class id - 1).
+
+    ``loss`` is the cross-entropy with label smoothing ``label_smoothing`` (as ``nn.CrossEntropyLoss`` trains
+    it): ``(1 - s) * mean(-log p_true) - s * mean over crops of the mean log p``, probabilities clamped at 1e-12.
+    Both are NaN with no crop.
+    """
+    if len(labels) == 0:
+        return {"accuracy": float("nan"), "loss": float("nan")}
+    import torch
+
+    s = label_smoothing
+    logp = torch.log(torch.from_numpy(probs).clamp_min(1e-12))
+    loss = torch.nn.functional.nll_loss(logp, torch.from_numpy(labels)) * (1 - s) - s * logp.mean(1).mean()
+    return {"accuracy": float((probs.argmax(1) == labels).mean()), "loss": float(loss)}
+
+
+def write_instance_outputs(out_dir: str | os.PathLike, instances: Any, probs: np.ndarray) -> dict[str, Any]:
+    """The files of a classifier's probabilities float [M, 24] on a set of chromosomes, in ``out_dir``.
+
+    ``instances`` is a :class:`datasets.instances.InstanceDataset` (its ``labels``, ``cell``, ``lengths``,
+    ``centromere``, ``image_ids``). Writes ``val_probs.npz`` (the probabilities, labels, class ids, cell index,
+    lengths, centromere index and image ids: everything karyotype-level assignment needs), ``per_class.json``
+    (:func:`identification_metrics` over the cells), ``confusion.png`` and ``per_class.png``; returns the metrics.
+    """
+    from pathlib import Path
+
+    from fileio import atomic_write, atomic_write_json
+
+    out = Path(out_dir)
+    pred_ids = probs.argmax(1).astype(np.int64) + 1
+    true_ids = instances.labels + 1
+    with atomic_write(out / "val_probs.npz", "wb") as f:
+        np.savez(
+            f,
+            probs=probs.astype(np.float32),
+            labels=instances.labels,
+            class_ids=true_ids,
+            cell=instances.cell,
+            lengths=instances.lengths,
+            centromere_index=instances.centromere,
+            image_ids=instances.image_ids,
+        )
+    cells = np.unique(instances.cell)
+    true_pc = [true_ids[instances.cell == c] for c in cells]
+    pred_pc = [pred_ids[instances.cell == c] for c in cells]
+    m = identification_metrics(true_pc, pred_pc)
+    atomic_write_json(out / "per_class.json", _plain(m))
+    plot_confusion(m["confusion"], out / "confusion.png")
+    plot_per_class(m["per_class"], out / "per_class.png")
+    return m
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with str keys, lists for arrays and tuples, Python numbers for NumPy's (for JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def plot_confusion(cm: np.ndarray, path: str | os.PathLike, normalize: bool = True) -> None:

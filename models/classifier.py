@@ -22,7 +22,7 @@ each member on the crops of its own crop mode.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -236,6 +236,42 @@ def build_classifier(config: ClsConfig) -> HybridClassifier:
 
 
 # ------------------------------------------------------------------ checkpoints
+# ---------------------------------------------------------------------------------------------- training
+
+
+def training_step(
+    criterion: nn.Module,
+) -> Callable[[nn.Module, Any, torch.device], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """The classifier's step of ``engine.train_one_epoch``: the loss of one batch of
+    :class:`datasets.instances.InstanceDataset` samples ``(crops, features, labels)``.
+
+    The step returns ``{"loss": criterion(logits, labels)}`` (computed in float32) and the batch's sums
+    ``loss_sum`` (the loss times the batch's samples, float64), ``correct`` and ``samples``, from which the
+    trainer takes the epoch's sample-weighted loss and accuracy. The features go to the model whether it has a
+    feature branch or not (one without ignores them).
+    """
+
+    def step(model: nn.Module, batch: Any, device: torch.device):
+        crops, feats, labels = batch
+        crops = crops.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(crops, feats.to(device, non_blocking=True))
+        loss = criterion(logits.float(), labels)
+        n = labels.numel()
+        sums = {"loss_sum": loss.detach().double() * n, "correct": (logits.argmax(1) == labels).sum(), "samples": n}
+        return {"loss": loss}, sums
+
+    return step
+
+
+def predict_batch(model: nn.Module, batch: Any, device: torch.device) -> np.ndarray:
+    """Softmax probabilities float32 [B, 24] of one batch of :class:`datasets.instances.InstanceDataset` samples
+    ``(crops, features, labels)``, computed in float32 (the rows of ``engine.predict_dataset``)."""
+    crops, feats, _ = batch
+    logits = model(crops.to(device), feats.to(device))
+    return torch.softmax(logits.float(), 1).cpu().numpy()
+
+
 def restem(config: ClsConfig, stem: str, source: str | os.PathLike = "the checkpoint") -> ClsConfig:
     """``config`` with another stem whose weights have the same names and shapes (e.g. imagenet -> imagenet16).
 
@@ -578,6 +614,7 @@ __all__ = [
     "build_classifier",
     "load_classifier_checkpoint",
     "load_classifier_members",
+    "predict_batch",
     "predict_members",
     "predict_proba",
     "prepare_crops",
@@ -585,4 +622,5 @@ __all__ = [
     "read_classifier_members",
     "save_ensemble",
     "save_weights",
+    "training_step",
 ]

@@ -163,22 +163,30 @@ class _Samples(torch.utils.data.Dataset):
         return self.x[i], torch.zeros(0), 0
 
 
+def _predict(model: nn.Module) -> np.ndarray:
+    """The trainer's validation: the classifier's probabilities of every sample, sharded over the ranks."""
+    import engine
+    from models.classifier import predict_batch
+
+    return engine.predict_dataset(model, _Samples(), torch.device("cpu"), predict_batch, batch_size=4, row_shape=(24,))
+
+
 def _classifier_worker(rank: int) -> dict:
     """Sharded validation, then one epoch in which only rank 1's loss is NaN (must stop both ranks)."""
     import engine
-    from train_classification import predict_dataset, train_one_epoch
+    from models.classifier import training_step
 
     torch.manual_seed(0)
-    probs = predict_dataset(_TinyClassifier(), _Samples(), torch.device("cpu"), batch_size=4, use_features=False)
+    probs = _predict(_TinyClassifier())
     model = _TinyClassifier(poison=rank == 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler = engine.make_scaler(torch.device("cpu"), False)
+    step = training_step(nn.CrossEntropyLoss())
     try:
-        train_one_epoch(
-            model, _batches(), opt, sched, scaler, nn.CrossEntropyLoss(), torch.device("cpu"),
-            amp=False, epoch=0, use_features=False, progress=False,
-        )  # fmt: skip
+        engine.train_one_epoch(
+            model, step, _batches(), opt, torch.device("cpu"), 0, scheduler=sched, scaler=scaler, progress=False
+        )
         stopped = None
     except FloatingPointError as exc:
         stopped = str(exc)
@@ -199,10 +207,8 @@ def test_nonfinite_classifier_loss_stops_every_rank(classifier_ranks):
 
 
 def test_sharded_classifier_validation_equals_single_process(classifier_ranks):
-    from train_classification import predict_dataset
-
     torch.manual_seed(0)
-    single = predict_dataset(_TinyClassifier(), _Samples(), torch.device("cpu"), batch_size=4, use_features=False)
+    single = _predict(_TinyClassifier())
     for r in classifier_ranks:
         np.testing.assert_allclose(np.array(r["probs"]), single, rtol=0, atol=1e-7)  # every sample once, in order
 

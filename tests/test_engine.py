@@ -313,8 +313,16 @@ def test_train_one_epoch_accumulates_gradients_exactly():
     model = _LinearLoss()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = engine.build_lr_scheduler(opt, schedule="step", total_steps=100, step_milestones=[1000])
-    stats = engine.train_one_epoch_detection(
-        model, opt, _loader([1, 3, 5, 7, 11]), torch.device("cpu"), 0, scheduler=sched, accum_steps=2, progress=False
+    stats = engine.train_one_epoch(
+        model,
+        engine.detection_step,
+        _loader([1, 3, 5, 7, 11]),
+        opt,
+        torch.device("cpu"),
+        0,
+        scheduler=sched,
+        accum_steps=2,
+        progress=False,
     )
     # steps after batches 2, 4 and (end of epoch) 5: w = -(1+3)/2 - (5+7)/2 - 11/2
     assert model.w.item() == pytest.approx(-2 - 6 - 5.5)
@@ -326,12 +334,44 @@ def test_train_one_epoch_accumulates_gradients_exactly():
 def test_train_one_epoch_max_steps_and_nonfinite():
     model = _LinearLoss()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    stats = engine.train_one_epoch_detection(
-        model, opt, _loader([1, 1, 1, 1]), torch.device("cpu"), 0, max_steps=3, progress=False
+    step = engine.detection_step
+    stats = engine.train_one_epoch(
+        model, step, _loader([1, 1, 1, 1]), opt, torch.device("cpu"), 0, max_steps=3, progress=False
     )
     assert stats["steps"] == 3 and stats["optimizer_steps"] == 3 and model.w.item() == pytest.approx(-3.0)
     with pytest.raises(FloatingPointError, match="loss_a"):
-        engine.train_one_epoch_detection(model, opt, _loader([1, float("nan")]), torch.device("cpu"), 0, progress=False)
+        engine.train_one_epoch(model, step, _loader([1, float("nan")]), opt, torch.device("cpu"), 0, progress=False)
+
+
+class _CropModel(nn.Module):
+    """A 'classifier' of 4x4 crops (the features are ignored, as a model without a feature branch does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 24)
+
+    def forward(self, crops, feats=None):
+        return self.fc(crops.flatten(1))
+
+
+def test_train_one_epoch_totals_the_steps_sums():
+    from models.classifier import training_step
+
+    torch.manual_seed(0)
+    model = _CropModel()
+    batches = [(torch.rand(n, 1, 4, 4), torch.zeros(n, 0), torch.randint(0, 24, (n,))) for n in (3, 5)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the model stays put: the figures are known
+    step = training_step(nn.CrossEntropyLoss())
+    stats = engine.train_one_epoch(model, step, batches, opt, torch.device("cpu"), 0, progress=False)
+    with torch.no_grad():
+        logits = [model(x) for x, _, _ in batches]
+    y = [b[2] for b in batches]
+    per_batch = [nn.functional.cross_entropy(lg, t).item() for lg, t in zip(logits, y)]
+    assert stats["samples"] == 8 and stats["steps"] == 2 and stats["optimizer_steps"] == 2
+    assert stats["correct"] == sum((lg.argmax(1) == t).sum().item() for lg, t in zip(logits, y))
+    # the sums weigh each sample once (the trainer's train_loss); the loss is the mean over the batches
+    assert stats["loss_sum"] / 8 == pytest.approx((3 * per_batch[0] + 5 * per_batch[1]) / 8, rel=1e-6)
+    assert stats["loss"] == pytest.approx(np.mean(per_batch), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
