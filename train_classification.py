@@ -274,17 +274,21 @@ def _record_dataset(name: str, root: str, split: str, args: argparse.Namespace, 
 def _cache_file(args: argparse.Namespace, name: str, root: str, split: str, limit: int | None) -> Path | None:
     if str(args.cache_dir).lower() == "none":
         return None
-    import hashlib
+    from datasets.instances import cache_file_name
 
-    tag = hashlib.sha256(str(Path(root).resolve() if root != "none" else root).encode()).hexdigest()[:8]
-    n = "all" if limit is None else str(limit)
-    extra = f"-n{args.synthetic_spreads}" if name == "synthetic" else ""
-    if args.test_fraction > 0:  # a test split takes groups out of train (val is unchanged); older names stay valid
-        extra += f"-tf{args.test_fraction:g}"
-    if args.crop_mode != "straight":
-        extra += f"-{args.crop_mode}"
-    fname = f"{name}-{tag}-{split}-vf{args.val_fraction:g}-s{args.split_seed}-max{n}{extra}-{args.crop_height}x{args.crop_width}.npz"
-    return Path(args.cache_dir) / fname
+    return Path(args.cache_dir) / cache_file_name(
+        name,
+        root,
+        split,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        split_seed=args.split_seed,
+        limit=limit,
+        synthetic_spreads=args.synthetic_spreads,
+        crop_height=args.crop_height,
+        crop_width=args.crop_width,
+        crop_mode=args.crop_mode,
+    )
 
 
 def build_instances(args: argparse.Namespace, split: str, *, transforms: Any = None, is_main: bool = True):
@@ -312,23 +316,6 @@ def build_instances(args: argparse.Namespace, split: str, *, transforms: Any = N
             )
         )
     return concat_instances(parts, transforms=transforms)
-
-
-def feature_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-column mean and std of float32 [M, F] ignoring NaN (std 1 where a column is constant or all NaN)."""
-    if x.shape[1] == 0:
-        return [], []
-    finite = np.where(np.isfinite(x), x, np.nan).astype(np.float64)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(finite, axis=0)
-            std = np.nanstd(finite, axis=0)
-    mean = np.where(np.isfinite(mean), mean, 0.0)
-    std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
-    return mean.tolist(), std.tolist()
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -373,7 +360,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # -- model: the config (with the feature standardisation) comes from the checkpoint when resuming, or
     # from the --pretrained classifier (whose weights are loaded, but not its optimizer or schedule)
     ckpt = engine.load_checkpoint(resume_path, "cpu") if resume_path is not None else None
-    from features.triad import feature_names
+    from features.triad import feature_names, feature_stats
     from models.classifier import read_classifier_file, restem
 
     init_state, source = None, None  # the weights to start from, and their file

@@ -253,6 +253,41 @@ def cache_key(ds: Any, height: int, width: int, crop_mode: str = "straight") -> 
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def cache_file_name(
+    dataset: str,
+    root: str,
+    split: str,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    limit: int | None,
+    synthetic_spreads: int,
+    crop_height: int,
+    crop_width: int,
+    crop_mode: str = "straight",
+) -> str:
+    """The file name of the instance cache of one split of one dataset (under the trainer's ``--cache-dir``).
+
+    It names what chooses the spreads (dataset, a hash of the resolved root, split, fractions, split seed, the
+    ``--max-*-spreads`` limit, the synthetic count) and the crop box, so that runs of other splits or crops
+    do not overwrite each other's caches; what is inside is checked by :func:`cache_key` on reading. Names of
+    caches written before test splits and crop modes existed stay valid (those parts appear only when set).
+
+    >>> cache_file_name("voc", "none", "val", val_fraction=0.1, test_fraction=0.0, split_seed=0, limit=None,
+    ...                 synthetic_spreads=40, crop_height=96, crop_width=32)
+    'voc-140bedbf-val-vf0.1-s0-maxall-96x32.npz'
+    """
+    tag = hashlib.sha256(str(Path(root).resolve() if root != "none" else root).encode()).hexdigest()[:8]
+    n = "all" if limit is None else str(limit)
+    extra = f"-n{synthetic_spreads}" if dataset == "synthetic" else ""
+    if test_fraction > 0:  # a test split takes groups out of train (val is unchanged)
+        extra += f"-tf{test_fraction:g}"
+    if crop_mode != "straight":
+        extra += f"-{crop_mode}"
+    return f"{dataset}-{tag}-{split}-vf{val_fraction:g}-s{split_seed}-max{n}{extra}-{crop_height}x{crop_width}.npz"
+
+
 def compute_instances(
     ds: Any,
     *,
@@ -532,6 +567,7 @@ __all__ = [
     "CropAugment",
     "DistributedWeightedSampler",
     "InstanceDataset",
+    "cache_file_name",
     "cache_key",
     "compute_instances",
     "concat_instances",

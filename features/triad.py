@@ -22,6 +22,7 @@ chromosome gives the same vector whichever way it lay on the slide.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,7 @@ __all__ = [
     "FEATURE_NAMES",
     "InstanceFeatures",
     "feature_names",
+    "feature_stats",
     "instance_features",
     "MIN_AREA",
     "select_features",
@@ -402,3 +404,18 @@ def select_features(x: np.ndarray, groups: str) -> np.ndarray:
     col = {name: j for j, name in enumerate(FEATURE_NAMES)}
     idx = [col[name] for name in feature_names(groups)]
     return x[:, idx]
+
+
+def feature_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-column mean and std of float32 [M, F] ignoring NaN (std 1 where a column is constant or all NaN): the
+    standardisation a classifier's config keeps (``ClsConfig.feature_mean`` / ``feature_std``)."""
+    if x.shape[1] == 0:
+        return [], []
+    finite = np.where(np.isfinite(x), x, np.nan).astype(np.float64)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column
+        mean = np.nanmean(finite, axis=0)
+        std = np.nanstd(finite, axis=0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
+    return mean.tolist(), std.tolist()
