@@ -374,6 +374,20 @@ def test_train_one_epoch_totals_the_steps_sums():
     assert stats["loss"] == pytest.approx(np.mean(per_batch), rel=1e-6)
 
 
+def test_predict_dataset_rows_in_order():
+    samples = [(torch.full((1, 4, 4), float(i)), torch.zeros(0), 0) for i in range(7)]
+
+    def first_pixel(model, batch, device):  # a "prediction" that names its sample
+        assert not model.training
+        return batch[0][:, 0, 0, :2].numpy()
+
+    model = _CropModel()
+    rows = engine.predict_dataset(model, samples, torch.device("cpu"), first_pixel, batch_size=3, row_shape=(2,))
+    assert rows.tolist() == [[i, i] for i in range(7)]
+    empty = engine.predict_dataset(model, [], torch.device("cpu"), first_pixel, batch_size=3, row_shape=(2,))
+    assert empty.shape == (0, 2)
+
+
 # ---------------------------------------------------------------------------------------------- evaluation
 def _tiny_records(n: int = 2) -> list[KaryoRecord]:
     recs = []

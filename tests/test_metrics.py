@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -319,6 +320,48 @@ def test_identification_hand_example(tmp_path):
     plot_confusion(cm, tmp_path / "cm.png")
     plot_per_class(pc, tmp_path / "per_class.png")
     for name in ("cm.png", "per_class.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_per_crop_scores_known_values():
+    from metrics.identification import per_crop_scores
+
+    flat = np.full((4, 24), 1 / 24, np.float32)
+    labels = np.array([0, 5, 23, 7])
+    # uniform probabilities: -log(1/24) whatever the smoothing; argmax is class index 0
+    for s in (0.0, 0.1):
+        r = per_crop_scores(flat, labels, label_smoothing=s)
+        assert r["loss"] == pytest.approx(np.log(24), rel=1e-6) and r["accuracy"] == 0.25
+    sure = np.full((2, 24), 0.01 / 23, np.float32)
+    sure[0, 3] = sure[1, 4] = 0.99
+    r = per_crop_scores(sure, np.array([3, 5]), label_smoothing=0.1)
+    want = 0.9 * np.mean([-np.log(0.99), -np.log(0.01 / 23)]) - 0.1 * np.mean(np.log(sure), axis=1).mean()
+    assert r == pytest.approx({"accuracy": 0.5, "loss": want}, rel=1e-5)
+    empty = per_crop_scores(np.zeros((0, 24), np.float32), np.zeros(0, np.int64))
+    assert np.isnan(empty["accuracy"]) and np.isnan(empty["loss"])
+
+
+def test_write_instance_outputs(tmp_path):
+    from types import SimpleNamespace
+
+    from metrics.identification import write_instance_outputs
+
+    labels = np.array([0, 1, 22, 0])  # class ids 1, 2, X, 1
+    inst = SimpleNamespace(
+        labels=labels,
+        cell=np.array([0, 0, 1, 1]),
+        lengths=np.array([10.0, 9.0, 8.0, 7.0], np.float32),
+        centromere=np.array([0.5, 0.4, 0.3, 0.2], np.float32),
+        image_ids=np.array(["a", "b"]),
+    )
+    probs = np.eye(24, dtype=np.float32)[[0, 1, 22, 2]]  # the last chromosome called 3
+    m = write_instance_outputs(tmp_path, inst, probs)
+    assert m["accuracy"] == 0.75 and m["cell_exact_rate"] == 0.5
+    z = np.load(tmp_path / "val_probs.npz")
+    assert z["class_ids"].tolist() == [1, 2, 23, 1] and z["image_ids"].tolist() == ["a", "b"]
+    assert np.array_equal(z["probs"], probs) and np.array_equal(z["centromere_index"], inst.centromere)
+    assert json.loads((tmp_path / "per_class.json").read_text())["confusion"][1][3] == 1
+    for name in ("confusion.png", "per_class.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
