@@ -178,12 +178,14 @@ def _shrink(pred, width: int, height: int):
 
     import cv2
 
-    sx, sy = width / pred.width, height / pred.height
-    masks = np.zeros((len(pred), height, width), np.uint8)
-    for i in range(len(pred)):
-        masks[i] = cv2.resize(pred.masks[i], (width, height), interpolation=cv2.INTER_NEAREST)
-    boxes = pred.boxes * np.array([sx, sy, sx, sy])
-    return dataclasses.replace(pred, masks=masks, boxes=boxes, width=width, height=height)
+    rec = pred.record
+    sx, sy = width / rec.width, height / rec.height
+    masks = np.zeros((len(rec), height, width), np.uint8)
+    for i in range(len(rec)):
+        masks[i] = cv2.resize(rec.masks[i], (width, height), interpolation=cv2.INTER_NEAREST)
+    image = cv2.resize(rec.image, (width, height), interpolation=cv2.INTER_AREA)
+    boxes = rec.boxes * np.array([sx, sy, sx, sy])
+    return dataclasses.replace(pred, record=dataclasses.replace(rec, image=image, masks=masks, boxes=boxes))
 
 
 def _table(res: dict[str, dict[str, Any]]) -> str:

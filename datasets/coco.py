@@ -25,8 +25,10 @@ Extra fields written by :func:`records_to_coco` are read back: ``centromere: [x,
 Writing
 -------
 :func:`records_to_coco` writes ground truth or predictions as a COCO instance document (compressed RLE
-masks, :func:`encode_masks`, the project's one RLE encoder), :func:`records_to_coco_results` the COCO
-*results* list that ``pycocotools.cocoeval`` reads (``inference_pipeline.py``'s ``coco_results.json``).
+masks, :func:`encode_masks`, the project's one RLE encoder), :func:`coco_document` assembles one from entries
+(a file updated image by image: the synthetic generator's, the review app's ``reviewed_coco.json``),
+:func:`records_to_coco_results` the COCO *results* list that ``pycocotools.cocoeval`` reads
+(``inference_pipeline.py``'s ``coco_results.json``). Every COCO file of the project is written through them.
 """
 
 from __future__ import annotations
@@ -457,9 +459,17 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     return encode_masks(np.asarray(mask)[None])[0]
 
 
-def _xywh(box: np.ndarray) -> list[float]:
+def _xywh(box: np.ndarray, decimals: int | None = None) -> list[float]:
     x1, y1, x2, y2 = (float(t) for t in box)
-    return [x1, y1, x2 - x1, y2 - y1]
+    return [_round(v, decimals) for v in (x1, y1, x2 - x1, y2 - y1)]
+
+
+def _round(v: float, decimals: int | None) -> float:
+    return float(v) if decimals is None else round(float(v), decimals)
+
+
+#: decimals of a ``p_dir`` unit vector when :func:`records_to_coco` rounds
+P_DIR_DECIMALS = 5
 
 
 def categories() -> list[dict[str, Any]]:
@@ -467,37 +477,68 @@ def categories() -> list[dict[str, Any]]:
     return [{"id": i, "name": CLASS_NAMES[i - 1], "supercategory": denver_group(i)} for i in range(1, NUM_CLASSES + 1)]
 
 
-def records_to_coco(
-    records: Sequence[KaryoRecord], file_names: Sequence[str], *, include_masks: bool = True
+def coco_document(
+    images: Sequence[dict[str, Any]], annotations: Sequence[dict[str, Any]], *, info: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """A COCO instances dict of ``records`` (ground truth or predictions).
-
-    Images get ids 1..len(records) in order, with ``file_name``, ``width``, ``height`` and ``karyotype`` /
-    ``sex`` when in ``meta``. Categories are 1..24 (see :func:`categories`), plus id 0 "chromosome" if a
-    record has unknown (0) labels. Each instance gets ``bbox`` [x, y, w, h] pixels from ``record.boxes``,
-    ``area`` (mask pixels, or box area), ``iscrowd`` 0, a compressed RLE ``segmentation`` when
-    ``include_masks`` and the record has annotated (not box-derived) masks, ``score`` when
-    ``record.scores`` is set, and ``centromere`` [x, y] / ``p_dir`` [dx, dy] where finite.
-    """
-    if len(records) != len(file_names):
-        raise ValueError(f"{len(records)} records but {len(file_names)} file names")
-    images, anns = [], []
+    """A COCO instances document of image and annotation entries (those of :func:`records_to_coco`, and those of a
+    file being updated): ``info`` when given, the images in id order, the annotations with ids renumbered 1..N in
+    order (in place), the categories 1..24 (:func:`categories`) plus 0 "chromosome" when an annotation has
+    category 0."""
+    anns = list(annotations)
+    for k, a in enumerate(anns, start=1):
+        a["id"] = k
     cats = categories()
-    any_unknown = False
-    aid = 0
-    for i, (rec, fn) in enumerate(zip(records, file_names), start=1):
+    if any(a["category_id"] == 0 for a in anns):
+        cats = [{"id": 0, "name": "chromosome", "supercategory": "unknown"}, *cats]
+    head = {} if info is None else {"info": info}
+    return head | {"images": sorted(images, key=lambda im: im["id"]), "annotations": anns, "categories": cats}
+
+
+def records_to_coco(
+    records: Sequence[KaryoRecord],
+    file_names: Sequence[str],
+    *,
+    include_masks: bool = True,
+    image_ids: Sequence[int] | None = None,
+    image_info: Sequence[dict[str, Any]] | None = None,
+    decimals: int | None = None,
+) -> dict[str, Any]:
+    """A COCO instances dict of ``records`` (ground truth or predictions; :func:`coco_document`).
+
+    Images get ids ``image_ids`` (default 1..len(records), in order), with ``file_name``, ``width``, ``height``,
+    ``karyotype`` / ``sex`` when in ``meta``, and the keys of ``image_info`` (one dict per record, e.g. who
+    reviewed it). Categories are 1..24 (see :func:`categories`), plus id 0 "chromosome" if a record has unknown
+    (0) labels. Each instance gets ``bbox`` [x, y, w, h] pixels from ``record.boxes``, ``area`` (mask pixels, or
+    box area), ``iscrowd`` 0, a compressed RLE ``segmentation`` when ``include_masks`` and the record has
+    annotated (not box-derived) masks, ``score`` when ``record.scores`` is set, and ``centromere`` [x, y] /
+    ``p_dir`` [dx, dy] where finite. ``decimals``: round the pixel coordinates (bbox, centromere) to that many
+    decimals and ``p_dir`` to :data:`P_DIR_DECIMALS` (None: as they are).
+    """
+    n = len(records)
+    if len(file_names) != n:
+        raise ValueError(f"{n} records but {len(file_names)} file names")
+    ids = list(range(1, n + 1)) if image_ids is None else [int(i) for i in image_ids]
+    extra = [{}] * n if image_info is None else list(image_info)
+    if len(ids) != n or len(extra) != n:
+        raise ValueError(f"{n} records but {len(ids)} image ids and {len(extra)} image_info entries")
+    images, anns = [], []
+    for i, rec, fn, more in zip(ids, records, file_names, extra):
         img: dict[str, Any] = {"id": i, "file_name": str(fn), "width": rec.width, "height": rec.height}
         for k in ("karyotype", "sex"):
             if rec.meta.get(k) is not None:
                 img[k] = rec.meta[k]
-        images.append(img)
+        images.append(img | dict(more))
         write_masks = include_masks and rec.masks is not None and not rec.masks_derived
         for j in range(len(rec)):
-            aid += 1
             label = int(rec.labels[j])
-            any_unknown |= label == 0
             box = rec.boxes[j]
-            a: dict[str, Any] = {"id": aid, "image_id": i, "category_id": label, "iscrowd": 0, "bbox": _xywh(box)}
+            a: dict[str, Any] = {
+                "id": 0,  # numbered by coco_document
+                "image_id": i,
+                "category_id": label,
+                "iscrowd": 0,
+                "bbox": _xywh(box, decimals),
+            }
             if rec.masks is not None:
                 a["area"] = float(rec.masks[j].sum())
             else:
@@ -506,13 +547,14 @@ def records_to_coco(
                 a["segmentation"] = encode_mask(rec.masks[j])
             if rec.scores is not None:
                 a["score"] = float(rec.scores[j])
-            for k, arr in (("centromere", rec.centromeres), ("p_dir", rec.p_dir)):
+            for k, arr, nd in (
+                ("centromere", rec.centromeres, decimals),
+                ("p_dir", rec.p_dir, None if decimals is None else P_DIR_DECIMALS),
+            ):
                 if arr is not None and np.isfinite(arr[j]).all():
-                    a[k] = [float(arr[j, 0]), float(arr[j, 1])]
+                    a[k] = [_round(arr[j, 0], nd), _round(arr[j, 1], nd)]
             anns.append(a)
-    if any_unknown:
-        cats = [{"id": 0, "name": "chromosome", "supercategory": "unknown"}, *cats]
-    return {"images": images, "annotations": anns, "categories": cats}
+    return coco_document(images, anns)
 
 
 def records_to_coco_results(
@@ -542,6 +584,7 @@ def records_to_coco_results(
 __all__ = [
     "COCODataset",
     "categories",
+    "coco_document",
     "encode_mask",
     "encode_masks",
     "find_coco_json",

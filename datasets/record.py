@@ -200,6 +200,12 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     return out
 
 
+def blank_image(height: int, width: int) -> np.ndarray:
+    """A stand-in ``image`` (float32 zeros [H, W]) for a record whose pixels are not at hand, e.g. a prediction read
+    back from its JSON document, which holds geometry only; read-only and of zero stride, so it costs no memory."""
+    return np.broadcast_to(np.float32(0.0), (int(height), int(width)))
+
+
 def boxes_to_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Filled-box masks uint8 [N, H, W] (used only where no better mask exists)."""
     n = len(boxes)

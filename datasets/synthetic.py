@@ -644,7 +644,7 @@ def main(args: argparse.Namespace) -> Path:
     """Generate ``args.n`` spreads into ``args.out``; returns the annotation file's path."""
     from tqdm import tqdm
 
-    from .coco import records_to_coco
+    from .coco import coco_document, records_to_coco
     from .io import atomic_write_image, atomic_write_json
 
     if args.n < 1:
@@ -660,24 +660,18 @@ def main(args: argparse.Namespace) -> Path:
     ds = SyntheticDataset(None, "all", n=args.n, seed=args.seed, config=cfg, karyotypes=args.karyotypes)
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    # converted one record at a time (a spread's masks take ~40 MB), numbered exactly as records_to_coco numbers a list
-    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
+    # converted one record at a time (a spread's masks take ~40 MB), numbered as records_to_coco numbers a list
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for i in tqdm(range(len(ds)), desc="synthetic spreads", disable=args.quiet):
         rec = ds[i]
         name = f"images/{rec.image_id}.png"
         atomic_write_image(out / name, np.round(rec.image * 255.0).astype(np.uint8))
-        part = records_to_coco([rec], [name])
-        for img in part["images"]:
-            img["id"] = i + 1
-        for a in part["annotations"]:
-            a["image_id"] = i + 1
-            a["id"] = len(coco["annotations"]) + 1
-            coco["annotations"].append(a)
-        coco["images"] += part["images"]
-        if len(part["categories"]) > len(coco["categories"]):
-            coco["categories"] = part["categories"]
+        part = records_to_coco([rec], [name], image_ids=[i + 1])
+        images += part["images"]
+        anns += part["annotations"]
     ann = out / "annotations.json"
-    atomic_write_json(ann, coco)
+    atomic_write_json(ann, coco_document(images, anns))
     atomic_write_json(
         out / "synthetic_config.json",
         {"seed": args.seed, "n": args.n, "karyotypes": list(ds.karyotypes), "config": asdict(cfg)},

@@ -113,8 +113,10 @@ def _pipeline(args: argparse.Namespace, ds, n: int) -> int:
     for k in range(n):
         rec = ds[k]
         pred = pipe.run(rec.image)
-        masks = pred.record.masks  # at the processing resolution, where the features are measured
-        area = (masks.reshape(len(masks), -1) > 0).sum(1) if len(masks) else np.zeros(0, np.int64)
+        # the features are measured at the processing resolution: the original masks' areas scaled there (the CIL
+        # images are processed as they are, scale 1, so these are the same pixels)
+        masks = pred.masks
+        area = (masks.reshape(len(masks), -1) > 0).sum(1) * pred.scale**2 if len(masks) else np.zeros(0)
         small_per_image.append(int((area < MIN_AREA).sum()))
         kept += len(area)
         saved[rec.image_id or str(k)] = np.asarray(pred.probs, np.float32)

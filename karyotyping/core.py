@@ -67,17 +67,18 @@ class PipelineError(RuntimeError):
 class KaryotypePrediction:
     """Everything the pipeline found in one image.
 
-    Geometry is in the original image's pixels (``width`` x ``height``); the image may have been processed
-    downscaled by ``scale`` (processing pixels per original pixel, 1 = not downscaled).
+    The geometry lives once, in ``record``, in the original image's pixels; the image may have been processed
+    resized by ``scale`` (processing pixels per original pixel, 1 = as it is). ``boxes``, ``scores``, ``masks``,
+    ``labels``, ``width`` and ``height`` read it; the other per-instance arrays are its extras, in the same order.
 
     Attributes:
         image: the image's name or path (None for an anonymous array).
-        width, height: size of the original image (pixels).
+        record: the chromosomes as a :class:`datasets.record.KaryoRecord` at the original resolution: ``image``
+            the grey image dark-on-light as the models saw it (inverted when the image was light-on-dark; a
+            :func:`datasets.record.blank_image` when read back from JSON), ``boxes`` float32 [N, 4] xyxy unrounded,
+            ``scores`` float32 [N] detection scores unrounded and descending, ``masks`` uint8 [N, height, width],
+            ``labels`` int64 [N] final labels after the karyotype assignment (1..24, 0 = unassigned).
         scale: processing scale.
-        boxes: float64 [N, 4] xyxy, original pixels, unrounded.
-        scores: float32 [N] detection scores, unrounded, descending.
-        masks: uint8 [N, height, width] instance masks at the original resolution.
-        labels: int64 [N] final labels after the karyotype assignment, 1..24, 0 = unassigned.
         probs: float32 [N, 24] classifier probabilities (column k - 1 for class k).
         confidence: float [N] assignment confidence of each label.
         pair_of: int64 [N] homolog of each instance, -1 if none.
@@ -91,8 +92,6 @@ class KaryotypePrediction:
         polarity_ok: bool [N] the p arm is known (polarity confidence >= 0.5).
         features: float32 [N, F] the classifier's feature triad (None when read back from JSON).
         assignment: the full :class:`karyogram.assign.KaryotypeResult` (None when read back from JSON).
-        record: the detections at processing resolution (image, boxes, masks, scores, final labels), what the
-            overlay draws (None when read back from JSON).
         crops / centromere_rows: straightened crops (p arm up) and centromere rows, what the karyogram draws.
         timings_s, models, notes: seconds per stage, the weights files, messages for the user.
         image_checks: polarity, chromosome width, processing scale, contrast and the reasons the image is outside
@@ -100,13 +99,8 @@ class KaryotypePrediction:
     """
 
     image: str | None
-    width: int
-    height: int
+    record: KaryoRecord
     scale: float
-    boxes: np.ndarray
-    scores: np.ndarray
-    masks: np.ndarray
-    labels: np.ndarray
     probs: np.ndarray
     confidence: np.ndarray
     pair_of: np.ndarray
@@ -120,7 +114,6 @@ class KaryotypePrediction:
     polarity_ok: np.ndarray
     features: np.ndarray | None = None
     assignment: Any = None
-    record: KaryoRecord | None = None
     crops: list[np.ndarray] = field(default_factory=list)
     centromere_rows: list[float] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -129,12 +122,48 @@ class KaryotypePrediction:
     image_checks: Any = None
 
     def __len__(self) -> int:
-        return int(len(self.labels))
+        return len(self.record)
+
+    @property
+    def width(self) -> int:
+        """Width of the original image (pixels)."""
+        return self.record.width
+
+    @property
+    def height(self) -> int:
+        """Height of the original image (pixels)."""
+        return self.record.height
+
+    @property
+    def boxes(self) -> np.ndarray:
+        return self.record.boxes
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.record.scores
+
+    @property
+    def masks(self) -> np.ndarray:
+        return self.record.masks
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.record.labels
 
     @property
     def count(self) -> int:
         """Number of assigned chromosomes (the ISCN count)."""
         return int((np.asarray(self.labels) > 0).sum())
+
+    def assigned(self) -> KaryoRecord:
+        """The assigned chromosomes (label > 0) scored for class-aware AP: ``scores`` the detection score times the
+        assignment confidence of the label (the detector is class-agnostic, so the class evidence comes from the
+        classifier and the karyotype assignment); what COCO results and ``evaluate.py``'s system AP read."""
+        keep = np.flatnonzero(np.asarray(self.labels) > 0)
+        rec = self.record.select(keep)
+        score = np.asarray(rec.scores, np.float64) * np.asarray(self.confidence, np.float64)[keep]
+        rec.scores = score.astype(np.float32)
+        return rec
 
 
 #: the :class:`KaryotypePipeline` arguments that :func:`add_pipeline_args` adds as flags of the same names
@@ -222,6 +251,39 @@ def add_pipeline_args(group: Any) -> None:
         help="bring images whose chromosomes are wider or narrower than the models' training images to their "
         "scale before detection (default: on)",
     )
+
+
+def to_processing(grey: np.ndarray, factor: float) -> np.ndarray:
+    """``grey`` float32 [H, W] as the models see it at the processing scale ``factor`` (the one resize of the
+    pipeline's image: area when shrinking, cubic when enlarging, clipped to [0, 1]; the same array at 1)."""
+    if factor == 1.0:
+        return grey
+    import cv2
+
+    height, width = grey.shape
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    out = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
+    return np.ascontiguousarray(np.clip(out, 0.0, 1.0), np.float32)
+
+
+def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Instance masks uint8 [N, h, w] at ``height`` x ``width`` pixels, nearest neighbour (the same array when the
+    size is theirs). Enlarging takes OpenCV's nearest pixel (the source pixel at ``floor(i * h / height)``);
+    shrinking takes the one at ``ceil(i * h / height)``, which undoes an enlargement exactly: masks mapped to the
+    original resolution come back at the processing scale as the pipeline made them (the overlay's)."""
+    h, w = masks.shape[1:]
+    if (h, w) == (height, width):
+        return masks
+    if height <= h and width <= w:
+        ys = np.minimum(np.ceil(np.arange(height) * (h / height)).astype(np.int64), h - 1)
+        xs = np.minimum(np.ceil(np.arange(width) * (w / width)).astype(np.int64), w - 1)
+        return np.ascontiguousarray(masks[:, ys[:, None], xs[None, :]])
+    import cv2
+
+    out = np.zeros((len(masks), height, width), np.uint8)
+    for i, m in enumerate(masks):
+        out[i] = cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST)
+    return out
 
 
 @contextmanager
@@ -394,18 +456,16 @@ class KaryotypePipeline:
         label = name or "image"
         with _timer(timings, "load"):
             full = to_grey_float(image, name)
-            height, width = full.shape
         with _timer(timings, "image_checks"):
-            work, checks, wanted = self.prepare(full, label, notes)
+            grey, work, checks, wanted = self.prepare(full, label, notes)
             del full
         with _timer(timings, "segmentation"):
             rec = self.segment(work)
         pred = self._identify(
             rec,
             work,
+            grey,
             name=name,
-            width=width,
-            height=height,
             scale=checks.processing_scale,
             timings=timings,
             notes=notes,
@@ -417,15 +477,14 @@ class KaryotypePipeline:
         pred.notes += [f"{label}: outside what the models were trained on: {m}" for m in checks.out_of_range]
         return pred
 
-    def prepare(self, full: np.ndarray, label: str, notes: list[str]) -> tuple[np.ndarray, Any, float]:
+    def prepare(self, full: np.ndarray, label: str, notes: list[str]) -> tuple[np.ndarray, np.ndarray, Any, float]:
         """The image the models see: ``full`` float32 [H, W] made dark-on-light and brought to the models' scale.
 
-        Returns (image at processing resolution, :class:`karyotyping.image_checks.ImageChecks` without its
-        ``out_of_range`` yet, the scale correction the measure asked for before the ``max_side`` cap). Every
-        change is said in ``notes`` (and warned).
+        Returns (the image dark-on-light at the original resolution, the image at processing resolution (the same
+        array when not resized), :class:`karyotyping.image_checks.ImageChecks` without its ``out_of_range`` yet, the
+        scale correction the measure asked for before the ``max_side`` cap). Every change is said in ``notes``
+        (and warned).
         """
-        import cv2
-
         from karyotyping.image_checks import (
             SCALE_RANGE,
             ImageChecks,
@@ -453,10 +512,10 @@ class KaryotypePipeline:
         clamped = float(np.clip(wanted, *SCALE_RANGE))
         cap = self.max_side / max(height, width)
         f = min(clamped, cap)
+        grey = np.ascontiguousarray(full, np.float32)
+        work = to_processing(grey, f)
         if f != 1.0:
-            size = (max(1, round(width * f)), max(1, round(height * f)))
-            full = cv2.resize(full, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
-            full = np.clip(full, 0.0, 1.0)
+            size = work.shape[::-1]
             verb = "downscaled" if f < 1 else "upscaled"
             msg = f"{label}: {width}x{height} image {verb} to {size[0]}x{size[1]} for processing"
             if cap < clamped:  # the cap, not the chromosomes' scale, set the size: the models see smaller chromosomes
@@ -468,7 +527,7 @@ class KaryotypePipeline:
                 msg += f" (chromosomes {checks.chromosome_width_px:.1f} px wide, the models' scale)"
             notes.append(msg)
         checks.processing_scale = float(f)
-        return np.ascontiguousarray(full, np.float32), checks, wanted
+        return grey, np.ascontiguousarray(work, np.float32), checks, wanted
 
     def process(self, image_path: str | os.PathLike) -> KaryotypePrediction:
         """Read one image file (:func:`datasets.io.read_image`; its warnings become notes) and :meth:`run` it."""
@@ -488,16 +547,16 @@ class KaryotypePipeline:
         self,
         rec: KaryoRecord,
         image: np.ndarray,
+        grey: np.ndarray,
         *,
         name: str | None,
-        width: int,
-        height: int,
         scale: float,
         timings: dict[str, float],
         notes: list[str],
     ) -> KaryotypePrediction:
-        """Features, classification and karyotype assignment of the detections ``rec`` in ``image`` float32 [H, W]
-        (both at processing resolution)."""
+        """Features, classification and karyotype assignment of the detections ``rec`` in ``image`` float32 [h, w]
+        (both at processing resolution), mapped back to ``grey``, the image float32 [H, W] at the original
+        resolution."""
         from karyogram.assign import assign_karyotype
         from karyotyping.identify import measure_and_classify
         from metrics.karyotype import sanity_score
@@ -514,34 +573,32 @@ class KaryotypePipeline:
                 centromere_index=ci if n else None,
                 config=self.assign_config,
             )
-        rec.labels = np.asarray(res.labels, np.int64)
+        labels = np.asarray(res.labels, np.int64)
         inv = 1.0 / scale
-        masks = rec.masks
-        if scale != 1.0:
-            import cv2
-
-            masks = np.zeros((n, height, width), np.uint8)
-            for i in range(n):
-                masks[i] = cv2.resize(rec.masks[i], (width, height), interpolation=cv2.INTER_NEAREST)
+        height, width = grey.shape
+        masks = resize_masks(rec.masks, height, width)
         pair_of = (np.asarray(res.pair_of, np.int64) if res.pair_of is not None else np.full(n, -1, np.int64)).reshape(
             n
         )
+        record = KaryoRecord(
+            image=grey,
+            boxes=rec.boxes.astype(np.float64) * inv,
+            labels=labels,
+            masks=masks,
+            scores=rec.scores,
+            meta={} if name is None else {"path": name, "image_id": Path(name).stem},
+        )
         return KaryotypePrediction(
             image=name,
-            width=int(width),
-            height=int(height),
+            record=record,
             scale=float(scale),
-            boxes=rec.boxes.astype(np.float64) * inv,
-            scores=rec.scores,
-            masks=masks,
-            labels=rec.labels,
             probs=probs,
             confidence=np.asarray(res.confidence, np.float64).reshape(n),
             pair_of=pair_of,
             flags=[list(f) for f in res.flags],
             karyotype=res.iscn if n else None,
             sex=res.sex if n else None,
-            sanity_score=float(sanity_score(rec.labels)),
+            sanity_score=float(sanity_score(labels)),
             length_px=np.array([float(f.length_px) * inv for f in feats], np.float64),
             centromere_index=ci,
             centromere_xy=np.array([[float(v) * inv for v in f.centromere_xy] for f in feats], np.float64).reshape(
@@ -550,7 +607,6 @@ class KaryotypePipeline:
             polarity_ok=np.array([bool(f.polarity_conf >= 0.5) for f in feats], bool),
             features=np.asarray(x, np.float32),
             assignment=res,
-            record=rec,
             crops=crops,
             centromere_rows=[float(getattr(f, "centromere_row", 0.0)) for f in feats],
             timings_s=timings,

@@ -141,9 +141,9 @@ class PipelineEvaluator:
     def process(self, rec, pred) -> None:
         """Add one image: its ground truth ``rec`` (a :class:`datasets.record.KaryoRecord` at the original
         resolution) and the pipeline's :class:`karyotyping.core.KaryotypePrediction` of it."""
-        from scipy.optimize import linear_sum_assignment
+        from dataclasses import replace
 
-        from datasets.record import KaryoRecord
+        from scipy.optimize import linear_sum_assignment
 
         from .karyotype import sanity_score
         from .matching import error_breakdown, iou_matrix
@@ -151,7 +151,6 @@ class PipelineEvaluator:
         self.n_images += 1
         labels = pred.labels
         pm = pred.masks  # final instances at the original resolution
-        det, conf = pred.scores, pred.confidence
         self.sanity.append(sanity_score(labels))
         tc = true_count(rec)
         if tc is not None:
@@ -165,23 +164,19 @@ class PipelineEvaluator:
         self.t_lab.append(rec.labels)
         self.p_lab.append(labels)
         self.fragments.append(fragment_counts(gm, pm))
-        pboxes = pred.boxes
         with_classes = bool((rec.labels > 0).all())
         self.fate.update(
             error_breakdown(
-                gm, rec.boxes, pm, pboxes, rec.labels if with_classes else None, labels if with_classes else None
+                gm, rec.boxes, pm, pred.boxes, rec.labels if with_classes else None, labels if with_classes else None
             )
         )
         self.agn_gt.append(rec)
-        self.agn_pred.append(KaryoRecord(image=rec.image, boxes=pboxes, labels=np.ones(len(pm), np.int64), masks=pm,
-                                         scores=det))  # fmt: skip
+        self.agn_pred.append(replace(pred.record, labels=np.ones(len(pm), np.int64)))
         if not with_classes:
             return  # instances without classes: segmentation metrics only
         self.n_with_classes += 1
-        keep = labels > 0
         self.sys_gt.append(rec)
-        self.sys_pred.append(KaryoRecord(image=rec.image, boxes=pboxes[keep], labels=labels[keep], masks=pm[keep],
-                                         scores=det[keep] * conf[keep]))  # fmt: skip
+        self.sys_pred.append(pred.assigned())
         # identification: each true chromosome gets the label of its matched prediction (0 if missed)
         lab = np.zeros(len(rec), np.int64)
         if len(pm):

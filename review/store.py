@@ -47,7 +47,7 @@ from karyogram.labels import name_of
 from .edits import EditError, apply_edits, n_flagged, summary
 from .geometry import GeometryError
 from .imagery import Crop, chromosome_crops, find_image, locate_image, outlines, png_bytes, read_grey, turned
-from .result import Cell, CellError, check_result, image_warnings, load_cell, mask_area, read_json
+from .result import Cell, CellError, check_result, image_warnings, load_cell, read_json
 from .segment import Identifier, decode, identifier_for, make_edit
 
 REVIEW_FORMAT = "karyotype-review"
@@ -573,7 +573,8 @@ class ResultsFolder:
                 "files": files,
             }
             out["revisions"] = [*(revisions_of(prev) if prev else []), this]
-            coco = self._coco_with(stem, out, crops, files["image"])  # before writing: a bad COCO file stops all
+            # before writing: a bad COCO file stops all
+            coco = self._coco_with(stem, out, crops, loaded.image, files["image"])
             self._render(stem, out, crops, files)
             self._copy_image(loaded.image_path, self.root / files["image"])
             atomic_write_json(self.reviewed_path(stem), out)
@@ -613,9 +614,14 @@ class ResultsFolder:
         with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
             shutil.copyfileobj(fin, fout)
 
-    def _coco_with(self, stem: str, reviewed: dict[str, Any], crops: list[Crop], image_rel: str) -> dict[str, Any]:
+    def _coco_with(
+        self, stem: str, reviewed: dict[str, Any], crops: list[Crop], image: np.ndarray, image_rel: str
+    ) -> dict[str, Any]:
         """``reviewed_coco.json`` with this cell's image and instances replaced by the reviewed ones (removed
-        when the cell is unanalysable)."""
+        when the cell is unanalysable), written by :mod:`datasets.coco` from a record of the reviewed chromosomes
+        (``image`` the cell's grey image)."""
+        from datasets.coco import coco_document, records_to_coco
+
         path = self.root / COCO_NAME
         if path.exists():
             data = read_json(path, "move it away and save again: it is rebuilt from the saves that follow")
@@ -632,56 +638,41 @@ class ResultsFolder:
         anns = [a for a in data["annotations"] if a.get("image_id") not in old_ids]
         ids = [im["id"] for im in data["images"] if isinstance(im.get("id"), int)]
         image_id = old[0]["id"] if old and isinstance(old[0].get("id"), int) else max(ids, default=0) + 1
+        info = {"description": "chromosomes corrected in review.py", "written_at": _now()}
         rv = reviewed["review"]
-        if rv["status"] == "unanalysable":  # not training data: its entry goes, nothing comes in
-            return self._coco_document(images, anns)
-        images.append(
-            {
-                "id": image_id,
-                "file_name": image_rel,
-                "width": reviewed["width"],
-                "height": reviewed["height"],
-                "karyotype": reviewed["karyotype"],
-                "sex": reviewed["sex"],
-                "review_stem": stem,
-                "reviewer": rv["reviewer"],
-                "reviewed_at": rv["saved_at"],
-                "accepted": rv["accepted"],
-            }
-        )
-        for i, c in enumerate(reviewed["chromosomes"]):
-            if c["not_chromosome"]:
-                continue
-            x1, y1, x2, y2 = c["box"]
-            a: dict[str, Any] = {
-                "image_id": image_id,
-                "category_id": c["label"],
-                "iscrowd": 0,
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": mask_area(c["mask"]),
-                "segmentation": c["mask"],
-            }
-            crop = crops[i] if i < len(crops) else None
-            if c.get("centromere_xy") is not None:
-                a["centromere"] = c["centromere_xy"]
-            if crop is not None and crop.p_dir is not None:
-                d = crop.p_dir if not c["polarity_flipped"] else (-crop.p_dir[0], -crop.p_dir[1])
-                a["p_dir"] = [round(d[0], 5), round(d[1], 5)]
-            anns.append(a)
-        return self._coco_document(images, anns)
+        if rv["status"] != "unanalysable":  # not training data: its entry goes, nothing comes in
+            rec = _reviewed_record(reviewed, crops, image)
+            more = {k: reviewed[k] for k in ("karyotype", "sex")}
+            more |= {"review_stem": stem, "reviewer": rv["reviewer"], "reviewed_at": rv["saved_at"]}
+            more["accepted"] = rv["accepted"]
+            # pixels to 2 decimals, as in the JSON the boxes and centromeres come from
+            part = records_to_coco([rec], [image_rel], image_ids=[image_id], image_info=[more], decimals=2)
+            images += part["images"]
+            anns += part["annotations"]
+        return coco_document(images, anns, info=info)
 
-    @staticmethod
-    def _coco_document(images: list[dict[str, Any]], anns: list[dict[str, Any]]) -> dict[str, Any]:
-        from datasets.coco import categories
 
-        for k, a in enumerate(anns, start=1):
-            a["id"] = k
-        cats = categories()
-        if any(a["category_id"] == 0 for a in anns):
-            cats = [{"id": 0, "name": "chromosome", "supercategory": "unknown"}, *cats]
-        return {
-            "info": {"description": "chromosomes corrected in review.py", "written_at": _now()},
-            "images": sorted(images, key=lambda im: im["id"]),
-            "annotations": anns,
-            "categories": cats,
-        }
+def _reviewed_record(reviewed: dict[str, Any], crops: list[Crop], image: np.ndarray) -> Any:
+    """The reviewed chromosomes of a cell, those that are chromosomes, as a :class:`datasets.record.KaryoRecord`
+    (``crops`` one per chromosome entry, for the p-arm direction; ``image`` the cell's grey image)."""
+    from datasets.record import KaryoRecord
+
+    keep = [i for i, c in enumerate(reviewed["chromosomes"]) if not c["not_chromosome"]]
+    chroms = [reviewed["chromosomes"][i] for i in keep]
+    nan2 = (np.nan, np.nan)
+    p_dir = []
+    for i, c in zip(keep, chroms):
+        d = crops[i].p_dir if i < len(crops) else None
+        if d is not None and c["polarity_flipped"]:
+            d = (-d[0], -d[1])
+        # rounded as written, so the file's numbers do not carry the record's float32 noise
+        p_dir.append(nan2 if d is None else tuple(round(v, 5) for v in d))
+    h, w = int(reviewed["height"]), int(reviewed["width"])
+    return KaryoRecord(
+        image=image,
+        boxes=np.array([c["box"] for c in chroms], np.float64).reshape(-1, 4),
+        labels=np.array([c["label"] for c in chroms], np.int64),
+        masks=np.array([decode(c["mask"]) for c in chroms], np.uint8).reshape(-1, h, w),
+        centromeres=np.array([nan2 if c.get("centromere_xy") is None else c["centromere_xy"] for c in chroms]),
+        p_dir=np.array(p_dir, np.float64).reshape(-1, 2),
+    )

@@ -162,6 +162,34 @@ def test_write_then_load_round_trip(tmp_path):
     assert back.meta["karyotype"] == "46,XY" and back.meta["sex"] == "XY"
 
 
+def test_a_file_updated_image_by_image(tmp_path):
+    """records_to_coco's image ids, per-image keys and rounding, merged by coco_document (as the review app does)."""
+    from datasets.coco import coco_document
+
+    rec = _record()
+    rec.boxes = rec.boxes + np.float32(0.123456)
+    rec.p_dir = np.array([[0.6, -0.8], [np.nan, np.nan], [1 / 3, 2 / 3]], np.float32)
+    first = records_to_coco([rec], ["a.png"])
+    part = records_to_coco([rec], ["b.png"], image_ids=[7], image_info=[{"reviewer": "ana"}], decimals=2)
+    assert part["images"] == [
+        {"id": 7, "file_name": "b.png", "width": W, "height": H, "karyotype": "46,XY", "sex": "XY", "reviewer": "ana"}
+    ]
+    a = part["annotations"][0]
+    assert a["image_id"] == 7 and a["bbox"] == [1.12, 1.12, 5.0, 8.0] and a["p_dir"] == [0.6, -0.8]
+    assert part["annotations"][2]["p_dir"] == [0.33333, 0.66667] and a["centromere"] == [3.0, 4.0]
+    doc = coco_document(first["images"] + part["images"], first["annotations"] + part["annotations"], info={"x": 1})
+    assert list(doc) == ["info", "images", "annotations", "categories"]
+    assert [im["id"] for im in doc["images"]] == [1, 7]
+    assert [a["id"] for a in doc["annotations"]] == list(range(1, 7))
+    assert {c["id"] for c in doc["categories"]} == set(range(1, 25))  # no unknown (0) label: no "chromosome"
+    atomic_write_json(tmp_path / "annotations.json", doc)
+    _write_image(tmp_path / "images" / "a.png")
+    _write_image(tmp_path / "images" / "b.png")
+    ds = COCODataset(tmp_path)
+    assert len(ds) == 2 and ds[1].image_id == "7"
+    np.testing.assert_allclose(ds[1].boxes, rec.boxes, atol=0.005)
+
+
 def test_round_trip_boxes_only_stays_derived(tmp_path):
     rec = _record(derived=True)
     _write_image(tmp_path / "x.png")

@@ -421,9 +421,11 @@ def test_prediction_json_round_trip(weights, spread, gt_segment):
         from_json_dict({k: v for k, v in doc.items() if k != "chromosomes"})
 
 
-def test_core_downscales_and_maps_back(weights, spread, monkeypatch):
-    """An image larger than max_side is processed downscaled; boxes and masks come back in original pixels."""
+def test_core_downscales_and_maps_back(weights, spread, monkeypatch, tmp_path):
+    """An image larger than max_side is processed downscaled; boxes and masks come back in original pixels, the
+    overlay is drawn at the processing scale."""
     from datasets.record import KaryoRecord
+    from karyotyping.export import write_outputs
 
     pipe = KaryotypePipeline(weights[0], weights[1], device="cpu", max_side=176)  # SIZE / 2
     seen = {}
@@ -440,6 +442,21 @@ def test_core_downscales_and_maps_back(weights, spread, monkeypatch):
     assert seen["shape"] == (160, 176) and pred.scale == pytest.approx(0.5)
     np.testing.assert_allclose(pred.boxes[0], [100, 80, 120, 160])
     assert pred.masks.shape == (1, *SIZE) and pred.masks[0, 80:160, 100:120].all() and pred.masks.sum() == 80 * 20
+    assert pred.record.image.shape == SIZE  # one record, at the original resolution
+    overlay = write_outputs(pred, tmp_path)["overlay"]
+    assert cv2.imread(str(overlay)).shape[:2] == (160, 176)
+
+
+def test_resize_masks_shrinking_undoes_enlarging():
+    """Masks mapped to the original resolution come back at the processing scale pixel for pixel (the overlay's)."""
+    from karyotyping.core import resize_masks
+
+    rng = np.random.default_rng(0)
+    for h, w, big_h, big_w in [(433, 600, 619, 857), (349, 483, 619, 857), (50, 70, 101, 141)]:
+        m = (rng.random((2, h, w)) > 0.5).astype(np.uint8)
+        up = resize_masks(m, big_h, big_w)
+        assert up.shape == (2, big_h, big_w) and (resize_masks(up, h, w) == m).all()
+    assert resize_masks(m, h, w) is m
 
 
 def test_segment_exclusive_masks_and_mask_thresh(weights, monkeypatch, capsys, tmp_path):

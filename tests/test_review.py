@@ -307,7 +307,7 @@ def test_missing_corrupt_and_other_version_jsons(client, results):
     assert "schema_version 2" in html and "gone.json: missing" in html
     for stem, status, words in [
         ("cellB", 422, "cellB.json: invalid or truncated JSON"),
-        ("future", 422, "schema_version 2 is not one this review app reads"),
+        ("future", 422, "schema_version 2 is not one this version of the pipeline reads"),
         ("empty", 422, "empty"),
         ("nomask", 422, "nomask.json: chromosomes[3] lacks mask"),
         ("gone", 404, "gone.json: missing"),
