@@ -84,7 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--stage",
         required=True,
         choices=("seg", "cls", "full"),
-        help="seg: the detector's own output (masks at AP_MASK_THRESH 0.3, untrimmed; the mask flags below do "
+        help="seg: the detector's own output (masks at MaskConfig.ap_mask_thresh 0.3, untrimmed; the mask flags below do "
         "not apply); cls: the classifier on true instances (--flip-tta applies); full: the whole pipeline (all apply)",
     )
     m.add_argument("--seg-weights", type=Path, default=DEFAULT_SEG_WEIGHTS)

@@ -35,7 +35,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from karyotyping.core import DEFAULT_SEG_WEIGHTS  # noqa: E402
-from karyotyping.detection import MASK_THRESH, SCORE_THRESH  # noqa: E402
+from karyotyping.detection import SCORE_THRESH  # noqa: E402
+from karyotyping.masks import MaskConfig  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,7 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=[1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
         help="--mask-overlap values to try (1 = off)",
     )
-    p.add_argument("--mask-thresh", type=float, nargs="+", default=[MASK_THRESH], help="mask probability threshold(s)")
+    p.add_argument(
+        "--mask-thresh", type=float, nargs="+", default=[MaskConfig().mask_thresh], help="mask probability threshold(s)"
+    )
     p.add_argument(
         "--exclusive",
         nargs="+",
@@ -130,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
                         for (m, p, s), image in zip(binary, images):
                             above = s >= st
                             m, p, s2 = m[above], p[above], s[above]
-                            pred.append(keep_instances(m, s2, p, th, ex == "on", image if tr == "on" else None)[1])
+                            cfg = MaskConfig(
+                                mask_thresh=mt, mask_overlap=th, exclusive_masks=ex == "on", trim_masks=tr == "on"
+                            )
+                            pred.append(keep_instances(m, s2, p, image, cfg)[1])
                         r = matching_dataset(truth, pred, thresh=0.5)
                         count = np.mean([abs(len(p) - len(t)) for p, t in zip(pred, truth)])
                         kept = np.mean([len(p) for p in pred])

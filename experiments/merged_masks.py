@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from karyotyping.core import DEFAULT_SEG_WEIGHTS  # noqa: E402
-from karyotyping.detection import MASK_OVERLAP, MASK_THRESH, SCORE_THRESH  # noqa: E402
+from karyotyping.detection import SCORE_THRESH  # noqa: E402
 
 COLOURS = [(0, 120, 255), (0, 170, 0), (255, 0, 200), (200, 120, 0), (0, 200, 200)]  # BGR, one per true mask
 
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         if rec.masks is None or len(rec) == 0:
             continue
         out = detect_soft(model, rec.image, score_thresh=SCORE_THRESH, device=device)
-        m = binarize_masks(out["masks"], *rec.image.shape, MASK_THRESH)
-        _, kept = keep_instances(m, out["scores"].numpy(), out["masks"], MASK_OVERLAP, True, rec.image)
+        m = binarize_masks(out["masks"], *rec.image.shape)  # the pipeline's defaults (MaskConfig)
+        _, kept = keep_instances(m, out["scores"].numpy(), out["masks"], rec.image)
         if not len(kept):
             continue
         held = held_fraction(rec.masks, kept)

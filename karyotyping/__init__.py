@@ -2,8 +2,10 @@
 
 * :mod:`karyotyping.core`: :class:`KaryotypePipeline` (``run(image) -> KaryotypePrediction``,
   ``process(path)``) and the prediction type;
-* :mod:`karyotyping.detection`: the detection thresholds' owner, detections -> record, the one
+* :mod:`karyotyping.detection`: the detection score thresholds' owner, detections -> record, the one
   detection-evaluation loop (sharded over torchrun ranks);
+* :mod:`karyotyping.masks`: the mask post-processing after detection and :class:`MaskConfig`, the owner of its
+  thresholds and switches (``KaryotypePipeline(..., masks=MaskConfig(...))``);
 * :mod:`karyotyping.export`: adapters at the edge (JSON document and back, COCO results, karyogram and
   overlay pictures);
 * :mod:`karyotyping.runtime`: the one ``--device`` resolver (``cuda:$LOCAL_RANK`` under torchrun).
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["KaryotypePipeline", "KaryotypePrediction", "PipelineError"]
+__all__ = ["KaryotypePipeline", "KaryotypePrediction", "MaskConfig", "PipelineError"]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,7 +7,7 @@
 
 Stages: segmentation (:mod:`models.segmentation` through :func:`karyotyping.detection.detect`, then mask-level
 suppression of duplicates, exclusive masks and their trimming to the image's foreground:
-:func:`karyotyping.masks.keep_instances`), features (:func:`features.triad.spread_features`), classification
+:func:`karyotyping.masks.keep_instances`, by one :class:`karyotyping.masks.MaskConfig`), features (:func:`features.triad.spread_features`), classification
 (:func:`models.classifier.predict_members`: each classifier of the file on its own crops, optionally also turned
 upside down), karyotype assignment (:func:`karyogram.assign.assign_karyotype`). JSON, COCO results and the karyogram / overlay pictures are
 adapters in :mod:`karyotyping.export` that read the prediction (the JSON document's writer and reader:
@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from datasets.record import KaryoRecord
-from karyotyping.detection import MASK_OVERLAP, MASK_THRESH, SCORE_THRESH
+from karyotyping.detection import SCORE_THRESH
+from karyotyping.masks import DEFAULT as DEFAULT_MASKS
+from karyotyping.masks import MASK_FLAGS, MaskConfig
 
 __all__ = [
     "DEFAULT_CLS_WEIGHTS",
@@ -53,10 +55,6 @@ DEFAULT_MAX_SIDE = 2048
 #: val split (docs/experiments.md): on for run 4, off since run 7, which gains nothing from it on the true
 #: instances nor in the whole pipeline, and it would double its cost
 FLIP_TTA = False
-#: whether the pipeline makes its masks whole and smooth after the Otsu trim (``--[no-]smooth-masks``)
-SMOOTH_MASKS = False
-#: whether a detection that is the union of two or more others gives way to them (``--[no-]prefer-parts``)
-PREFER_PARTS = False
 
 
 class PipelineError(RuntimeError):
@@ -166,67 +164,73 @@ class KaryotypePrediction:
         return rec
 
 
-#: the :class:`KaryotypePipeline` arguments that :func:`add_pipeline_args` adds as flags of the same names
-PIPELINE_OPTIONS = (
-    "mask_overlap",
-    "mask_thresh",
-    "exclusive_masks",
-    "trim_masks",
-    "smooth_masks",
-    "prefer_parts",
-    "polarity",
-    "chromosome_width",
-    "auto_scale",
-)
+#: the :class:`KaryotypePipeline` arguments that :func:`add_pipeline_args` adds as flags of the same names (the
+#: mask flags, :data:`karyotyping.masks.MASK_FLAGS`, go into its one ``masks`` argument)
+PIPELINE_OPTIONS = ("polarity", "chromosome_width", "auto_scale")
 
 
 def pipeline_options(args: Any) -> dict[str, Any]:
-    """The :data:`PIPELINE_OPTIONS` of parsed arguments (from :func:`add_pipeline_args`), as keyword arguments of
-    :class:`KaryotypePipeline`."""
-    return {name: getattr(args, name) for name in PIPELINE_OPTIONS}
+    """Parsed arguments (from :func:`add_pipeline_args`) as keyword arguments of :class:`KaryotypePipeline`: the
+    :data:`PIPELINE_OPTIONS` and ``masks``, a :class:`karyotyping.masks.MaskConfig` of the mask flags.
+
+    Raises:
+        PipelineError: a mask flag out of its range.
+    """
+    try:
+        masks = MaskConfig(**{name: getattr(args, name) for name in MASK_FLAGS})
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
+    return {"masks": masks, **{name: getattr(args, name) for name in PIPELINE_OPTIONS}}
 
 
 def add_pipeline_args(group: Any) -> None:
     """The pipeline's mask and crop flags (``--mask-overlap``, ``--mask-thresh``, ``--[no-]exclusive-masks``,
-    ``--[no-]trim-masks``, ``--[no-]smooth-masks``, ``--polarity`` ...), with its defaults, on an argparse parser
-    or group; read them back with :func:`pipeline_options` (the :class:`KaryotypePipeline` arguments of the same
-    names)."""
+    ``--[no-]trim-masks``, ``--[no-]smooth-masks``, ``--polarity`` ...) on an argparse parser or group, their
+    defaults those of :class:`karyotyping.masks.MaskConfig`; read them back with :func:`pipeline_options`."""
     import argparse
+
+    def on_off(flag: str) -> str:
+        return "on" if getattr(DEFAULT_MASKS, flag) else "off"
 
     group.add_argument(
         "--mask-overlap",
         type=float,
-        default=MASK_OVERLAP,
+        default=DEFAULT_MASKS.mask_overlap,
         help="drop a detection whose mask is more than this fraction covered by better ones (1 = off)",
     )
     group.add_argument(
-        "--mask-thresh", type=float, default=MASK_THRESH, help="mask probability a chromosome pixel must exceed"
+        "--mask-thresh",
+        type=float,
+        default=DEFAULT_MASKS.mask_thresh,
+        help="mask probability a chromosome pixel must exceed",
     )
     group.add_argument(
         "--exclusive-masks",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="give a pixel that several chromosomes claim to the one whose mask is surest of it (default: on)",
+        default=DEFAULT_MASKS.exclusive_masks,
+        help="give a pixel that several chromosomes claim to the one whose mask is surest of it "
+        f"(default: {on_off('exclusive_masks')})",
     )
     group.add_argument(
         "--trim-masks",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="trim each mask to the chromosome pixels by the image's own contrast (Otsu; default: on)",
+        default=DEFAULT_MASKS.trim_masks,
+        help="trim each mask to the chromosome pixels by the image's own contrast "
+        f"(Otsu; default: {on_off('trim_masks')})",
     )
     group.add_argument(
         "--smooth-masks",
         action=argparse.BooleanOptionalAction,
-        default=SMOOTH_MASKS,
+        default=DEFAULT_MASKS.smooth_masks,
         help="after the trim, make each mask whole and smooth: closed and opened, holes filled, its largest piece "
-        f"(karyotyping.masks.smooth_masks; default: {'on' if SMOOTH_MASKS else 'off'})",
+        f"(karyotyping.masks.smooth_masks; default: {on_off('smooth_masks')})",
     )
     group.add_argument(
         "--prefer-parts",
         action=argparse.BooleanOptionalAction,
-        default=PREFER_PARTS,
+        default=DEFAULT_MASKS.prefer_parts,
         help="drop a detection whose mask is the union of two or more other detections, so that the parts are "
-        f"kept (karyotyping.masks.prefer_parts; default: {'on' if PREFER_PARTS else 'off'})",
+        f"kept (karyotyping.masks.prefer_parts; default: {on_off('prefer_parts')})",
     )
     from karyotyping.image_checks import POLARITIES
 
@@ -304,18 +308,8 @@ class KaryotypePipeline:
         device: "auto", "cpu", "cuda" or "cuda:N" (:func:`karyotyping.runtime.resolve_device`: under torchrun
             "auto" and "cuda" mean ``cuda:$LOCAL_RANK``).
         score_thresh: minimum detection score kept (default :data:`karyotyping.detection.SCORE_THRESH`).
-        mask_overlap: drop a detection when more than this fraction of its mask is covered by better-scoring
-            ones (:func:`karyotyping.masks.suppress_overlapping_masks`); 1 = off.
-        mask_thresh: a pixel belongs to a detection when its mask probability is above this (default
-            :data:`karyotyping.detection.MASK_THRESH`).
-        exclusive_masks: give each pixel that several kept detections claim to the one most sure of it
-            (:func:`karyotyping.masks.exclusive_masks`), so instances share no pixel, as annotated.
-        trim_masks: keep only each mask's chromosome pixels, by one Otsu threshold of the image around the
-            detections (:func:`karyotyping.masks.trim_to_foreground`); a detection left empty goes.
-        smooth_masks: after the trim, close and open each mask, fill its holes and keep its largest piece
-            (:func:`karyotyping.masks.smooth_masks`).
-        prefer_parts: a detection that is the union of two or more others gives way to them
-            (:func:`karyotyping.masks.prefer_parts`).
+        masks: the mask post-processing after detection, its thresholds and switches
+            (:class:`karyotyping.masks.MaskConfig`; the CLI's mask flags through :func:`pipeline_options`).
         flip_tta: classify each crop also upside down and average (:func:`models.classifier.predict_proba`
             ``flip``).
         max_side: images with a longer side are downscaled to it for processing (warned).
@@ -338,12 +332,7 @@ class KaryotypePipeline:
         *,
         device: str = "auto",
         score_thresh: float = SCORE_THRESH,
-        mask_overlap: float = MASK_OVERLAP,
-        mask_thresh: float = MASK_THRESH,
-        exclusive_masks: bool = True,
-        trim_masks: bool = True,
-        smooth_masks: bool = SMOOTH_MASKS,
-        prefer_parts: bool = PREFER_PARTS,
+        masks: MaskConfig = DEFAULT_MASKS,
         flip_tta: bool = FLIP_TTA,
         max_side: int = DEFAULT_MAX_SIDE,
         polarity: str = "auto",
@@ -364,10 +353,8 @@ class KaryotypePipeline:
                 )
         if not 0.0 <= score_thresh <= 1.0:
             raise PipelineError(f"--score-thresh must be in [0, 1], got {score_thresh}")
-        if not 0.0 < mask_overlap <= 1.0:
-            raise PipelineError(f"--mask-overlap must be in (0, 1], got {mask_overlap}")
-        if not 0.0 < mask_thresh < 1.0:
-            raise PipelineError(f"--mask-thresh must be in (0, 1), got {mask_thresh}")
+        if not isinstance(masks, MaskConfig):
+            raise PipelineError(f"masks must be a karyotyping.masks.MaskConfig, got {type(masks).__name__}")
         if max_side < 32:
             raise PipelineError(f"--max-side must be >= 32 pixels, got {max_side}")
         from karyotyping.image_checks import POLARITIES
@@ -390,12 +377,7 @@ class KaryotypePipeline:
         self.seg_model.eval()
         self.cls_model, self.cls_config = self.cls_members[0]  # (the members share their feature groups)
         self.score_thresh = score_thresh
-        self.mask_overlap = mask_overlap
-        self.mask_thresh = mask_thresh
-        self.exclusive_masks = exclusive_masks
-        self.trim_masks = trim_masks
-        self.smooth_masks = smooth_masks
-        self.prefer_parts = prefer_parts
+        self.masks = masks
         self.flip_tta = flip_tta
         self.max_side = max_side
         self.polarity = polarity
@@ -413,20 +395,11 @@ class KaryotypePipeline:
         from karyotyping.masks import keep_instances
 
         out = detect_soft(self.seg_model, image, score_thresh=self.score_thresh, device=self.device)
-        det = detections_to_record(out, image, mask_thresh=self.mask_thresh)
+        det = detections_to_record(out, image, mask_thresh=self.masks.mask_thresh)
         # empty masks go; duplicates and fragments of a better detection go (descending score order kept); then
         # a pixel claimed by several kept detections goes to the surest, the masks are trimmed to the
         # chromosome pixels, and a detection left with nothing goes too
-        keep, masks = keep_instances(
-            det.masks,
-            det.scores,
-            out["masks"],
-            self.mask_overlap,
-            self.exclusive_masks,
-            image if self.trim_masks else None,
-            smooth=self.smooth_masks,
-            parts=self.prefer_parts,
-        )
+        keep, masks = keep_instances(det.masks, det.scores, out["masks"], image, self.masks)
         det = det.select(keep)
         det.masks = masks
         det.labels = np.zeros(len(det.scores), np.int64)

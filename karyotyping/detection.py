@@ -1,28 +1,17 @@
 """Detector output -> instance record, and the one detection-evaluation loop.
 
-The owners of the detection thresholds (everything else reads them here):
+The owners of the detection score thresholds (everything else reads them here):
 
 * :data:`SCORE_THRESH` (0.6): the pipeline's operating point, the lowest detection score of a chromosome it
   reports (``inference_pipeline.py --score-thresh``, ``evaluate.py --pipeline-score-thresh``); chosen on the
   CIL val split (README, "The whole pipeline").
 * :data:`AP_SCORE_THRESH` (0.05): the lowest score kept when measuring AP (so the precision-recall curve is
   seen whole): the trainer's validation, ``evaluate.py --stage seg``.
-* :data:`MASK_THRESH` (0.2): in the pipeline a pixel belongs to an instance when its mask probability is
-  *above* it (chosen with the two pipeline thresholds for the shipped detector; low, because the pipeline then
-  trims each mask to the image's foreground).
-* :data:`AP_MASK_THRESH` (0.3): the same for the mask AP of the trainer's validation and ``evaluate.py --stage
-  seg`` (:func:`detect_dataset`), which score the detector's own masks, untrimmed; fixed, so that mask AP
-  figures of different dates compare.
-* :data:`MASK_OVERLAP` (0.8): the pipeline drops a detection when more than this fraction of its mask is
-  covered by better-scoring ones (:func:`karyotyping.masks.suppress_overlapping_masks`; 1 = off).
-* The pipeline then makes the kept masks exclusive (:func:`karyotyping.masks.exclusive_masks`): a pixel that
-  several of them claim goes to the one with the highest mask probability, as in the annotations, where
-  touching and crossing chromosomes share no pixel (``--no-exclusive-masks`` turns it off), and trims them to
-  the image's foreground (:func:`karyotyping.masks.trim_to_foreground`; ``--no-trim-masks``).
-* :data:`BIN_MERGE_IOU` (0.6) and :data:`BIN_MERGE_MASK_THRESH` (0.5): a detector with orientation classes
-  (``SegConfig.orientation_bins``) may find one chromosome in two bins; :func:`merge_orientation_bins` takes two
-  detections in different bins whose masks (probability above 0.5) have an IoU above 0.6 for one chromosome.
-  Two crossing chromosomes share only the crossing and are both kept.
+
+The mask thresholds (the pipeline's ``mask_thresh`` 0.2, the AP's ``ap_mask_thresh`` 0.3, the orientation-bin
+merge's ``bin_merge_iou`` 0.6 and ``bin_merge_mask_thresh`` 0.5) belong to :class:`karyotyping.masks.MaskConfig`,
+with the steps that follow detection. Two crossing chromosomes found in two orientation bins share only the
+crossing and are both kept.
 
 :func:`detections_to_record` is the one conversion of a model's output into a :class:`KaryoRecord`;
 :func:`detect` runs the model on one image in float32 (never under autocast: torchvision decodes boxes in the
@@ -42,15 +31,11 @@ import torch
 import torch.distributed as dist
 
 from datasets.record import KaryoRecord
+from karyotyping.masks import DEFAULT as MASKS
 
 __all__ = [
-    "AP_MASK_THRESH",
     "AP_SCORE_THRESH",
-    "MASK_OVERLAP",
-    "MASK_THRESH",
     "SCORE_THRESH",
-    "BIN_MERGE_IOU",
-    "BIN_MERGE_MASK_THRESH",
     "binarize_masks",
     "detect",
     "detect_dataset",
@@ -63,15 +48,12 @@ __all__ = [
 
 SCORE_THRESH = 0.6
 AP_SCORE_THRESH = 0.05
-MASK_THRESH = 0.2
-AP_MASK_THRESH = 0.3
-MASK_OVERLAP = 0.8
-BIN_MERGE_IOU = 0.6
-BIN_MERGE_MASK_THRESH = 0.5
 BIN_SCORE_COMBINE = ("sum", "max")
 
 
-def binarize_masks(prob: torch.Tensor | np.ndarray, height: int, width: int, thresh: float = MASK_THRESH) -> np.ndarray:
+def binarize_masks(
+    prob: torch.Tensor | np.ndarray, height: int, width: int, thresh: float = MASKS.mask_thresh
+) -> np.ndarray:
     """Soft masks [M, 1, H, W] (or [M, H, W]) in [0, 1] -> uint8 [M, H, W], foreground where ``> thresh``."""
     if not 0.0 < thresh < 1.0:
         raise ValueError(f"the mask threshold must lie in (0, 1), got {thresh}")
@@ -88,7 +70,7 @@ def detections_to_record(
     image: np.ndarray,
     *,
     meta: dict[str, Any] | None = None,
-    mask_thresh: float = MASK_THRESH,
+    mask_thresh: float = MASKS.mask_thresh,
 ) -> KaryoRecord:
     """One image's output of :func:`models.segmentation.predict` -> a prediction :class:`KaryoRecord`.
 
@@ -115,8 +97,8 @@ def detections_to_record(
 def merge_orientation_bins(
     out: dict[str, torch.Tensor],
     *,
-    iou_thresh: float = BIN_MERGE_IOU,
-    mask_thresh: float = BIN_MERGE_MASK_THRESH,
+    iou_thresh: float = MASKS.bin_merge_iou,
+    mask_thresh: float = MASKS.bin_merge_mask_thresh,
     combine: str = "sum",
 ) -> dict[str, torch.Tensor]:
     """One detection per chromosome from a detector with orientation classes, every label set to 1.
@@ -239,7 +221,7 @@ def detect(
     *,
     score_thresh: float,
     device: torch.device | str | None = None,
-    mask_thresh: float = MASK_THRESH,
+    mask_thresh: float = MASKS.mask_thresh,
 ) -> KaryoRecord:
     """Detect and segment the chromosomes of one grey image float32 [H, W] (:func:`detect_soft`).
 
@@ -279,7 +261,7 @@ def detect_dataset(
         indices = tqdm(indices, desc="detecting", dynamic_ncols=True, leave=False)
     for i in indices:
         gt = dataset[i]
-        pred = detect(model, gt.image, score_thresh=score_thresh, device=device, mask_thresh=AP_MASK_THRESH)
+        pred = detect(model, gt.image, score_thresh=score_thresh, device=device, mask_thresh=MASKS.ap_mask_thresh)
         pred.meta["image_id"] = gt.image_id or str(i)
         yield i, gt, pred
 

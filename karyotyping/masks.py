@@ -1,21 +1,27 @@
 """Mask post-processing of the pipeline core: from the detector's thresholded masks to the instances it keeps.
 
-:func:`keep_instances` runs the steps in order: :func:`suppress_overlapping_masks` (duplicates and fragments of
-a better detection go), :func:`exclusive_masks` (a pixel several instances claim goes to the surest),
-:func:`trim_to_foreground` (each mask cut to the chromosome pixels by the image's own contrast) and, optionally,
-:func:`smooth_masks` (whole, smooth masks). The pipeline's thresholds for these steps are documented with the
-others in :mod:`karyotyping.detection` (``MASK_THRESH``, ``MASK_OVERLAP``); the geometric ones are here.
+:class:`MaskConfig` owns every threshold and switch of it (and the two other mask thresholds of
+:mod:`karyotyping.detection`: the evaluation's and the orientation-bin merge's), with their defaults; the CLI flags
+(:func:`karyotyping.core.add_pipeline_args`) take their defaults from it, and the pipeline takes one
+(``KaryotypePipeline(..., masks=MaskConfig(...))``).
+
+:func:`keep_instances` runs the steps in order: (optionally) :func:`prefer_parts` (a detection that is the union of
+others gives way to them), :func:`suppress_overlapping_masks` (duplicates and fragments of a better detection go),
+:func:`exclusive_masks` (a pixel several instances claim goes to the surest), :func:`trim_to_foreground` (each mask
+cut to the chromosome pixels by the image's own contrast) and, optionally, :func:`smooth_masks` (whole, smooth
+masks).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 __all__ = [
-    "SMOOTH_RADIUS",
-    "SPECK_FRACTION",
-    "TRIM_RADIUS",
+    "MASK_FLAGS",
+    "MaskConfig",
     "exclusive_masks",
     "keep_instances",
     "prefer_parts",
@@ -24,17 +30,82 @@ __all__ = [
     "trim_to_foreground",
 ]
 
-#: pixels around the detections whose grey levels set the foreground threshold of :func:`trim_to_foreground`
-TRIM_RADIUS = 15
-#: disk radius (pixels at the processing scale) with which :func:`smooth_masks` closes and opens each mask
-SMOOTH_RADIUS = 3
-#: :func:`smooth_masks` drops the pieces of a mask smaller than this fraction of its largest piece
-SPECK_FRACTION = 0.15
-#: :func:`prefer_parts`: a part lies this fraction of its pixels inside the whole, is at least PART_AREA and at
-#: most 1 - PART_AREA of the whole's area, and the parts together cover PART_COVER of the whole
-PART_INSIDE, PART_AREA, PART_COVER = 0.8, 0.2, 0.7
-#: two candidate parts are the same chromosome (only the better one counts) above this mask IoU
-PART_SAME_IOU = 0.5
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """The thresholds and switches of the pipeline's mask post-processing, with their defaults (the one owner).
+
+    ``mask_thresh`` and ``mask_overlap`` were chosen on the CIL val split with the pipeline's score threshold for
+    the shipped detector (docs/training.md, "Choosing the pipeline's thresholds for a new detector").
+
+    Attributes:
+        mask_thresh: a pixel belongs to a detection when its mask probability is *above* this (low, because the
+            masks are then trimmed to the image's foreground).
+        mask_overlap: a detection goes when more than this fraction of its mask is covered by better-scoring ones
+            (:func:`suppress_overlapping_masks`); 1 = off.
+        exclusive_masks: a pixel that several kept detections claim goes to the one surest of it
+            (:func:`exclusive_masks`), so instances share no pixel, as annotated.
+        trim_masks: each mask keeps only its chromosome pixels, by one Otsu threshold of the image around the
+            detections (:func:`trim_to_foreground`); a detection left empty goes.
+        smooth_masks: after the trim, each mask closed and opened, its holes filled, its specks dropped
+            (:func:`smooth_masks`).
+        prefer_parts: a detection that is the union of two or more others gives way to them (:func:`prefer_parts`).
+        trim_radius: pixels around the detections whose grey levels set the trim's threshold.
+        smooth_radius: disk radius (pixels at the processing scale) of the smoothing's closing and opening.
+        speck_fraction: the smoothing drops the pieces of a mask smaller than this fraction of its largest piece.
+        part_inside, part_area, part_cover: :func:`prefer_parts`: a part lies ``part_inside`` of its pixels inside
+            the whole, is at least ``part_area`` and at most ``1 - part_area`` of the whole's area, and the parts
+            together cover ``part_cover`` of the whole.
+        part_same_iou: two candidate parts are the same chromosome (only the better one counts) above this IoU.
+        ap_mask_thresh: ``mask_thresh`` of the detector's own masks, untrimmed, when its AP is measured (the
+            trainer's validation, ``evaluate.py --stage seg``); fixed, so that mask AP figures of different dates
+            compare.
+        bin_merge_iou, bin_merge_mask_thresh: a detector with orientation classes may find one chromosome in two
+            bins; :func:`karyotyping.detection.merge_orientation_bins` takes two detections in different bins
+            whose masks (probability above ``bin_merge_mask_thresh``) have an IoU above ``bin_merge_iou`` for one.
+
+    Raises:
+        ValueError: a value out of its range (named with its flag where it has one).
+    """
+
+    mask_thresh: float = 0.2
+    mask_overlap: float = 0.8
+    exclusive_masks: bool = True
+    trim_masks: bool = True
+    smooth_masks: bool = False
+    prefer_parts: bool = False
+    trim_radius: int = 15
+    smooth_radius: int = 3
+    speck_fraction: float = 0.15
+    part_inside: float = 0.8
+    part_area: float = 0.2
+    part_cover: float = 0.7
+    part_same_iou: float = 0.5
+    ap_mask_thresh: float = 0.3
+    bin_merge_iou: float = 0.6
+    bin_merge_mask_thresh: float = 0.5
+
+    def __post_init__(self) -> None:
+        def name(f: str) -> str:
+            return f"{f} (--{f.replace('_', '-')})" if f in MASK_FLAGS else f
+
+        for f in ("mask_thresh", "ap_mask_thresh", "bin_merge_mask_thresh"):
+            if not 0.0 < getattr(self, f) < 1.0:
+                raise ValueError(f"{name(f)} must be in (0, 1), got {getattr(self, f)}")
+        for f in ("mask_overlap", "speck_fraction", "part_inside", "part_cover", "part_same_iou", "bin_merge_iou"):
+            if not 0.0 < getattr(self, f) <= 1.0:
+                raise ValueError(f"{name(f)} must be in (0, 1], got {getattr(self, f)}")
+        if not 0.0 <= self.part_area < 0.5:
+            raise ValueError(f"part_area must be in [0, 0.5), got {self.part_area}")
+        for f in ("trim_radius", "smooth_radius"):
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"{f} must be at least 1 pixel, got {getattr(self, f)}")
+
+
+#: the :class:`MaskConfig` fields that :func:`karyotyping.core.add_pipeline_args` adds as flags of the same names
+MASK_FLAGS = ("mask_overlap", "mask_thresh", "exclusive_masks", "trim_masks", "smooth_masks", "prefer_parts")
+#: the defaults, for the steps' own keyword arguments
+DEFAULT = MaskConfig()
 
 
 def suppress_overlapping_masks(masks: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
@@ -49,7 +120,7 @@ def suppress_overlapping_masks(masks: np.ndarray, scores: np.ndarray, thresh: fl
         masks: bool/uint8 [M, H, W].
         scores: float [M].
         thresh: fraction of an instance's area; >= 1 keeps every non-empty instance (no default: the pipeline's
-            is :data:`karyotyping.detection.MASK_OVERLAP`).
+            is :attr:`MaskConfig.mask_overlap`).
 
     Returns:
         int64 indices of the kept instances (never an empty mask), in descending score order.
@@ -73,14 +144,15 @@ def suppress_overlapping_masks(masks: np.ndarray, scores: np.ndarray, thresh: fl
     return np.asarray(keep, np.int64)
 
 
-def prefer_parts(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def prefer_parts(masks: np.ndarray, scores: np.ndarray, config: MaskConfig = DEFAULT) -> np.ndarray:
     """Detections that are the union of two or more other detections go, so that the parts are kept instead.
 
     A mask that holds two touching or crossing chromosomes often scores higher than each of them, and the
     mask-overlap suppression then keeps it and drops them. Here a detection W goes when two or more other
-    detections, each a different chromosome (pairwise mask IoU < :data:`PART_SAME_IOU`), lie inside it (at least
-    :data:`PART_INSIDE` of their pixels), each between :data:`PART_AREA` and ``1 - PART_AREA`` of its area, and
-    together cover :data:`PART_COVER` of it. Run before :func:`suppress_overlapping_masks`.
+    detections, each a different chromosome (pairwise mask IoU < ``part_same_iou``), lie inside it (at least
+    ``part_inside`` of their pixels), each between ``part_area`` and ``1 - part_area`` of its area, and together
+    cover ``part_cover`` of it (the fields of ``config``, a :class:`MaskConfig`). Run before
+    :func:`suppress_overlapping_masks`.
 
     Args:
         masks: bool/uint8 [M, H, W]; scores: [M].
@@ -104,13 +176,14 @@ def prefer_parts(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
             continue
         inside = np.divide(inter[:, w], area, out=np.zeros(m), where=area > 0)
         size = area / area[w]
-        cand = np.flatnonzero((inside >= PART_INSIDE) & (size >= PART_AREA) & (size <= 1 - PART_AREA) & ~drop)
+        lo, hi = config.part_area, 1 - config.part_area
+        cand = np.flatnonzero((inside >= config.part_inside) & (size >= lo) & (size <= hi) & ~drop)
         cand = cand[cand != w]
         parts: list[int] = []
         for c in cand[np.argsort(-scores[cand], kind="stable")]:
-            if all(iou[c, q] < PART_SAME_IOU for q in parts):
+            if all(iou[c, q] < config.part_same_iou for q in parts):
                 parts.append(int(c))
-        if len(parts) >= 2 and (masks[parts].any(0) & masks[w]).sum() >= PART_COVER * area[w]:
+        if len(parts) >= 2 and (masks[parts].any(0) & masks[w]).sum() >= config.part_cover * area[w]:
             drop[w] = True
     return np.flatnonzero(~drop).astype(np.int64)
 
@@ -149,7 +222,7 @@ def exclusive_masks(masks: np.ndarray, prob: np.ndarray | torch.Tensor) -> np.nd
     return masks
 
 
-def trim_to_foreground(image: np.ndarray, masks: np.ndarray, *, radius: int = TRIM_RADIUS) -> np.ndarray:
+def trim_to_foreground(image: np.ndarray, masks: np.ndarray, *, radius: int = DEFAULT.trim_radius) -> np.ndarray:
     """Keep only the pixels of each mask that are chromosome, not background, by the image's own contrast.
 
     Mask R-CNN's masks are predicted at 28 x 28 per box and thresholded, so their edges are soft and often
@@ -216,9 +289,15 @@ def trim_to_foreground(image: np.ndarray, masks: np.ndarray, *, radius: int = TR
     return out
 
 
-def smooth_masks(masks: np.ndarray, bounds: np.ndarray, *, radius: int = SMOOTH_RADIUS) -> np.ndarray:
+def smooth_masks(
+    masks: np.ndarray,
+    bounds: np.ndarray,
+    *,
+    radius: int = DEFAULT.smooth_radius,
+    speck_fraction: float = DEFAULT.speck_fraction,
+) -> np.ndarray:
     """Whole, smooth chromosome masks after the Otsu trim: each mask closed and opened with a disk of ``radius``
-    px, its holes filled, and its pieces smaller than :data:`SPECK_FRACTION` of its largest dropped, never reaching
+    px, its holes filled, and its pieces smaller than ``speck_fraction`` of its largest dropped, never reaching
     outside its own ``bounds`` mask (the detector's, before the trim) nor into a pixel another mask holds.
 
     The trim (:func:`trim_to_foreground`) leaves bites and holes where a chromosome has pale bands, and specks
@@ -261,7 +340,7 @@ def smooth_masks(masks: np.ndarray, bounds: np.ndarray, *, radius: int = SMOOTH_
         lab, n = ndimage.label(sm)
         if n > 1:  # specks of a neighbour or of debris go; a piece of the chromosome cut off by a pale band stays
             sizes = np.bincount(lab.ravel())[1:]
-            sm = np.isin(lab, 1 + np.flatnonzero(sizes >= SPECK_FRACTION * sizes.max()))
+            sm = np.isin(lab, 1 + np.flatnonzero(sizes >= speck_fraction * sizes.max()))
         out[i, y0:y1, x0:x1] = sm
     return out
 
@@ -270,36 +349,37 @@ def keep_instances(
     masks: np.ndarray,
     scores: np.ndarray,
     prob: np.ndarray | torch.Tensor,
-    overlap: float,
-    exclusive: bool,
-    image: np.ndarray | None = None,
-    smooth: bool = False,
-    parts: bool = False,
+    image: np.ndarray | None,
+    config: MaskConfig = DEFAULT,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The pipeline's instances from its detections: (with ``parts``) :func:`prefer_parts`, then
-    :func:`suppress_overlapping_masks` at ``overlap``, then
-    (with ``exclusive``) :func:`exclusive_masks`, then (with an ``image``) :func:`trim_to_foreground` and (with
-    ``smooth``) :func:`smooth_masks`, dropping a detection left with no pixel.
+    """The pipeline's instances from its detections, by ``config``: (with ``prefer_parts``) :func:`prefer_parts`,
+    then :func:`suppress_overlapping_masks` at ``mask_overlap``, then (with ``exclusive_masks``)
+    :func:`exclusive_masks`, then (with ``trim_masks``) :func:`trim_to_foreground` and (with ``smooth_masks``)
+    :func:`smooth_masks`, dropping a detection left with no pixel.
 
     Args:
-        masks: uint8 [M, H, W] binary masks; scores: [M]; prob: their mask probabilities [M, (1,) H, W].
-        image: float32 [H, W] in [0, 1] the masks belong to, to trim them to its foreground; None: no trim.
+        masks: uint8 [M, H, W] binary masks (at ``config.mask_thresh``); scores: [M]; prob: their mask
+            probabilities [M, (1,) H, W].
+        image: float32 [H, W] in [0, 1] the masks belong to, for the trim (None only without ``trim_masks``).
+        config: the thresholds and switches.
 
     Returns:
         ``(indices into the M detections, in descending score order; uint8 [K, H, W] their final masks)``.
     """
-    if parts:
-        cand = prefer_parts(masks, scores)
-        keep = cand[suppress_overlapping_masks(np.asarray(masks)[cand], np.asarray(scores)[cand], overlap)]
+    if config.trim_masks and image is None:
+        raise ValueError("trim_masks needs the image the masks belong to")
+    if config.prefer_parts:
+        cand = prefer_parts(masks, scores, config)
+        keep = cand[suppress_overlapping_masks(np.asarray(masks)[cand], np.asarray(scores)[cand], config.mask_overlap)]
     else:
-        keep = suppress_overlapping_masks(masks, scores, overlap)
+        keep = suppress_overlapping_masks(masks, scores, config.mask_overlap)
     kept = np.asarray(masks)[keep].astype(np.uint8)
-    if exclusive and len(keep) > 1:
+    if config.exclusive_masks and len(keep) > 1:
         kept = exclusive_masks(kept, prob[torch.as_tensor(keep)] if isinstance(prob, torch.Tensor) else prob[keep])
-    if image is not None:
+    if config.trim_masks:
         bounds = kept
-        kept = trim_to_foreground(image, kept)
-        if smooth:
-            kept = smooth_masks(kept, bounds)
+        kept = trim_to_foreground(image, kept, radius=config.trim_radius)
+        if config.smooth_masks:
+            kept = smooth_masks(kept, bounds, radius=config.smooth_radius, speck_fraction=config.speck_fraction)
     nonempty = kept.any(axis=(1, 2))
     return keep[nonempty], kept[nonempty]

@@ -265,13 +265,16 @@ def test_coco_more_than_100_detections_per_image():
 def test_detections_to_record():
     """The one conversion of a detector's output into a record (karyotyping.detection), masks at > 0.5."""
     torch = pytest.importorskip("torch")
-    from karyotyping.detection import MASK_THRESH, detections_to_record
+    from karyotyping.detection import detections_to_record
+    from karyotyping.masks import MaskConfig
+
+    thresh = MaskConfig().mask_thresh
 
     probs = torch.zeros(2, 1, H, W)
     probs[0, 0, 0:10, 0:10] = 0.9
     probs[1, 0, 20:30, 20:30] = 0.6
-    probs[1, 0, 0:2, 0:2] = MASK_THRESH - 0.05  # below the threshold
-    probs[1, 0, 2:4, 0:2] = MASK_THRESH  # at the threshold: not foreground
+    probs[1, 0, 0:2, 0:2] = thresh - 0.05  # below the threshold
+    probs[1, 0, 2:4, 0:2] = thresh  # at the threshold: not foreground
     out = {
         "boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]),
         "labels": torch.tensor([1, 23]),
@@ -288,7 +291,7 @@ def test_detections_to_record():
     rec = detections_to_record(empty_out, np.zeros((H, W), np.float32))
     assert len(rec) == 0 and rec.masks.shape == (0, H, W)
     # another threshold: the faint pixels of instance 1 join it, the 0.6 ones leave at 0.7
-    assert detections_to_record(out, src.image, mask_thresh=MASK_THRESH - 0.1).masks[1].sum() == 100 + 8
+    assert detections_to_record(out, src.image, mask_thresh=thresh - 0.1).masks[1].sum() == 100 + 8
     assert detections_to_record(out, src.image, mask_thresh=0.7).masks.sum() == 100
     with pytest.raises(ValueError, match="mask threshold"):
         detections_to_record(out, src.image, mask_thresh=1.0)

@@ -17,6 +17,7 @@ import pytest
 import inference_pipeline as ip
 from karyotyping.core import KaryotypePipeline, PipelineError
 from karyotyping.export import from_json_dict, to_json_dict
+from karyotyping.masks import MaskConfig
 
 SIZE = (320, 352)  # (H, W) of the synthetic test spread
 
@@ -459,6 +460,23 @@ def test_resize_masks_shrinking_undoes_enlarging():
     assert resize_masks(m, h, w) is m
 
 
+def test_mask_config_owns_the_mask_flags():
+    """The CLI's mask flags default to MaskConfig's values and map into one MaskConfig; it is frozen."""
+    import dataclasses
+
+    from karyotyping.core import pipeline_options
+
+    parse = ip.get_args_parser().parse_args
+    assert pipeline_options(parse([]))["masks"] == MaskConfig()
+    opts = pipeline_options(parse(["--smooth-masks", "--no-trim-masks", "--mask-overlap", "0.5"]))
+    assert opts["masks"] == MaskConfig(smooth_masks=True, trim_masks=False, mask_overlap=0.5)
+    assert set(opts) == {"masks", "polarity", "chromosome_width", "auto_scale"}
+    with pytest.raises(PipelineError, match="--mask-overlap"):
+        pipeline_options(parse(["--mask-overlap", "0"]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        MaskConfig().mask_thresh = 0.5
+
+
 def test_segment_exclusive_masks_and_mask_thresh(weights, monkeypatch, capsys, tmp_path):
     """segment(): masks at --mask-thresh, suppression, then shared pixels to the surest detection (or not)."""
     import torch
@@ -479,38 +497,35 @@ def test_segment_exclusive_masks_and_mask_thresh(weights, monkeypatch, capsys, t
     }
     monkeypatch.setattr(detection, "detect_soft", lambda *a, **k: out)
     image = np.ones((h, w), np.float32)
-    on = KaryotypePipeline(*weights, device="cpu", trim_masks=False, mask_overlap=1.0).segment(image)
+
+    def segment(**masks):
+        return KaryotypePipeline(*weights, device="cpu", masks=MaskConfig(**masks)).segment(image)
+
+    on = segment(trim_masks=False, mask_overlap=1.0)
     assert len(on) == 3 and on.masks.sum(0).max() == 1 and on.labels.tolist() == [0, 0, 0]
     assert on.masks[1, 12:16, 10:14].all() and not on.masks[0, 12:16, 10:14].any()
-    off = KaryotypePipeline(*weights, device="cpu", trim_masks=False, mask_overlap=1.0, exclusive_masks=False).segment(
-        image
-    )
+    off = segment(trim_masks=False, mask_overlap=1.0, exclusive_masks=False)
     assert off.masks.sum(0).max() == 2 and off.masks[0, 12:16, 10:14].all()
-    assert (
-        len(
-            KaryotypePipeline(*weights, device="cpu", trim_masks=False, mask_overlap=1.0, mask_thresh=0.5).segment(
-                image
-            )
-        )
-        == 2
-    )
+    assert len(segment(trim_masks=False, mask_overlap=1.0, mask_thresh=0.5)) == 2
     # a detection left without a pixel goes: instance 1 covers all of a fully crossed duplicate
     dup = dict(out, masks=torch.stack([prob[1], prob[1] * 0.5, prob[2]]))
     monkeypatch.setattr(detection, "detect_soft", lambda *a, **k: dup)
-    assert len(KaryotypePipeline(*weights, device="cpu", trim_masks=False, mask_overlap=1.0).segment(image)) == 2
+    assert len(segment(trim_masks=False, mask_overlap=1.0)) == 2
     # the default trims the masks to the image's foreground: nothing is left on a blank image, and on one where
     # the two chromosomes are dark they stay, exclusive, without the rim of background
     monkeypatch.setattr(detection, "detect_soft", lambda *a, **k: out)
-    assert len(KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0).segment(image)) == 0
+    assert len(segment(mask_overlap=1.0)) == 0
     dark = image.copy()
     dark[2:30, 11:13] = 0.3
     dark[13:15, 0:32] = 0.3
-    trimmed = KaryotypePipeline(*weights, device="cpu", mask_overlap=1.0).segment(dark)
+    trimmed = KaryotypePipeline(*weights, device="cpu", masks=MaskConfig(mask_overlap=1.0)).segment(dark)
     assert len(trimmed) >= 2 and trimmed.masks.sum(0).max() == 1
     assert trimmed.masks[0, 2:30, 11:13].sum() + trimmed.masks[1, 2:30, 11:13].sum() == 2 * 28
     assert trimmed.masks[:2].sum() < on.masks[:2].sum()  # part of the rims went (1-px smoothing keeps some)
-    with pytest.raises(PipelineError, match="--mask-thresh"):
-        KaryotypePipeline(*weights, device="cpu", mask_thresh=1.0)
+    with pytest.raises(ValueError, match="--mask-thresh"):
+        MaskConfig(mask_thresh=1.0)
+    with pytest.raises(PipelineError, match="MaskConfig"):
+        KaryotypePipeline(*weights, device="cpu", masks={"mask_thresh": 0.5})
     assert ip.cli(_args(weights, "--mask-thresh", "0", "--out", str(tmp_path / "o"))) == 2
     assert "--mask-thresh" in capsys.readouterr().err
     # flip TTA is a flag of evaluate.py only (issue 26 item 6): the inference CLI refuses it, keeps the default

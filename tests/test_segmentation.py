@@ -536,7 +536,7 @@ def test_exclusive_masks_known_answers():
 
 def test_trim_to_foreground_known_answers():
     """Masks keep their chromosome pixels (dark on light or bright on dark), their own holes, not a neighbour's."""
-    from karyotyping.masks import keep_instances, trim_to_foreground
+    from karyotyping.masks import MaskConfig, keep_instances, trim_to_foreground
 
     img = np.ones((40, 40), np.float32)
     img[5:35, 10:16] = 0.3  # a dark vertical chromosome, 6 px wide
@@ -569,7 +569,7 @@ def test_trim_to_foreground_known_answers():
     # bright objects on a dark background (fluorescence): the same masks
     assert np.array_equal(trim_to_foreground(1.0 - img, m), out)
     # keep_instances with the image trims and drops the detection left empty
-    keep, kept = keep_instances(m, np.array([0.9, 0.8, 0.7]), m.astype(np.float32), 1.0, True, img)
+    keep, kept = keep_instances(m, np.array([0.9, 0.8, 0.7]), m.astype(np.float32), img, MaskConfig(mask_overlap=1.0))
     assert keep.tolist() == [0, 1] and np.array_equal(kept, out[:2])
     assert trim_to_foreground(img, m[:0]).shape == (0, 40, 40)
     with pytest.raises(ValueError, match="match"):
@@ -638,7 +638,7 @@ def test_prefer_parts_keeps_the_two_members_of_an_x_over_their_union():
     """An X of two bars detected three times: each bar (0.8, 0.7) and the union (0.95). Without the rule the
     union's better score wins and the bars go as covered; with it the union goes and both bars stay. A bar
     with one fragment inside it, or a mask whose 'parts' are the same chromosome twice, stays."""
-    from karyotyping.masks import keep_instances, prefer_parts
+    from karyotyping.masks import MaskConfig, keep_instances, prefer_parts
 
     h = np.zeros((40, 40), np.uint8)
     h[18:22, 4:36] = 1
@@ -648,8 +648,10 @@ def test_prefer_parts_keeps_the_two_members_of_an_x_over_their_union():
     m = np.stack([union, h, v])
     s = np.array([0.95, 0.8, 0.7])
     assert prefer_parts(m, s).tolist() == [1, 2]
-    assert keep_instances(m, s, m.astype(np.float32), 0.8, False)[0].tolist() == [0]
-    keep, kept = keep_instances(m, s, m.astype(np.float32), 0.8, False, parts=True)
+    untrimmed = MaskConfig(exclusive_masks=False, trim_masks=False)
+    assert keep_instances(m, s, m.astype(np.float32), None, untrimmed)[0].tolist() == [0]
+    parts = MaskConfig(exclusive_masks=False, trim_masks=False, prefer_parts=True)
+    keep, kept = keep_instances(m, s, m.astype(np.float32), None, parts)
     assert keep.tolist() == [1, 2] and np.array_equal(kept, np.stack([h, v]))
     # one part only (a fragment of the bar): nothing goes
     frag = np.zeros((40, 40), np.uint8)
