@@ -489,7 +489,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # under --amp the heads run in bf16/fp16 but boxes are decoded in float32 (see float32_box_decoding)
     model = float32_box_decoding(build_segmentation_model(config)).to(device)
     if config.fixed_scale is not None:
-        model.transform._skip_resize = True  # training images come scaled by the loader (build_datasets)
+        model.transform.prescaled_inputs = True  # training images come scaled by the loader (build_datasets)
     if dist_info.distributed and args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model_without_ddp = model

@@ -131,7 +131,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     )
     model = build_segmentation_model(config).to(device)
     if config.fixed_scale is not None:
-        model.transform._skip_resize = True  # the loader scaled the images, as in the trainer
+        model.transform.prescaled_inputs = True  # the loader scaled the images, as in the trainer
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr)  # the optimizer of the shipped runs; the step cost is what counts

@@ -402,15 +402,17 @@ def build_segmentation_model(config: SegConfig) -> nn.Module:
 class FixedScaleTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform resizing every image by one factor (see ``SegConfig.fixed_scale``).
 
-    The longer side is capped at ``max_size``. In training mode with ``_skip_resize`` (set by the trainer)
-    the images come already scaled by the data pipeline, where resizing the masks runs in the loader
-    workers; in eval mode each image is resized here and ``postprocess`` maps the outputs back to its own
-    pixels as usual.
+    The longer side is capped at ``max_size``. In eval mode each image is resized here and ``postprocess`` maps
+    the outputs back to its own pixels; the factor is always :func:`datasets.transforms.fixed_scale_factor`'s.
+    ``prescaled_inputs`` (default False) says that training images come already scaled by that same factor in
+    the data pipeline (``datasets.transforms.ScaleCrop``: crop first, then scale the crop and its masks in the
+    loader workers); ``train_segmentation.py`` sets it, and in training mode the images then pass as they are.
     """
 
     def __init__(self, scale: float, max_size: int, image_mean: list[float], image_std: list[float]) -> None:
         super().__init__(min_size=1, max_size=max_size, image_mean=image_mean, image_std=image_std)
         self.scale = float(scale)
+        self.prescaled_inputs = False
 
     def factor(self, height: int, width: int) -> float:
         """The resize factor of an image of ``height x width`` pixels."""
@@ -419,7 +421,7 @@ class FixedScaleTransform(GeneralizedRCNNTransform):
         return fixed_scale_factor(height, width, self.scale, self.max_size)
 
     def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None):
-        if self.training and self._skip_resize:
+        if self.training and self.prescaled_inputs:
             return image, target
         h, w = image.shape[-2:]
         f = self.factor(h, w)

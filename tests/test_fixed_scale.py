@@ -79,7 +79,7 @@ def test_fixed_scale_transform_scales_every_image_by_one_factor():
     images, _ = t([torch.rand(1, 700, 640), torch.rand(1, 3000, 1000)])
     assert images.image_sizes == [(350, 320), (1000, 333)]  # the second one capped at max_size
     t.train()
-    t._skip_resize = True
+    t.prescaled_inputs = True
     target = {"boxes": torch.tensor([[1.0, 2, 30, 40]]), "labels": torch.tensor([1])}
     images, targets = t([torch.rand(1, 300, 200)], [target])
     assert images.image_sizes == [(300, 200)] and targets[0]["boxes"].tolist() == [[1.0, 2, 30, 40]]
