@@ -208,7 +208,7 @@ def _bench_device(device: str, files: list[Path], args, seg: Path, cls: Path, tr
             row = {
                 "image": str(f),
                 "size_hw": [r.height, r.width],
-                "processing_scale": round(r.scale, 6),
+                "processing_scale": round(r.processing_scale, 6),
                 "detections": len(r),
                 "timings_s": t,
                 "total_s": sum(t.values()),

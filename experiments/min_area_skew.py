@@ -116,7 +116,7 @@ def _pipeline(args: argparse.Namespace, ds, n: int) -> int:
         # the features are measured at the processing resolution: the original masks' areas scaled there (the CIL
         # images are processed as they are, scale 1, so these are the same pixels)
         masks = pred.masks
-        area = (masks.reshape(len(masks), -1) > 0).sum(1) * pred.scale**2 if len(masks) else np.zeros(0)
+        area = (masks.reshape(len(masks), -1) > 0).sum(1) * pred.processing_scale**2 if len(masks) else np.zeros(0)
         small_per_image.append(int((area < MIN_AREA).sum()))
         kept += len(area)
         saved[rec.image_id or str(k)] = np.asarray(pred.probs, np.float32)

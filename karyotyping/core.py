@@ -3,7 +3,7 @@
     from karyotyping import KaryotypePipeline
     pipe = KaryotypePipeline("weights/segmentation.pt", "weights/classifier.pt", device="cpu")
     pred = pipe.run(image)          # ndarray [H, W] (8/16-bit, float, RGB-that-is-grey): nothing touches the disk
-    pred.karyotype, pred.labels, pred.masks, pred.probs, pred.scale
+    pred.karyotype, pred.labels, pred.masks, pred.probs, pred.processing_scale
 
 Stages: segmentation (:mod:`models.segmentation` through :func:`karyotyping.detection.detect`, then mask-level
 suppression of duplicates, exclusive masks and their trimming to the image's foreground:
@@ -66,7 +66,7 @@ class KaryotypePrediction:
     """Everything the pipeline found in one image.
 
     The geometry lives once, in ``record``, in the original image's pixels; the image may have been processed
-    resized by ``scale`` (processing pixels per original pixel, 1 = as it is). ``boxes``, ``scores``, ``masks``,
+    resized by ``processing_scale`` (processing pixels per original pixel, 1 = as it is). ``boxes``, ``scores``, ``masks``,
     ``labels``, ``width`` and ``height`` read it; the other per-instance arrays are its extras, in the same order.
 
     Attributes:
@@ -76,7 +76,7 @@ class KaryotypePrediction:
             :func:`datasets.record.blank_image` when read back from JSON), ``boxes`` float32 [N, 4] xyxy unrounded,
             ``scores`` float32 [N] detection scores unrounded and descending, ``masks`` uint8 [N, height, width],
             ``labels`` int64 [N] final labels after the karyotype assignment (1..24, 0 = unassigned).
-        scale: processing scale.
+        processing_scale: processing pixels per original pixel (the JSON's ``processing_scale``).
         probs: float32 [N, 24] classifier probabilities (column k - 1 for class k).
         confidence: float [N] assignment confidence of each label.
         pair_of: int64 [N] homolog of each instance, -1 if none.
@@ -98,7 +98,7 @@ class KaryotypePrediction:
 
     image: str | None
     record: KaryoRecord
-    scale: float
+    processing_scale: float
     probs: np.ndarray
     confidence: np.ndarray
     pair_of: np.ndarray
@@ -439,7 +439,7 @@ class KaryotypePipeline:
             work,
             grey,
             name=name,
-            scale=checks.processing_scale,
+            processing_scale=checks.processing_scale,
             timings=timings,
             notes=notes,
         )
@@ -523,7 +523,7 @@ class KaryotypePipeline:
         grey: np.ndarray,
         *,
         name: str | None,
-        scale: float,
+        processing_scale: float,
         timings: dict[str, float],
         notes: list[str],
     ) -> KaryotypePrediction:
@@ -547,7 +547,7 @@ class KaryotypePipeline:
                 config=self.assign_config,
             )
         labels = np.asarray(res.labels, np.int64)
-        inv = 1.0 / scale
+        inv = 1.0 / processing_scale
         height, width = grey.shape
         masks = resize_masks(rec.masks, height, width)
         pair_of = (np.asarray(res.pair_of, np.int64) if res.pair_of is not None else np.full(n, -1, np.int64)).reshape(
@@ -564,7 +564,7 @@ class KaryotypePipeline:
         return KaryotypePrediction(
             image=name,
             record=record,
-            scale=float(scale),
+            processing_scale=float(processing_scale),
             probs=probs,
             confidence=np.asarray(res.confidence, np.float64).reshape(n),
             pair_of=pair_of,

@@ -62,7 +62,7 @@ def to_json_dict(pred: KaryotypePrediction) -> dict[str, Any]:
         "image": pred.image,
         "width": int(pred.width),
         "height": int(pred.height),
-        "processing_scale": round(float(pred.scale), 6),
+        "processing_scale": round(float(pred.processing_scale), 6),
         "karyotype": pred.karyotype,
         "sex": pred.sex,
         "count": pred.count,
@@ -168,7 +168,7 @@ def from_json_dict(d: dict[str, Any]) -> KaryotypePrediction:
         return KaryotypePrediction(
             image=d.get("image"),
             record=record,
-            scale=float(d.get("processing_scale", 1.0)),
+            processing_scale=float(d.get("processing_scale", 1.0)),
             probs=np.array([c["probs"] for c in chroms], np.float32).reshape(n, -1)
             if n
             else np.zeros((0, NUM_CLASSES)),
@@ -228,7 +228,7 @@ def write_outputs(
     t0 = time.perf_counter()
     # the overlay is drawn at the processing scale, where chromosomes have the size the drawing is proportioned for
     # (and a huge image stays cheap to draw): the image as the models saw it, the masks brought to its size
-    image = to_processing(pred.record.image, pred.scale)
+    image = to_processing(pred.record.image, pred.processing_scale)
     masks = resize_masks(pred.masks, *image.shape)
     title = pred.karyotype or "no chromosomes found"
     paths = {

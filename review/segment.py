@@ -259,7 +259,7 @@ def make_edit(
         + [box_of(m) for m in new_masks],
         np.float64,
     ).reshape(-1, 4)
-    scale = float(pred.scale)
+    scale = float(pred.processing_scale)
     inverted = bool(pred.image_checks is not None and pred.image_checks.inverted)
     img, work_masks, work_boxes = _work(loaded.image, stack, boxes, scale, inverted)
     members, config = identifier.load()

@@ -400,7 +400,7 @@ def test_core_runs_on_an_in_memory_16bit_array(weights, spread, gt_segment, monk
     monkeypatch.undo()
     assert isinstance(pred, KaryotypePrediction)
     n = len(spread)
-    assert len(pred) == n and (pred.width, pred.height) == (SIZE[1], SIZE[0]) and pred.scale == 1.0
+    assert len(pred) == n and (pred.width, pred.height) == (SIZE[1], SIZE[0]) and pred.processing_scale == 1.0
     assert pred.masks.shape == (n, *SIZE) and pred.masks.dtype == np.uint8
     assert pred.probs.shape == (n, 24) and pred.features.shape[0] == n
     assert pred.scores.dtype == np.float32 and pred.boxes.shape == (n, 4)
@@ -440,7 +440,7 @@ def test_core_downscales_and_maps_back(weights, spread, monkeypatch, tmp_path):
     monkeypatch.setattr(KaryotypePipeline, "segment", segment)
     with pytest.warns(UserWarning, match="downscaled"):
         pred = pipe.run(spread.image)
-    assert seen["shape"] == (160, 176) and pred.scale == pytest.approx(0.5)
+    assert seen["shape"] == (160, 176) and pred.processing_scale == pytest.approx(0.5)
     np.testing.assert_allclose(pred.boxes[0], [100, 80, 120, 160])
     assert pred.masks.shape == (1, *SIZE) and pred.masks[0, 80:160, 100:120].all() and pred.masks.sum() == 80 * 20
     assert pred.record.image.shape == SIZE  # one record, at the original resolution
