@@ -244,7 +244,10 @@ def _fit_costs(
     if ci is not None:
         tab = chromosome_table()
         sig = np.array(
-            [cfg.sigma_ci_acrocentric if tab[k].type == "acrocentric" else cfg.sigma_ci for k in range(1, NUM_CLASSES + 1)]
+            [
+                cfg.sigma_ci_acrocentric if tab[k].type == "acrocentric" else cfg.sigma_ci
+                for k in range(1, NUM_CLASSES + 1)
+            ]
         )
         z = (ci[:, None] - centromere_indices()[None, :]) / sig[None, :]
         t = np.minimum(cfg.term_cap, 0.5 * z**2)
