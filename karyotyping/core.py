@@ -500,7 +500,7 @@ class KaryotypePipeline:
                 msg += f" (chromosomes {checks.chromosome_width_px:.1f} px wide, the models' scale)"
             notes.append(msg)
         checks.processing_scale = float(f)
-        return grey, np.ascontiguousarray(work, np.float32), checks, wanted
+        return grey, work, checks, wanted
 
     def process(self, image_path: str | os.PathLike) -> KaryotypePrediction:
         """Read one image file (:func:`datasets.io.read_image`; its warnings become notes) and :meth:`run` it."""

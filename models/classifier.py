@@ -235,8 +235,7 @@ def build_classifier(config: ClsConfig) -> HybridClassifier:
     return HybridClassifier(config)
 
 
-# ------------------------------------------------------------------ checkpoints
-# ---------------------------------------------------------------------------------------------- training
+# ------------------------------------------------------------------ training
 
 
 def training_step(
@@ -272,6 +271,7 @@ def predict_batch(model: nn.Module, batch: Any, device: torch.device) -> np.ndar
     return torch.softmax(logits.float(), 1).cpu().numpy()
 
 
+# ------------------------------------------------------------------ checkpoints
 def restem(config: ClsConfig, stem: str, source: str | os.PathLike = "the checkpoint") -> ClsConfig:
     """``config`` with another stem whose weights have the same names and shapes (e.g. imagenet -> imagenet16).
 
