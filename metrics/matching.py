@@ -337,6 +337,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 TRUE_FATES = ("found", "lost_merged", "lost_split", "lost_uncovered")
 #: what an unmatched predicted instance is (:func:`instance_fates`)
 FALSE_KINDS = ("merge", "duplicate", "piece", "off_mask", "background")
+#: merged chromosomes by the angle between their long axis and their partner's (issue 24: orientation classes can
+#: only help the crossing ones), name -> [low, high) degrees; ``alone`` (no partner) is the fifth kind
+MERGE_ANGLES = {"parallel": (0.0, 15.0), "oblique": (15.0, 30.0), "crossing": (30.0, 90.01)}
+#: a merged chromosome's partner: another true instance the same predicted mask holds at least this much of
+PARTNER_HELD = 0.3
 
 
 class InstanceFates(NamedTuple):
@@ -348,6 +353,9 @@ class InstanceFates(NamedTuple):
         matched_to: int [N], the predicted instance matched to each true one (-1: none).
         into: int [N], for ``lost_merged`` the predicted instance holding half or more of it (-1 otherwise).
         false_kind: str [M], one of :data:`FALSE_KINDS` for an unmatched predicted instance, ``""`` for a matched one.
+        partner: int [N], for ``lost_merged`` the other true instance that its predicted mask holds most of, if it
+            holds :data:`PARTNER_HELD` or more of it (-1 otherwise: no partner, e.g. one chromosome in a mask too
+            large).
     """
 
     true_fate: np.ndarray
@@ -355,6 +363,7 @@ class InstanceFates(NamedTuple):
     matched_to: np.ndarray
     into: np.ndarray
     false_kind: np.ndarray
+    partner: np.ndarray
 
 
 def instance_fates(
@@ -390,6 +399,7 @@ def instance_fates(
     fate = np.full(n, "lost_uncovered", dtype=object)
     matched_to = np.full(n, -1, np.int64)
     into = np.full(n, -1, np.int64)
+    partner = np.full(n, -1, np.int64)
     kind = np.full(m, "", dtype=object)
     if n and m:
         inter, area_t, area_p = _mask_overlap(true_masks, pred_masks)
@@ -405,6 +415,10 @@ def instance_fates(
             b = int(np.argmax(held[a]))
             if held[a, b] >= 0.5:
                 fate[a], into[a] = "lost_merged", b
+                others = held[:, b].copy()
+                others[a] = -1.0
+                if n > 1 and others.max() >= PARTNER_HELD:
+                    partner[a] = int(np.argmax(others))
             elif np.count_nonzero(np.asarray(true_masks[a]).astype(bool) & union) >= 0.5 * area_t[a]:
                 fate[a] = "lost_split"
         on_truth = _intersection_over_pred(
@@ -428,7 +442,37 @@ def instance_fates(
     box_seen = np.zeros(n, bool)
     if n and len(pred_boxes):
         box_seen = (box_iou(true_boxes, pred_boxes) >= thresh).any(1)
-    return InstanceFates(fate, box_seen, matched_to, into, kind)
+    return InstanceFates(fate, box_seen, matched_to, into, kind, partner)
+
+
+def merge_angle_kinds(true_masks: np.ndarray, fates: InstanceFates) -> np.ndarray:
+    """Each merged true instance's kind by the angle between its long axis and its partner's.
+
+    Args:
+        true_masks: uint8 [N, H, W], the true instances :func:`instance_fates` was given.
+        fates: its result.
+
+    Returns:
+        str [N]: a key of :data:`MERGE_ANGLES` or ``"alone"`` for a ``lost_merged`` instance, ``""`` otherwise.
+
+    >>> t = np.zeros((3, 20, 20), np.uint8); t[0, 9:11, 2:18] = 1; t[1, 2:18, 9:11] = 1; t[2, 0:2, 0:2] = 1
+    >>> p = np.zeros((1, 20, 20), np.uint8); p[0, 2:18, 2:18] = 1  # one mask over the X
+    >>> f = instance_fates(t, np.array([[2, 9, 18, 11], [9, 2, 11, 18], [0, 0, 2, 2]]), p, np.array([[2, 2, 18, 18]]))
+    >>> merge_angle_kinds(t, f).tolist()
+    ['crossing', 'crossing', '']
+    """
+    from datasets.orientation import long_axis_angle
+
+    out = np.full(len(fates.true_fate), "", dtype=object)
+    for a in np.flatnonzero(fates.true_fate == "lost_merged"):
+        c = int(fates.partner[a])
+        if c < 0:
+            out[a] = "alone"
+            continue
+        d = abs(long_axis_angle(true_masks[a]) - long_axis_angle(true_masks[c])) % 180.0
+        d = min(d, 180.0 - d)
+        out[a] = next(k for k, (lo, hi) in MERGE_ANGLES.items() if lo <= d < hi)
+    return out
 
 
 def error_breakdown(
@@ -447,7 +491,8 @@ def error_breakdown(
     ``found`` ones are split into ``right`` and ``wrong`` (the matched prediction's label equals the true one or
     not). The ones not found are split by where their pixels went (``lost_merged``, ``lost_split``,
     ``lost_uncovered``, :func:`instance_fates`); ``lost_merged_into_found`` counts the merged ones whose mask is
-    matched to another true instance.
+    matched to another true instance, and ``lost_merged_<kind>`` splits the merged ones by the angle to their
+    partner (:func:`merge_angle_kinds`: ``parallel``, ``oblique``, ``crossing``, or ``alone``).
 
     Args:
         true_masks / pred_masks: uint8 [N, H, W] / [M, H, W].
@@ -456,8 +501,10 @@ def error_breakdown(
 
     Returns:
         counts ``{"true", "found", "mask_failed", "missed", "lost_merged", "lost_merged_into_found", "lost_split",
-        "lost_uncovered"}`` (+ ``"right"``, ``"wrong"`` with labels); ``found + mask_failed + missed == true`` and
-        ``found + lost_merged + lost_split + lost_uncovered == true``.
+        "lost_uncovered", "lost_merged_parallel", "lost_merged_oblique", "lost_merged_crossing",
+        "lost_merged_alone"}`` (+ ``"right"``, ``"wrong"`` with labels); ``found + mask_failed + missed == true``,
+        ``found + lost_merged + lost_split + lost_uncovered == true`` and the four ``lost_merged_<kind>`` sum to
+        ``lost_merged``.
 
     >>> t = np.zeros((2, 8, 8), np.uint8); t[0, :4, :4] = 1; t[1, 4:, 4:] = 1
     >>> p = t[:1].copy(); p[0, :4, :2] = 0  # half of the first instance
@@ -481,6 +528,9 @@ def error_breakdown(
         "lost_split": int((f.true_fate == "lost_split").sum()),
         "lost_uncovered": int((f.true_fate == "lost_uncovered").sum()),
     }
+    kinds = merge_angle_kinds(true_masks, f)
+    for k in (*MERGE_ANGLES, "alone"):
+        out[f"lost_merged_{k}"] = int((kinds == k).sum())
     if true_labels is not None and pred_labels is not None:
         right = int((np.asarray(pred_labels)[f.matched_to[found]] == np.asarray(true_labels)[found]).sum())
         out.update(right=right, wrong=int(found.sum()) - right)

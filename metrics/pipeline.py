@@ -206,7 +206,8 @@ class PipelineEvaluator:
         if t_masks:
             res.update(instance_metrics(t_masks, p_masks))
             for k in ("found", "mask_failed", "missed", "lost_merged", "lost_merged_into_found", "lost_split",
-                      "lost_uncovered"):  # fmt: skip
+                      "lost_uncovered", "lost_merged_parallel", "lost_merged_oblique", "lost_merged_crossing",
+                      "lost_merged_alone"):  # fmt: skip
                 res[f"true_{k}_rate"] = self.fate[k] / max(self.fate["true"], 1)
             if self.fate["right"] + self.fate["wrong"]:
                 res["found_identification_accuracy"] = self.fate["right"] / (self.fate["right"] + self.fate["wrong"])

@@ -442,6 +442,7 @@ def test_error_breakdown_known_fates():
     pb = np.array([[0, 0, 8, 8], [0, 20, 8, 28], [30, 0, 38, 8]], float)
     out = error_breakdown(t, tb, p, pb, np.array([3, 5, 7]), np.array([3, 5, 9]))
     lost = {"lost_merged": 0, "lost_merged_into_found": 0, "lost_split": 0, "lost_uncovered": 2}
+    lost |= {f"lost_merged_{k}": 0 for k in ("parallel", "oblique", "crossing", "alone")}
     assert out == {"true": 3, "found": 1, "mask_failed": 1, "missed": 1, "right": 1, "wrong": 0, **lost}
     out = error_breakdown(t, tb, p, pb, np.array([4, 5, 7]), np.array([3, 5, 9]))
     assert out["right"] == 0 and out["wrong"] == 1
@@ -477,6 +478,40 @@ def test_instance_fates_name_every_kind_of_false_detection():
     off = np.zeros((1, 60, 60), np.uint8)
     off[0, 0:5, 22:32] = 1
     assert instance_fates(t, tb, off, np.array([[22, 0, 32, 5]])).false_kind.tolist() == ["off_mask"]
+
+
+def test_merged_chromosomes_split_by_the_angle_to_their_partner():
+    """Bars of 3 x 30 px: a parallel pair side by side in one mask, an X (90 degrees) in one mask, a pair at
+    20 degrees in one mask (each pair's mask a little wider than the pair), and a bar alone in a mask four times its
+    size (no partner): each merged one gets its pair's kind, and the kinds add up to lost_merged."""
+    import cv2
+
+    from metrics.matching import error_breakdown
+
+    def bar(angle: float, centre: tuple[int, int]) -> np.ndarray:
+        m = np.zeros((200, 200), np.uint8)
+        box = cv2.boxPoints((centre, (30, 3), -angle))  # y down: -angle is counter-clockwise as displayed
+        cv2.fillPoly(m, [np.round(box).astype(np.int32)], 1)
+        return m
+
+    bars = [bar(90, (20, 30)), bar(90, (24, 30)), bar(0, (80, 30)), bar(90, (80, 30)), bar(0, (30, 120)),
+            bar(20, (30, 126)), bar(45, (130, 130))]  # fmt: skip
+    t = np.stack(bars)
+    tb = np.array([cv2.boundingRect(m) for m in t], float)
+    tb[:, 2:] += tb[:, :2]
+    groups = [(0, 1), (2, 3), (4, 5)]
+    grow = np.ones((5, 5), np.uint8)
+    p = np.stack(
+        [cv2.dilate(np.clip(t[a] + t[b], 0, 1), grow) for a, b in groups]
+        + [cv2.dilate(t[6], np.ones((9, 9), np.uint8))]
+    )
+    pb = np.array([cv2.boundingRect(m) for m in p], float)
+    pb[:, 2:] += pb[:, :2]
+    out = error_breakdown(t, tb, p, pb)
+    assert out["lost_merged"] == 7 and out["found"] == 0
+    assert out["lost_merged_parallel"] == 2 and out["lost_merged_crossing"] == 2
+    assert out["lost_merged_oblique"] == 2 and out["lost_merged_alone"] == 1
+    assert sum(out[f"lost_merged_{k}"] for k in ("parallel", "oblique", "crossing", "alone")) == out["lost_merged"]
 
 
 def test_error_breakdown_where_the_lost_pixels_went():
