@@ -407,3 +407,22 @@ def test_review_loop_smoke_runs_the_loop_end_to_end(tmp_path):
     assert any(not torch.equal(m0[k].float(), t0[k].float()) for k in m0 if k in t0)
     assert (tmp_path / "table.md").is_file() and "| K=1 |" in (tmp_path / "table.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["config"]["pool_cells"] == 1
+
+
+def test_crossings_before_after_finds_the_touching_crossing_pairs():
+    """Four bars: an X (90 degrees), a parallel pair touching side by side, a bar alone; only the X is a pair."""
+    import cv2
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("cba", ROOT / "experiments" / "crossings_before_after.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def bar(angle: float, centre: tuple[int, int]) -> np.ndarray:
+        m = np.zeros((120, 120), np.uint8)
+        cv2.fillPoly(m, [np.round(cv2.boxPoints((centre, (30, 4), -angle))).astype(np.int32)], 1)
+        return m
+
+    masks = np.stack([bar(0, (30, 30)), bar(90, (30, 30)), bar(90, (80, 30)), bar(90, (85, 30)), bar(45, (90, 95))])
+    assert mod.crossing_pairs(masks, 30.0) == [(0, 1)]
+    assert mod.crossing_pairs(masks, 0.0) == [(0, 1), (2, 3)]
