@@ -231,14 +231,14 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 # ---------------------------------------------------------------------------------------------- splits
 
 
-def add_test_fraction_argument(group: Any) -> None:
+def add_test_fraction_argument(group: Any, *, default: float = 0.0) -> None:
     """The trainers' ``--test-fraction`` flag (``evaluate.py`` has the same one; see :mod:`datasets.splits`)."""
     group.add_argument(
         "--test-fraction",
         type=float,
-        default=0.0,
+        default=default,
         help="fraction of groups held out as a test split that no training or model selection sees (the val "
-        "split keeps its membership)",
+        f"split keeps its membership; default {default})",
     )
 
 

@@ -3,6 +3,10 @@
 # made"): the detector's chain, then the classifier ensemble's, then both exported into $OUT/weights/ (never
 # into weights/). One command reproduces the recipe (not the bits: thread counts and machines differ).
 #
+# The trainers' defaults are the first stage of each chain: `python train_segmentation.py` with no model or
+# training flags is seg_1_imagenet, `python train_classification.py` is cls_run1. The stages below give only
+# their own flags (where their data, files and logs go, and what differs from stage 1).
+#
 #   nohup ./run_training.sh &                        # CPU, CIL:54816 (+ cil54816_extra when present)
 #   NGPU=4 OUT=runs/cil_4gpu nohup ./run_training.sh &   # 4 GPUs with torchrun (the CPU batch sizes)
 #   bash run_training.sh --smoke                     # the same chain, each trainer with --smoke (synthetic
@@ -69,9 +73,8 @@ if [[ "$SMOKE" == 1 ]]; then
   seg_data=()
   cls_data=()
   cls_data_all=()
-  seg_smoke=(--smoke --epochs 1 --max-steps-per-epoch 1)
+  seg_smoke=(--smoke --epochs 1 --max-steps-per-epoch 1)  # resnet18_fpn, which starts from scratch
   cls_smoke=(--smoke --epochs 1)
-  imagenet=()  # --smoke builds resnet18_fpn, which has no ImageNet start here
 else
   OUT=${OUT:-runs/recipe}
   CACHE_DIR=${CACHE_DIR:-runs/instance_cache}
@@ -93,7 +96,6 @@ else
   cls_data_all=("${cls_data[@]}" ${train_only[@]+"${train_only[@]}"})
   seg_smoke=()
   cls_smoke=()
-  imagenet=(--imagenet)
 fi
 [[ "$SEG_SHIP_EPOCH" =~ ^[0-9]+$ ]] || die "SEG_SHIP_EPOCH must be a whole number, got '$SEG_SHIP_EPOCH'"
 read -r -a seg_extra <<<"$EXTRA_SEG_ARGS"
@@ -134,52 +136,51 @@ run_stage() {
 }
 
 # ------------------------------------------------------------------------------------------- the detector
-# seg NAME FLAGS...: one schedule of the shipped detector (its model, crops and optimizer are the same in all)
+# seg NAME FLAGS...: one schedule of the shipped detector. Its model, crops, optimizer and steps are the trainer's
+# defaults (EfficientNet-Lite0-FPN, class-agnostic, fixed scale 0.75, 512-px crops, AdamW, 200 steps x 2 crops an
+# epoch, 10 % test split), and so is stage 1 (from ImageNet, lr 3e-4, 12 epochs); 2 and 3 go on from the one before
 seg() {
   local name=$1
   shift
-  run_stage "$name" "${launch[@]}" train_segmentation.py ${seg_data[@]+"${seg_data[@]}"} --test-fraction 0.1 \
-    --backbone efficientnet_lite0_fpn --agnostic --box-head-dim 256 --mask-head-layers 128 128 \
-    --roi-batch-size 128 --batch-size 2 --optimizer adamw --warmup-steps 50 --max-steps-per-epoch 200 \
-    --workers 1 --fixed-scale 0.75 --crop-size 512 --max-size 1333 --device "$device" --resume auto \
-    --no-progress --output-dir "$OUT/$name" "$@" \
+  run_stage "$name" "${launch[@]}" train_segmentation.py ${seg_data[@]+"${seg_data[@]}"} --workers 1 \
+    --device "$device" --resume auto --no-progress --output-dir "$OUT/$name" "$@" \
     ${seg_smoke[@]+"${seg_smoke[@]}"} ${seg_extra[@]+"${seg_extra[@]}"}
 }
-seg seg_1_imagenet ${imagenet[@]+"${imagenet[@]}"} --lr 3e-4 --epochs 12
+seg seg_1_imagenet
 seg seg_2 --pretrained "$OUT/seg_1_imagenet/best.pth" --trainable-layers 5 --norm frozen --lr 1e-4 --epochs 5
 seg seg_3 --pretrained "$OUT/seg_2/best.pth" --trainable-layers 5 --norm frozen --lr 5e-5 --epochs 6 \
   --keep-checkpoints
 
 # ------------------------------------------------------------------------------------------- the classifier
-# cls NAME one|all FLAGS...: one run of the ensemble's chains (ResNet-18 + all 43 features) on DATA_ROOT
-# alone (one) or with TRAIN_ONLY (all); the caches are built by one process, also under torchrun
+# cls NAME one|all FLAGS...: one run of the ensemble's chains on DATA_ROOT alone (one) or with TRAIN_ONLY (all);
+# the model (ResNet-18 + all 43 features), batch and steps are the trainer's defaults, and so is run 1 (the
+# ImageNet-style stem, AdamW 2e-3, 3 epochs of 200 steps); the caches are built by one process, also under torchrun
 cls() {
   local name=$1 data=$2
   shift 2
   local d=() run=("${launch[@]}")
   if [[ "$data" == all ]]; then d=(${cls_data_all[@]+"${cls_data_all[@]}"}); else d=(${cls_data[@]+"${cls_data[@]}"}); fi
   [[ "$name" == cls_cache_* ]] && run=("$PYTHON")
-  run_stage "$name" "${run[@]}" train_classification.py ${d[@]+"${d[@]}"} --cache-dir "$CACHE_DIR" \
-    --features all --arch resnet18 --workers 0 --device "$device" --resume auto --no-progress \
-    --output-dir "$OUT/$name" "$@" ${cls_smoke[@]+"${cls_smoke[@]}"} ${cls_extra[@]+"${cls_extra[@]}"}
+  run_stage "$name" "${run[@]}" train_classification.py ${d[@]+"${d[@]}"} --cache-dir "$CACHE_DIR" --workers 0 \
+    --device "$device" --resume auto --no-progress --output-dir "$OUT/$name" "$@" \
+    ${cls_smoke[@]+"${cls_smoke[@]}"} ${cls_extra[@]+"${cls_extra[@]}"}
 }
 # the caches, built once before the training runs (and before torchrun's processes, which cannot build them)
-cls cls_cache_straight all --stem imagenet --prepare-only
+cls cls_cache_straight all --prepare-only
 cls cls_cache_axis all --stem imagenet16 --crop-mode axis --prepare-only
 # the straight member: runs 1-3 on the one folder, then 4-6 with the train-only data as well
-cls cls_run1 one --stem imagenet --epochs 3 --steps-per-epoch 200 --batch-size 128 --lr 2e-3
-cls cls_run2 one --stem imagenet --pretrained "$OUT/cls_run1/best.pth" --epochs 3 --steps-per-epoch 200 \
-  --lr 1e-3 --warmup-epochs 0.1 --seed 1
-cls cls_run3 one --stem imagenet --pretrained "$OUT/cls_run2/best.pth" --epochs 2 --steps-per-epoch 200 \
-  --lr 7e-4 --warmup-epochs 0.1 --seed 2
+cls cls_run1 one
+cls cls_run2 one --stem imagenet --pretrained "$OUT/cls_run1/best.pth" --lr 1e-3 --warmup-epochs 0.1 --seed 1
+cls cls_run3 one --stem imagenet --pretrained "$OUT/cls_run2/best.pth" --epochs 2 --lr 7e-4 --warmup-epochs 0.1 \
+  --seed 2
 # run 4 went on from run 3's best as shipped then: exported to float16
 run_stage cls_run3_fp16 "$PYTHON" -m models.export --cls "$OUT/cls_run3/best.pth" --out "$OUT/cls_run3_fp16"
-cls cls_run4 all --stem imagenet --pretrained "$OUT/cls_run3_fp16/classifier.pt" --epochs 6 \
-  --steps-per-epoch 200 --lr 7e-4 --warmup-epochs 0.1 --seed 3
-cls cls_run5 all --stem imagenet --pretrained "$OUT/cls_run4/best.pth" --epochs 5 --steps-per-epoch 200 \
-  --lr 4e-4 --warmup-epochs 0.1 --seed 4
-cls cls_run6 all --stem imagenet --pretrained "$OUT/cls_run5/best.pth" --epochs 6 --steps-per-epoch 200 \
-  --lr 3e-4 --warmup-epochs 0.1 --seed 5
+cls cls_run4 all --stem imagenet --pretrained "$OUT/cls_run3_fp16/classifier.pt" --epochs 6 --lr 7e-4 \
+  --warmup-epochs 0.1 --seed 3
+cls cls_run5 all --stem imagenet --pretrained "$OUT/cls_run4/best.pth" --epochs 5 --lr 4e-4 --warmup-epochs 0.1 \
+  --seed 4
+cls cls_run6 all --stem imagenet --pretrained "$OUT/cls_run5/best.pth" --epochs 6 --lr 3e-4 --warmup-epochs 0.1 \
+  --seed 5
 # the axis member: run 7 (the finer stem) from run 6, then the axis crops from run 7
 cls cls_run7 all --stem imagenet16 --pretrained "$OUT/cls_run6/best.pth" --epochs 4 \
   --steps-per-epoch 170 --lr 5e-4 --warmup-epochs 0.1 --seed 7

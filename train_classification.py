@@ -4,14 +4,18 @@ Wiring only (torchvision ``references`` style): data from :mod:`datasets` throug
 :class:`datasets.instances.InstanceDataset`, the model from :mod:`models.classifier`, devices, DDP,
 AMP, checkpoints and logging from :mod:`engine`, metrics from :mod:`metrics.identification`.
 
+The defaults are the first run of the shipped classifier's chain (``run_training.sh``'s ``cls_run1``): the model's
+from :class:`models.classifier.ClsConfig` (ResNet-18 with the ImageNet-style stem, straight 96x32 crops) and
+``--features all``, the training loop's from :class:`TrainDefaults` (AdamW 2e-3, 3 epochs of 200 steps of 128
+crops, class-balanced). The chain's later runs are fine-tunes from it with ``--pretrained``.
+
 Examples::
 
     # seconds on a CPU: tiny synthetic data, resnet18, 2 steps
     python train_classification.py --smoke --output-dir runs/cls_smoke
 
-    # CIL:54816 (boxes -> derived masks), all features
-    python train_classification.py --dataset voc --data-root ../shared/data/cil54816 \\
-        --features all --epochs 30 --amp --output-dir runs/cls_cil_all
+    # CIL:54816 (boxes -> derived masks): the shipped chain's first run
+    python train_classification.py --dataset voc --data-root ../shared/data/cil54816 --output-dir runs/cls_cil_all
 
     # the same on 4 GPUs (class-balanced sampling is split across ranks)
     torchrun --nproc_per_node=4 train_classification.py --dataset voc --data-root ../shared/data/cil54816 ...
@@ -43,12 +47,35 @@ from features.crops import CROP_MODES
 FEATURE_CHOICES = ("none", "geometry", "scale", "texture", "all")
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainDefaults:
+    """The training flags' defaults: the first run of the shipped classifier's chain (``run_training.sh``'s
+    ``cls_run1``), which the model flags' defaults (:class:`models.classifier.ClsConfig`) complete.
+
+    Attributes:
+        epochs / steps_per_epoch: 3 epochs of at most 200 optimizer steps.
+        batch_size: crops per process per step.
+        lr: AdamW's learning rate, after a linear warm-up of one epoch, then cosine.
+    """
+
+    epochs: int = 3
+    steps_per_epoch: int = 200
+    batch_size: int = 128
+    lr: float = 2e-3
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     import engine
     from models.classifier import ClsConfig
 
-    cfg = ClsConfig()  # the model flags' defaults are the config's (one owner)
-    p = argparse.ArgumentParser(description="Train the hybrid chromosome classifier", add_help=add_help)
+    cfg, run = ClsConfig(), TrainDefaults()  # the flags' defaults are theirs (one owner each)
+    p = argparse.ArgumentParser(
+        description="Train the hybrid chromosome classifier. The defaults are the first run of the shipped "
+        "classifier's chain (run_training.sh's cls_run1): ResNet-18 with the ImageNet-style stem + all 43 features "
+        "on straight 96x32 crops, AdamW 2e-3, 3 epochs of 200 steps of 128 crops; the chain's later runs are "
+        "fine-tunes from it (--pretrained, run_training.sh)",
+        add_help=add_help,
+    )
 
     g = p.add_argument_group("Data")
     g.add_argument(
@@ -80,20 +107,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument(
         "--features",
         default="all",
-        help="feature groups for the MLP branch: " + ", ".join(FEATURE_CHOICES) + " (or joined by '+')",
+        help="feature groups for the MLP branch: " + ", ".join(FEATURE_CHOICES) + " (or joined by '+'; default all)",
     )
     g.add_argument(
         "--arch",
         default=cfg.arch,
-        help="resnet18, resnet34, resnet50 (from scratch) or efficientnet_lite0 (lite1, lite2; see --imagenet)",
+        help="resnet18 (default), resnet34, resnet50 (from scratch) or efficientnet_lite0 (lite1, lite2; see --imagenet)",
     )
     g.add_argument(
         "--stem",
         default=None,
-        help="ResNet stem: small (stride 16; the default for a new model), cifar (stride 8), imagenet (stride 32), "
-        "imagenet16 (imagenet's weights without its max-pool: stride 16); EfficientNet-Lite: imagenet (stride 32), "
-        "the others stride 16 (its sixth stage at full resolution). With --pretrained, a stem whose weights have "
-        "the checkpoint's shapes may replace the checkpoint's (e.g. imagenet -> imagenet16)",
+        help=f"stem of a new model (default {cfg.stem}; with --pretrained or --resume, the checkpoint's). ResNet: "
+        "imagenet (stride 32), imagenet16 (imagenet's weights without its max-pool: stride 16), small (stride 16), "
+        "cifar (stride 8); EfficientNet-Lite: imagenet (stride 32), the others stride 16 (its sixth stage at full "
+        "resolution). With --pretrained, a stem whose weights have the checkpoint's shapes may replace the "
+        "checkpoint's (e.g. imagenet -> imagenet16)",
     )
     g.add_argument(
         "--imagenet",
@@ -116,9 +144,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=float, default=cfg.dropout)
 
     g = p.add_argument_group("Training")
-    g.add_argument("--epochs", type=int, default=None, help="epochs (default 30; 1 with --smoke)")
-    g.add_argument("--batch-size", type=int, default=128, help="crops per GPU per step")
-    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (for the total batch)")
+    g.add_argument("--epochs", type=int, default=None, help=f"epochs (default {run.epochs}; 1 with --smoke)")
+    g.add_argument(
+        "--batch-size", type=int, default=run.batch_size, help=f"crops per GPU per step (default {run.batch_size})"
+    )
+    g.add_argument(
+        "--lr", type=float, default=run.lr, help=f"AdamW learning rate (for the total batch; default {run.lr})"
+    )
     g.add_argument("--weight-decay", type=float, default=0.05)
     g.add_argument("--label-smoothing", type=float, default=0.1)
     g.add_argument(
@@ -128,9 +160,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--augment", action=argparse.BooleanOptionalAction, default=True, help="crop augmentation (default on)"
     )
     g.add_argument("--schedule", default="cosine", help="cosine or step (per optimizer step)")
-    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length in epochs")
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length in epochs (default 1)")
     g.add_argument("--clip-grad-norm", type=float, default=0.0, help="clip gradients to this norm (0: off)")
-    g.add_argument("--steps-per-epoch", type=int, default=None, help="cap optimizer steps per epoch (quick runs)")
+    g.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=run.steps_per_epoch,
+        help=f"cap optimizer steps per epoch (default {run.steps_per_epoch}; 2 with --smoke; 0: no cap)",
+    )
     g.add_argument("--seed", type=int, default=0, help="training seed (rank added per process)")
     g.add_argument(
         "--smoke", action="store_true", help="tiny synthetic data (3 spreads), 32x16 crops, 2 steps: seconds on a CPU"
@@ -155,11 +192,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def check_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Apply --smoke and defaults, and reject bad flag values with a ValueError naming the flag."""
-    import engine
-    from models.classifier import ARCHS, STEMS
-
+def _apply_defaults(args: argparse.Namespace) -> None:
+    """``--smoke``, then the defaults that depend on it (:class:`TrainDefaults`)."""
     if args.smoke:
         args.dataset = ["synthetic"]
         args.data_root = ["none"]
@@ -172,7 +206,15 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         if args.epochs is None:
             args.epochs = 1
     if args.epochs is None:
-        args.epochs = 30
+        args.epochs = TrainDefaults.epochs
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Apply --smoke and defaults, and reject bad flag values with a ValueError naming the flag."""
+    import engine
+    from models.classifier import ARCHS, STEMS
+
+    _apply_defaults(args)
     if args.data_root is None:
         if args.dataset == ["voc"]:
             args.data_root = [str(Path(__file__).resolve().parent.parent / "shared" / "data" / "cil54816")]
@@ -229,10 +271,12 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(
             f"--val-fraction must be in (0, 1) (a validation split is needed for best.pth), got {args.val_fraction}"
         )
-    for k in ("max_train_spreads", "max_val_spreads", "steps_per_epoch"):
+    for k in ("max_train_spreads", "max_val_spreads"):
         v = getattr(args, k)
         if v is not None and v < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 0:
+        raise ValueError(f"--steps-per-epoch must be >= 1 (or 0: no cap), got {args.steps_per_epoch}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.amp and args.device == "cpu":

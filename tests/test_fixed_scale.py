@@ -104,7 +104,8 @@ def test_fixed_scale_model_returns_boxes_in_input_pixels():
     "argv, match",
     [
         (["--fixed-scale", "0.75", "--resize-longest", "640"], "give one"),
-        (["--crop-size", "256"], "--crop-size needs --fixed-scale"),
+        (["--fixed-scale", "0", "--crop-size", "256"], "--crop-size needs --fixed-scale"),  # on by default
+        (["--crop-size", "32"], "at least 64 pixels"),
         (["--fixed-scale", "9"], "--fixed-scale must be"),
     ],
 )

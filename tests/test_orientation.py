@@ -142,7 +142,7 @@ def test_config_bins_validated_and_stored():
     del old["orientation_bins"]  # a checkpoint written before the field existed
     assert SegConfig.from_dict(old).orientation_bins == 0 and SegConfig.from_dict(old).num_classes == 2
     with pytest.raises(ValueError, match="orientation_bins=4 needs agnostic=True"):
-        SegConfig(orientation_bins=4)
+        SegConfig(agnostic=False, orientation_bins=4)
     for bad in (1, 25, 2.5, True):
         with pytest.raises(ValueError, match="orientation_bins must be 0"):
             SegConfig(agnostic=True, orientation_bins=bad)
@@ -358,7 +358,7 @@ def test_trainer_smoke_with_bins_trains_validates_and_resumes(tmp_path):
 @pytest.mark.parametrize(
     "extra,msg",
     [
-        ([], "--orientation-bins needs --agnostic"),
+        (["--no-agnostic", "--orientation-bins", "4"], "--orientation-bins needs --agnostic"),
         (["--agnostic", "--orientation-bins", "1"], "--orientation-bins must be 0 .off. or in 2..24"),
     ],
 )
@@ -366,7 +366,7 @@ def test_trainer_bad_bin_flags(tmp_path, extra, msg):
     from train_segmentation import get_args_parser, main
 
     base = ["--smoke", "--output-dir", str(tmp_path / "run")]
-    args = get_args_parser().parse_args([*base, *([] if extra else ["--orientation-bins", "4"]), *extra])
+    args = get_args_parser().parse_args([*base, *extra])
     with pytest.raises(ValueError, match=msg):
         main(args)
     assert not (tmp_path / "run").exists()

@@ -35,7 +35,7 @@ def _image(seed: int = 0) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- config and builder
 def test_config_defaults_and_validation():
-    assert SegConfig().num_classes == 25 and SegConfig(agnostic=True).num_classes == 2
+    assert SegConfig().num_classes == 2 and SegConfig(agnostic=False).num_classes == 25
     with pytest.raises(ValueError, match="num_classes=25"):
         SegConfig(agnostic=True, num_classes=25)
     with pytest.raises(ValueError, match="unknown backbone"):
@@ -44,13 +44,47 @@ def test_config_defaults_and_validation():
     assert SegConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
+def test_config_defaults_are_the_shipped_detector_and_stored_configs_keep_their_meaning():
+    """SegConfig() is weights/segmentation.pt's model; a stored config missing a key whose default changed since
+    (issue 26) reads it as it was written: torchvision's full-size 24-class Mask R-CNN fitted to min/max size."""
+    import dataclasses
+
+    from datasets.io import load_torch_file
+    from models.segmentation import STORED_CONFIG_DEFAULTS
+
+    root = Path(__file__).resolve().parents[1]
+    stored = load_torch_file(root / "weights" / "segmentation.pt")["config"]
+    shipped = SegConfig.from_dict(stored)
+    # the shipped file is the fine-tuned stage 3 (trainable_layers 5, frozen norm as the stages gave them)
+    assert shipped == dataclasses.replace(SegConfig(), trainable_layers=5, norm="frozen")
+    assert (shipped.backbone, shipped.agnostic, shipped.fixed_scale) == ("efficientnet_lite0_fpn", True, 0.75)
+    assert (shipped.box_batch_size_per_image, shipped.box_head_dim, shipped.mask_head_layers) == (128, 256, (128, 128))
+    old = SegConfig.from_dict(
+        {k: v for k, v in stored.items() if k not in STORED_CONFIG_DEFAULTS} | {"num_classes": 25}
+    )
+    assert (old.backbone, old.agnostic, old.fixed_scale) == ("resnet50_fpn", False, None)
+    assert (old.box_batch_size_per_image, old.box_head_dim, old.mask_head_layers) == (512, 1024, (256,) * 4)
+    assert SegConfig.from_dict({}) == SegConfig(**STORED_CONFIG_DEFAULTS)
+    assert SegConfig.from_dict({"box_head_dim": 256}).mask_head_layers == (256,) * 4  # each key on its own
+    for name, value in STORED_CONFIG_DEFAULTS.items():
+        assert getattr(SegConfig(), name) != value, name  # only the fields whose default changed
+
+
 def test_the_trainers_model_flags_default_to_the_configs():
-    """Each model flag's default is its config's (one owner): the flags alone build SegConfig() / ClsConfig()."""
+    """Each model flag's default is its config's (one owner): the flags alone build SegConfig() / ClsConfig(),
+    the detector from the ImageNet weights unless a --pretrained file or --no-imagenet says otherwise."""
     import train_classification
     from models.classifier import ClsConfig
     from train_segmentation import build_model_config
 
-    assert build_model_config(get_args_parser().parse_args([])) == SegConfig()
+    parse = get_args_parser().parse_args
+    assert build_model_config(parse([])) == SegConfig(imagenet=True)
+    assert build_model_config(parse(["--no-imagenet"])) == SegConfig()
+    assert build_model_config(parse(["--pretrained", "x.pth"])) == SegConfig(pretrained_path="x.pth")
+    assert build_model_config(parse(["--backbone", "resnet18_fpn"])) == SegConfig(backbone="resnet18_fpn")
+    assert build_model_config(parse(["--no-agnostic", "--fixed-scale", "0"])) == SegConfig(
+        agnostic=False, fixed_scale=None, imagenet=True
+    )
     a, cfg = train_classification.get_args_parser().parse_args([]), ClsConfig()
     got = (a.arch, a.crop_height, a.crop_width, a.crop_mode, a.mlp_hidden, a.dropout, a.imagenet, a.stem)
     assert got == (cfg.arch, cfg.crop_height, cfg.crop_width, cfg.crop_mode, cfg.mlp_hidden, cfg.dropout, False, None)
@@ -221,8 +255,8 @@ def test_smoke_training_resume_and_rebuild(tmp_path, monkeypatch):
     assert ck["epoch"] == 1 and ck["scheduler"]["last_epoch"] == 2 and ck["config"]["backbone"] == "resnet18_fpn"
     rows = [json.loads(x) for x in (run_a / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
-    # cosine over 2 steps, no warmup: lr 0.01 -> 0.005 -> 0
-    assert [r["lr_start"] for r in rows] == pytest.approx([0.01, 0.005]) and rows[1]["lr"] == pytest.approx(0.0)
+    # cosine over 2 steps, no warmup, from the default AdamW 3e-4: 3e-4 -> 1.5e-4 -> 0
+    assert [r["lr_start"] for r in rows] == pytest.approx([3e-4, 1.5e-4]) and rows[1]["lr"] == pytest.approx(0.0)
     assert "val_bbox_AP50" in rows[1] and "val_bbox_AP50" not in rows[0]
     v = rows[1]["val_bbox_AP50"]
     assert v is None or v == -1 or 0.0 <= v <= 1.0
@@ -244,10 +278,19 @@ def test_smoke_training_resume_and_rebuild(tmp_path, monkeypatch):
     # --resume auto on a finished run has nothing left to do
     res_c = main(_args(run_a, *flags, "--resume", "auto"))
     assert res_c["start_epoch"] == 2 and res_c["history"] == []
+    # a run resumed under other flags than it was started with (e.g. the defaults before issue 26) is refused, by
+    # name; a config without fixed_scale (written before the field) was a run without a fixed scale
+    for other, msg in [(["--fixed-scale", "0"], "fixed_scale=0.75"), (["--optimizer", "sgd"], "--optimizer adamw")]:
+        with pytest.raises(ValueError, match=msg):
+            main(_args(run_a, *flags, *other, "--resume", "auto"))
+    del ck0["config"]["fixed_scale"]
+    torch.save(ck0, run_a / "epoch_000.pth")
+    with pytest.raises(ValueError, match="fixed_scale=None but the flags give 0.75"):
+        main(_args(run_b, *flags, "--resume", str(run_a / "epoch_000.pth")))
 
     # the checkpoint alone rebuilds the model, with no flags
     model, cfg = load_segmentation_checkpoint(run_a / "last.pth")
-    assert cfg.backbone == "resnet18_fpn" and cfg.min_size == 64 and not cfg.agnostic
+    assert cfg.backbone == "resnet18_fpn" and cfg.min_size == 64 and cfg.agnostic and cfg.fixed_scale == 0.75
     for k, v in ck["model"].items():
         assert torch.equal(model.state_dict()[k], v), k
 
@@ -262,7 +305,11 @@ def test_smoke_training_resume_and_rebuild(tmp_path, monkeypatch):
         (["--epochs", "0"], ValueError, "--epochs"),
         (["--detections-per-img", "50"], ValueError, "detections-per-img"),
         (["--derive-crossings", "axis"], ValueError, "--derive-crossings applies to voc"),
-        (["--lab-augment"], ValueError, "--lab-augment needs --fixed-scale"),
+        (["--lab-augment", "--fixed-scale", "0"], ValueError, "--lab-augment needs --fixed-scale"),
+        (["--crop-size", "256", "--fixed-scale", "0"], ValueError, "--crop-size needs --fixed-scale"),
+        (["--max-steps-per-epoch", "-1"], ValueError, "--max-steps-per-epoch"),
+        (["--imagenet"], ValueError, "--imagenet needs an efficientnet_lite"),  # --smoke builds resnet18_fpn
+        (["--imagenet", "--pretrained", __file__], ValueError, "--imagenet and --pretrained"),
         (["--scale-jitter", "0.5", "2"], ValueError, "--scale-jitter needs --lab-augment"),
         (["--scale-jitter", "2", "0.5"], ValueError, "0 < LO <= HI"),
     ],
@@ -310,7 +357,28 @@ def _flags(argv: list[str]) -> dict[str, tuple[str, ...]]:
     return {k: v for k, v in out.items() if k not in _PLACE_FLAGS}
 
 
-def _documented_runs() -> dict[str, dict[str, tuple[str, ...]]]:
+def _recipe(argv: list[str]) -> dict:
+    """What a trainer's command line trains: its flags over the trainer's defaults (as its ``check_args`` resolves
+    them, without reading any file), without the :data:`_PLACE_FLAGS` but whether it starts from a file."""
+    import train_classification
+    import train_segmentation
+
+    trainer = train_segmentation if any(a.endswith("train_segmentation.py") for a in argv) else train_classification
+    flags = _flags(argv)
+    given = [x for k, v in flags.items() for x in (k, *v)]
+    args = trainer.get_args_parser().parse_args([*given, *(["--pretrained", "F"] if "--pretrained" in argv else [])])
+    trainer._apply_defaults(args)
+    out = {k: v for k, v in vars(args).items() if f"--{k.replace('_', '-')}" not in _PLACE_FLAGS}
+    if trainer is train_segmentation:
+        out["imagenet"] = train_segmentation.start_from_imagenet(args)
+    elif args.stem is None and "--pretrained" not in argv:  # a new classifier's stem is its config's default
+        from models.classifier import ClsConfig
+
+        out["stem"] = ClsConfig().stem
+    return out | {"pretrained": "--pretrained" in argv}
+
+
+def _documented_runs() -> dict[str, list[str]]:
     """The commands of docs/training.md's "How the shipped weights were made", by their --output-dir's name."""
     import shlex
     from pathlib import Path
@@ -325,7 +393,7 @@ def _documented_runs() -> dict[str, dict[str, tuple[str, ...]]]:
             continue
         argv = shlex.split(line.partition("#")[0])
         if "--output-dir" in argv and "--prepare-only" not in argv:
-            runs[Path(argv[argv.index("--output-dir") + 1]).name] = _flags(argv)
+            runs[Path(argv[argv.index("--output-dir") + 1]).name] = argv
     return runs
 
 
@@ -380,20 +448,50 @@ def test_run_training_is_the_shipped_recipe(tmp_path):
             "cls_run2": "cls_cil_all_ft", "cls_run4": "cls_resnet18_extra", "cls_run7": "cls_r18_s16",
             "cls_run9": "cls_axis9", "cls_run12": "cls_axis12", "cls_run13": "cls_axis13", "cls_run14": "cls_axis14",
             "cls_run16": "cls_axis16"}  # fmt: skip
+    # the trainers' defaults are each chain's first stage: it gives no flag but where its data and files go
+    assert _flags(by_stage["seg_1_imagenet"]) == {"--amp": (), "--batch-size": ("4",)}  # EXTRA_SEG_ARGS
+    assert _flags(by_stage["cls_run1"]) == {}
+    recipes = {}
     for ours, theirs in same.items():
-        got = _flags(by_stage[ours])
+        argv = by_stage[ours]
         if ours.startswith("seg"):  # EXTRA_SEG_ARGS come last and win
-            assert by_stage[ours][-3:] == ["--amp", "--batch-size", "4"]
-            got.pop("--amp")
-            got["--batch-size"] = ("2",)
-            got.pop("--test-fraction")
-            got.pop("--keep-checkpoints", None)  # seg_3's epoch 2 is exported from its own file, not a copy
-            assert "--test-fraction" in docs[theirs]
-            docs[theirs].pop("--test-fraction")
-        want = docs[theirs]
-        if ours.startswith("cls"):  # some commands give the classifier's default batch, 128, some do not
-            assert got.pop("--batch-size", ("128",)) == want.pop("--batch-size", ("128",)) == ("128",)
-        assert got == want, (ours, theirs)
+            assert argv[-3:] == ["--amp", "--batch-size", "4"]
+            argv = argv[:-3]
+        got = recipes[ours] = _recipe(argv)
+        want = _recipe(docs[theirs])
+        got.pop("keep_checkpoints", None)  # seg_3's epoch 2 is exported from its own file, not a copy
+        want.pop("keep_checkpoints", None)
+        assert got == want, (ours, theirs, {k: (v, want.get(k)) for k, v in got.items() if v != want.get(k)})
+    # stage 1 of the detector, in full: the trainer's defaults
+    seg1 = {k: recipes["seg_1_imagenet"][k] for k in (
+        "backbone", "imagenet", "agnostic", "box_head_dim", "mask_head_layers", "roi_batch_size", "batch_size",
+        "optimizer", "lr", "warmup_steps", "epochs", "max_steps_per_epoch", "fixed_scale", "crop_size", "max_size",
+        "test_fraction", "trainable_layers", "norm")}  # fmt: skip
+    assert seg1 == dict(
+        backbone="efficientnet_lite0_fpn", imagenet=True, agnostic=True, box_head_dim=256, mask_head_layers=[128, 128],
+        roi_batch_size=128, batch_size=2, optimizer="adamw", lr=3e-4, warmup_steps=50, epochs=12,
+        max_steps_per_epoch=200, fixed_scale=0.75, crop_size=512, max_size=1333, test_fraction=0.1,
+        trainable_layers=None, norm="auto",
+    )  # fmt: skip
+    # the chain's last stage builds the model of weights/segmentation.pt (the file keeps no start: its own weights)
+    import dataclasses
+
+    from datasets.io import load_torch_file
+    from train_segmentation import build_model_config
+
+    flags = [x for k, v in _flags(by_stage["seg_3"][:-3]).items() for x in (k, *v)]
+    seg3 = build_model_config(get_args_parser().parse_args([*flags, "--pretrained", "F"]))
+    stored = load_torch_file(Path(__file__).resolve().parents[1] / "weights" / "segmentation.pt")["config"]
+    assert (seg3.pretrained_path, seg3.imagenet) == ("F", False)
+    assert dataclasses.replace(seg3, pretrained_path=None) == SegConfig.from_dict(stored)
+    # the classifier's run 1, in full: the trainer's defaults, the shipped straight member's model
+    cls1 = {k: recipes["cls_run1"][k] for k in (
+        "arch", "stem", "features", "crop_mode", "epochs", "steps_per_epoch", "batch_size", "lr", "warmup_epochs",
+        "test_fraction", "balanced", "pretrained")}  # fmt: skip
+    assert cls1 == dict(
+        arch="resnet18", stem="imagenet", features="all", crop_mode="straight", epochs=3, steps_per_epoch=200,
+        batch_size=128, lr=2e-3, warmup_epochs=1.0, test_fraction=0.0, balanced=True, pretrained=False,
+    )  # fmt: skip
 
     # the chain: each run goes on from the one before it; the files land in $OUT/weights, not weights/
     def pre(name):
@@ -454,7 +552,10 @@ def test_small_box_head_shrinks_model_and_keeps_outputs():
     small = build_segmentation_model(
         SegConfig(backbone="mobilenet_v3_fpn", agnostic=True, box_head_dim=256, min_size=64, max_size=64)
     )
-    big = build_segmentation_model(SegConfig(backbone="mobilenet_v3_fpn", agnostic=True, min_size=64, max_size=64))
+    big = build_segmentation_model(  # torchvision's head
+        SegConfig(backbone="mobilenet_v3_fpn", agnostic=True, box_head_dim=1024, min_size=64, max_size=64)
+    )
+    assert SegConfig().box_head_dim == 256  # the default
     n_small = sum(p.numel() for p in small.parameters())
     n_big = sum(p.numel() for p in big.parameters())
     assert n_big - n_small == (256 * 49 * 1024 + 1024 * 1024 + 2048 + 1024 * 10) - (
