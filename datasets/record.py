@@ -183,7 +183,7 @@ class KaryoRecord:
             "labels": torch.from_numpy(np.ascontiguousarray(labels)).long(),
             "masks": torch.from_numpy(np.ascontiguousarray(masks)),
             "image_id": int(index),
-            "area": torch.from_numpy(masks.reshape(n, -1).sum(1).astype(np.float32)),
+            "area": torch.from_numpy(masks.sum(axis=(1, 2), dtype=np.float32)),
             "iscrowd": torch.zeros(n, dtype=torch.int64),
         }
 

@@ -67,6 +67,16 @@ def test_record_boxes_and_target():
     assert rec.label_map().max() == 2
 
 
+def test_record_without_chromosomes_gives_an_empty_target():
+    """A spread (or a training crop) with no annotated chromosome is a valid negative: an empty target, not a crash
+    (seg_c8 stopped at its second epoch on one: numpy cannot infer the -1 of reshape(0, -1))."""
+    empty = _record().select(np.array([False, False]))
+    for agnostic in (True, False):
+        t = empty.to_target(agnostic=agnostic)
+        assert t["boxes"].shape == (0, 4) and t["labels"].shape == (0,) and t["masks"].shape == (0, 20, 30)
+        assert t["area"].shape == (0,) and t["iscrowd"].shape == (0,)
+
+
 def test_record_select_and_validate_errors():
     rec = _record()
     sub = rec.select([1])
