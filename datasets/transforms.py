@@ -377,9 +377,9 @@ class RandomCrop:
             small["scores"],
         )
         if rec.masks is not None:
-            full = rec.masks.reshape(len(rec), -1).sum(1).astype(np.float64)
+            full = rec.masks.sum(axis=(1, 2), dtype=np.float64)
             out.masks = np.ascontiguousarray(rec.masks[:, y0 : y0 + ch, x0 : x0 + cw])
-            seen = out.masks.reshape(len(rec), -1).sum(1)
+            seen = out.masks.sum(axis=(1, 2))
             if "box_margin" in rec.meta:  # annotated boxes move with the window (and are clipped to it)
                 out.boxes = (rec.boxes - np.array([x0, y0, x0, y0], np.float32)).astype(np.float32)
         else:

@@ -12,6 +12,7 @@ from datasets import DataError, ImageReadError, KaryoRecord, build_dataset
 from datasets.io import atomic_write, atomic_write_json, read_image, to_grey_float
 from datasets.record import boxes_to_masks, masks_to_boxes
 from datasets.splits import assign_splits, select_split
+from datasets.transforms import RandomCrop
 from karyogram.labels import CIL_NAMES, CLASS_NAMES, UnknownClassError, denver_group, id_of, name_of
 
 
@@ -68,13 +69,15 @@ def test_record_boxes_and_target():
 
 
 def test_record_without_chromosomes_gives_an_empty_target():
-    """A spread (or a training crop) with no annotated chromosome is a valid negative: an empty target, not a crash
+    """A spread (or a training crop) with no annotated chromosome is a valid negative: an empty crop and target, not a crash
     (seg_c8 stopped at its second epoch on one: numpy cannot infer the -1 of reshape(0, -1))."""
     empty = _record().select(np.array([False, False]))
     for agnostic in (True, False):
         t = empty.to_target(agnostic=agnostic)
         assert t["boxes"].shape == (0, 4) and t["labels"].shape == (0,) and t["masks"].shape == (0, 20, 30)
         assert t["area"].shape == (0,) and t["iscrowd"].shape == (0,)
+    cropped = RandomCrop(16)(empty, np.random.default_rng(0))  # the training path: crop, then target
+    assert len(cropped) == 0 and cropped.to_target(agnostic=True)["masks"].shape == (0, 16, 16)
 
 
 def test_record_select_and_validate_errors():
