@@ -175,6 +175,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "A class-agnostic --pretrained file is copied into every bin (default 0: off)",
     )
     g.add_argument(
+        "--two-slot",
+        action="store_true",
+        default=cfg.two_slot,
+        help="with --agnostic: each region proposal predicts up to two chromosomes (CrowdDet's two-slot head with the "
+        "EMD loss and set NMS, models/two_slot.py), for touching and crossing pairs; a class-agnostic --pretrained "
+        "file is copied into both slots",
+    )
+    g.add_argument(
         "--min-size", type=int, default=cfg.min_size, help="model input: shorter side in pixels (reduce on CPU)"
     )
     g.add_argument("--max-size", type=int, default=cfg.max_size, help="model input: longest side limit in pixels")
@@ -398,6 +406,8 @@ def check_args(args: argparse.Namespace) -> list[str | None]:
             raise ValueError("--orientation-bins needs --agnostic (the classes become orientation bins)")
         if not 2 <= args.orientation_bins <= MAX_BINS:
             raise ValueError(f"--orientation-bins must be 0 (off) or in 2..{MAX_BINS}, got {args.orientation_bins}")
+    if args.two_slot and (not args.agnostic or args.orientation_bins):
+        raise ValueError("--two-slot needs --agnostic and no --orientation-bins")
     engine.check_test_fraction(args.val_fraction, args.test_fraction)
     if args.eval_score_thresh is None:
         from karyotyping.detection import AP_SCORE_THRESH
@@ -512,6 +522,7 @@ def build_model_config(args: argparse.Namespace):
         backbone=args.backbone,
         agnostic=args.agnostic,
         orientation_bins=args.orientation_bins,
+        two_slot=args.two_slot,
         min_size=args.min_size,
         max_size=args.max_size,
         trainable_layers=args.trainable_layers,
@@ -536,6 +547,7 @@ RESUME_KEEPS = (
     "backbone",
     "agnostic",
     "orientation_bins",
+    "two_slot",
     "num_classes",
     "fixed_scale",
     "box_head_dim",

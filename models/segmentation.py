@@ -110,6 +110,10 @@ class SegConfig:
             class-agnostic: :func:`karyotyping.detection.detect_soft` merges one chromosome found in several bins and
             sets every label to 1. A ``pretrained_path`` with 2 classes is copied into every bin
             (:func:`load_pretrained`).
+        two_slot: with ``agnostic``, each region proposal predicts up to two chromosomes (CrowdDet's idea,
+            :mod:`models.two_slot`): two scores, two boxes and two masks per proposal, trained with the EMD loss, and
+            set NMS at inference. The outputs stay torchvision's (one row per chromosome, every label 1). A
+            ``pretrained_path`` with a class-agnostic head is copied into both slots.
     """
 
     backbone: str = "efficientnet_lite0_fpn"
@@ -141,6 +145,7 @@ class SegConfig:
     imagenet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     orientation_bins: int = 0
+    two_slot: bool = False
 
     def __post_init__(self) -> None:
         self.mask_head_layers = tuple(int(c) for c in self.mask_head_layers)  # JSON gives a list back
@@ -165,6 +170,11 @@ class SegConfig:
                     "classes"
                 )
             self.orientation_bins = int(k)
+        if self.two_slot and (not self.agnostic or self.orientation_bins):
+            raise ValueError(
+                "two_slot needs agnostic=True and no orientation_bins: each proposal's two slots are two chromosomes, "
+                "not classes"
+            )
         expected = self.orientation_bins + 1 if self.orientation_bins else 2 if self.agnostic else NUM_CLASSES + 1
         if self.num_classes is None:
             self.num_classes = expected
@@ -419,8 +429,14 @@ def build_segmentation_model(config: SegConfig) -> nn.Module:
         model.transform = FixedScaleTransform(
             float(config.fixed_scale), config.max_size, [float(config.image_mean)], [float(config.image_std)]
         )
+    if config.two_slot:
+        from models.two_slot import make_two_slot
+
+        make_two_slot(model)
     if config.pretrained_path:
-        load_pretrained(model, config.pretrained_path, orientation_bins=config.orientation_bins)
+        load_pretrained(
+            model, config.pretrained_path, orientation_bins=config.orientation_bins, two_slot=config.two_slot
+        )
     model.seg_config = config
     return model
 
@@ -509,7 +525,9 @@ def agnostic_to_orientation_bins(state: Mapping[str, Any], k: int) -> dict[str, 
     return out
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike, *, orientation_bins: int = 0) -> dict[str, list[str]]:
+def load_pretrained(
+    model: nn.Module, path: str | os.PathLike, *, orientation_bins: int = 0, two_slot: bool = False
+) -> dict[str, list[str]]:
     """Load a local pretrained file into ``model`` non-strictly and report what did not fit.
 
     Accepts a torchvision detection state dict, a classification backbone state dict (keys such as
@@ -517,7 +535,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, orientation_bi
     A 3-channel stem is summed over its input channels to fit the 1-channel stem; tensors whose shapes
     still differ (e.g. a 91-class COCO box predictor) are skipped. With ``orientation_bins`` = K (the model
     has K + 1 classes), a class-agnostic file's heads are copied into every bin
-    (:func:`agnostic_to_orientation_bins`).
+    (:func:`agnostic_to_orientation_bins`); with ``two_slot``, into both slots (:func:`models.two_slot.agnostic_to_two_slot`).
 
     Returns:
         {"missing": [...], "unexpected": [...], "skipped_shape": [...]} (also printed).
@@ -536,6 +554,11 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, orientation_bi
     if orientation_bins and cls_key in state and state[cls_key].shape[0] == 2:
         state = agnostic_to_orientation_bins(state, orientation_bins)
         print(f"{p}: class-agnostic heads copied into {orientation_bins} orientation bins")
+    if two_slot and cls_key in state and state[cls_key].shape[0] == 2:
+        from models.two_slot import agnostic_to_two_slot
+
+        state = agnostic_to_two_slot(state)
+        print(f"{p}: class-agnostic heads copied into both slots of the two-slot head")
     if not any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state):
         if "features.0.0.weight" in state:  # torchvision MobileNetV3 classifier
             state = {f"backbone.body.{k[len('features.') :]}": v for k, v in state.items() if k.startswith("features.")}
