@@ -14,7 +14,7 @@ import torch
 from datasets.record import masks_to_boxes
 from karyotyping.detection import SCORE_THRESH, detect_soft
 from models.segmentation import SegConfig, build_segmentation_model, load_segmentation_checkpoint, save_weights
-from models.two_slot import SECOND_SLOT_BIAS, TwoSlotRoIHeads, agnostic_to_two_slot, emd_loss, set_nms
+from models.two_slot import TwoSlotRoIHeads, agnostic_to_two_slot, emd_loss, set_nms
 from tests.test_orientation import TINY, _agnostic_file, _rod
 
 
@@ -80,7 +80,7 @@ def test_warm_start_finds_the_agnostic_detections_in_slot_0(tmp_path, capsys):
     torch.testing.assert_close(lb[:, 0], la)  # slot 0 is the agnostic head
     torch.testing.assert_close(db[:, 0], da[:, 4:8])
     torch.testing.assert_close(db[:, 1], da[:, 4:8])
-    torch.testing.assert_close(lb[:, 1, 1], la[:, 1] - SECOND_SLOT_BIAS)  # slot 1 starts out doubting
+    assert (lb[:, 1] == 0).all()  # slot 1 starts undecided: probability 0.5, below the pipeline's threshold
     img = np.full((96, 96), 0.9, np.float32)
     img[10:70, 20:28] = 0.3
     img[50:58, 40:90] = 0.35
@@ -96,6 +96,27 @@ def test_warm_start_finds_the_agnostic_detections_in_slot_0(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- training
+def test_a_proposal_on_two_touching_chromosomes_trains_both_slots():
+    """Targets: the box on a side-by-side pair (IoU 0.5 with each) has two chromosomes, the box on one of them one,
+    a box on neither none."""
+    from models.two_slot import SECOND_FG_IOU
+
+    heads = build_segmentation_model(SegConfig(**TINY, two_slot=True)).roi_heads
+    a, b = [0.0, 0.0, 20.0, 40.0], [20.0, 0.0, 40.0, 40.0]
+    target = {"boxes": torch.tensor([a, b]), "labels": torch.ones(2, dtype=torch.int64),
+              "masks": torch.zeros((2, 96, 96), dtype=torch.uint8)}  # fmt: skip
+    pair, one, none, weak = [0.0, 0.0, 40.0, 40.0], [0.0, 0.0, 20.0, 40.0], [60.0, 60.0, 80.0, 80.0], [0, 0, 30, 30.0]
+    props, gt_idx, fg, reg = heads._sample([torch.tensor([pair, one, none, weak])], [target])
+    rows = {tuple(p.tolist()): i for i, p in enumerate(props[0])}
+    assert fg[0][rows[tuple(pair)]].tolist() == [True, True]
+    assert sorted(gt_idx[0][rows[tuple(pair)]].tolist()) == [0, 1]
+    assert fg[0][rows[tuple(one)]].tolist() == [True, False] and gt_idx[0][rows[tuple(one)]][0] == 0
+    assert fg[0][rows[tuple(none)]].tolist() == [False, False]
+    # 'weak' meets a at IoU 0.55 and b at 0.21: one chromosome, its neighbour below SECOND_FG_IOU
+    assert SECOND_FG_IOU == 0.4 and fg[0][rows[tuple(weak)]].tolist() == [True, False]
+    assert reg[0].shape == (len(props[0]), 2, 4)
+
+
 def _x_crossing_target(shape=(96, 96)) -> tuple[torch.Tensor, dict[str, torch.Tensor], np.ndarray]:
     """An X of two rods through one centre (their boxes nearly coincide) and a lone rod; grey image and target."""
     a = _rod(shape, (40, 44), 45.0, 56, 7)
