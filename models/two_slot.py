@@ -8,7 +8,9 @@ the pipeline sees). With two slots, the proposal can name both.
 * **Predictor** (:class:`TwoSlotPredictor`): for each proposal, two (background, chromosome) score pairs and two
   class-agnostic box regressions. The mask predictor keeps its shape: its 2 output channels (background and
   chromosome in a class-agnostic Mask R-CNN) become one mask per slot.
-* **Training** (:class:`TwoSlotRoIHeads`): each sampled proposal is given the two true chromosomes its box overlaps
+* **Training** (:class:`TwoSlotRoIHeads`): the proposals are the RPN's, the true boxes and the union box of every
+  two true boxes that meet (:func:`pair_boxes`); the sampler's 128 per image, plus up to 32 more that hold two
+  chromosomes (the RPN, trained on single chromosomes, offers few of them). Each sampled proposal is given the two true chromosomes its box overlaps
   most: the first a chromosome at IoU >= the foreground threshold (0.5), the second at IoU >= :data:`SECOND_FG_IOU`
   (0.4; a missing second one is background). CrowdDet asks 0.5 of both; touching chromosomes' boxes overlap less
   than crowded people's, and a proposal on two side-by-side chromosomes of one size meets each at IoU 0.5 at best. The loss is the EMD loss: of the two
@@ -25,7 +27,7 @@ the pipeline sees). With two slots, the proposal can name both.
   by about the learning rate a step, and a first run with the bias 6 lower ended with slot 1 below 0.18 everywhere.)
 
 Public API: :class:`TwoSlotPredictor`, :class:`TwoSlotRoIHeads`, :func:`make_two_slot`, :func:`agnostic_to_two_slot`,
-:func:`set_nms`, :func:`emd_loss`.
+:func:`set_nms`, :func:`emd_loss`, :func:`pair_boxes`.
 """
 
 from __future__ import annotations
@@ -99,6 +101,21 @@ def agnostic_to_two_slot(state: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{name}: expected {rows} rows (a class-agnostic head), got {tuple(v.shape)}")
         out[name] = make(v)
     return out
+
+
+def pair_boxes(boxes: torch.Tensor) -> torch.Tensor:
+    """The union box of every two boxes that overlap or touch: Float[P, 4] (xyxy), for ``boxes`` Float[G, 4].
+
+    Added to the training proposals (as torchvision adds the true boxes): a box on two chromosomes is what a
+    one-slot detector draws as one merged chromosome, and the RPN offers too few of them for the second slot to learn.
+    """
+    if len(boxes) < 2:
+        return boxes.new_zeros((0, 4))
+    i, j = torch.triu_indices(len(boxes), len(boxes), 1, device=boxes.device)
+    a, b = boxes[i], boxes[j]
+    meet = (a[:, 0] <= b[:, 2]) & (b[:, 0] <= a[:, 2]) & (a[:, 1] <= b[:, 3]) & (b[:, 1] <= a[:, 3])
+    a, b = a[meet], b[meet]
+    return torch.cat([torch.minimum(a[:, :2], b[:, :2]), torch.maximum(a[:, 2:], b[:, 2:])], 1)
 
 
 def set_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_thresh: float) -> torch.Tensor:
@@ -185,7 +202,7 @@ class TwoSlotRoIHeads(RoIHeads):
         dtype, device = proposals[0].dtype, proposals[0].device
         out_props, out_idx, out_fg, out_reg = [], [], [], []
         gt_boxes = [t["boxes"].to(dtype) for t in targets]
-        proposals = self.add_gt_proposals(proposals, gt_boxes)
+        proposals = [torch.cat([p, g, pair_boxes(g)]) for p, g in zip(proposals, gt_boxes)]
         fg_thresh = self.proposal_matcher.high_threshold
         bg_thresh = self.proposal_matcher.low_threshold
         sampler_labels = []
@@ -211,7 +228,10 @@ class TwoSlotRoIHeads(RoIHeads):
             matches.append((idx, fg))
         pos, neg = self.fg_bg_sampler(sampler_labels)
         for props, gt, (idx, fg), p, q in zip(proposals, gt_boxes, matches, pos, neg):
-            keep = torch.where(p | q)[0]
+            # the sampler's proposals, and up to a quarter as many again of those that hold two chromosomes
+            pairs = torch.where(fg[:, 1] & ~(p | q))[0]
+            pairs = pairs[torch.randperm(len(pairs), device=device)[: self.fg_bg_sampler.batch_size_per_image // 4]]
+            keep = torch.cat([torch.where(p | q)[0], pairs])
             props, idx, fg = props[keep], idx[keep], fg[keep]
             if len(gt):
                 matched = gt[idx.reshape(-1)]
