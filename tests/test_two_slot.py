@@ -96,6 +96,18 @@ def test_warm_start_finds_the_agnostic_detections_in_slot_0(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- training
+def test_pair_boxes_are_the_unions_of_boxes_that_meet():
+    from models.two_slot import pair_boxes
+
+    boxes = torch.tensor(
+        [[0.0, 0.0, 20.0, 40.0], [20.0, 0.0, 40.0, 40.0], [10.0, 30.0, 30.0, 60.0], [70.0, 70, 90, 90]]
+    )
+    got = {tuple(b) for b in pair_boxes(boxes).tolist()}
+    # 0 and 1 touch, 2 overlaps both, 3 meets none
+    assert got == {(0.0, 0.0, 40.0, 40.0), (0.0, 0.0, 30.0, 60.0), (10.0, 0.0, 40.0, 60.0)}
+    assert pair_boxes(boxes[:1]).shape == (0, 4) and pair_boxes(boxes[:0]).shape == (0, 4)
+
+
 def test_a_proposal_on_two_touching_chromosomes_trains_both_slots():
     """Targets: the box on a side-by-side pair (IoU 0.5 with each) has two chromosomes, the box on one of them one,
     a box on neither none."""
