@@ -180,7 +180,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=cfg.two_slot,
         help="with --agnostic: each region proposal predicts up to two chromosomes (CrowdDet's two-slot head with the "
         "EMD loss and set NMS, models/two_slot.py), for touching and crossing pairs; a class-agnostic --pretrained "
-        "file is copied into both slots",
+        "file is copied into both slots (slot 1's classifier starts at zero)",
     )
     g.add_argument(
         "--min-size", type=int, default=cfg.min_size, help="model input: shorter side in pixels (reduce on CPU)"

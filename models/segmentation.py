@@ -113,7 +113,8 @@ class SegConfig:
         two_slot: with ``agnostic``, each region proposal predicts up to two chromosomes (CrowdDet's idea,
             :mod:`models.two_slot`): two scores, two boxes and two masks per proposal, trained with the EMD loss, and
             set NMS at inference. The outputs stay torchvision's (one row per chromosome, every label 1). A
-            ``pretrained_path`` with a class-agnostic head is copied into both slots.
+            ``pretrained_path`` with a class-agnostic head is copied into both slots (slot 1's classifier starts at
+            zero, :func:`models.two_slot.agnostic_to_two_slot`).
     """
 
     backbone: str = "efficientnet_lite0_fpn"
@@ -558,7 +559,7 @@ def load_pretrained(
         from models.two_slot import agnostic_to_two_slot
 
         state = agnostic_to_two_slot(state)
-        print(f"{p}: class-agnostic heads copied into both slots of the two-slot head")
+        print(f"{p}: class-agnostic heads copied into both slots of the two-slot head (slot 1's classifier at zero)")
     if not any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state):
         if "features.0.0.weight" in state:  # torchvision MobileNetV3 classifier
             state = {f"backbone.body.{k[len('features.') :]}": v for k, v in state.items() if k.startswith("features.")}

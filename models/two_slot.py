@@ -9,14 +9,15 @@ the pipeline sees). With two slots, the proposal can name both.
   class-agnostic box regressions. The mask predictor keeps its shape: its 2 output channels (background and
   chromosome in a class-agnostic Mask R-CNN) become one mask per slot.
 * **Training** (:class:`TwoSlotRoIHeads`): the proposals are the RPN's, the true boxes and the union box of every
-  two true boxes that meet (:func:`pair_boxes`); the sampler's 128 per image, plus up to 32 more that hold two
-  chromosomes (the RPN, trained on single chromosomes, offers few of them). Each sampled proposal is given the two true chromosomes its box overlaps
-  most: the first a chromosome at IoU >= the foreground threshold (0.5), the second at IoU >= :data:`SECOND_FG_IOU`
-  (0.4; a missing second one is background). CrowdDet asks 0.5 of both; touching chromosomes' boxes overlap less
-  than crowded people's, and a proposal on two side-by-side chromosomes of one size meets each at IoU 0.5 at best. The loss is the EMD loss: of the two
-  ways of giving those two targets to the two slots, the cheaper one (classification + box) is the one trained, so
-  the slots need no fixed order. Each foreground slot's mask is trained on its own chromosome's mask in the
-  proposal's box.
+  two true boxes that meet (:func:`pair_boxes`); the sampler's 128 per image, plus up to a quarter as many more
+  that hold two chromosomes (:data:`PAIR_PROPOSAL_SHARE`; the RPN, trained on single chromosomes, offers few of
+  them). Each sampled proposal is given the two true chromosomes its box overlaps most: the first at IoU >= the
+  foreground threshold (0.5), the second at IoU >= :data:`SECOND_FG_IOU` (0.4; a missing second one is
+  background). CrowdDet asks 0.5 of both; touching chromosomes' boxes overlap less than crowded people's, and a
+  proposal on two side-by-side chromosomes of one size meets each at IoU 0.5 at best. The loss is the EMD loss: of
+  the two ways of giving those two targets to the two slots, the cheaper one (classification + box) is the one
+  trained, so the slots need no fixed order. Each foreground slot's mask is trained on its own chromosome's mask in
+  the proposal's box.
 * **Inference**: every proposal gives two detections. Set NMS: two detections from the same proposal never suppress
   each other (they are meant to be two chromosomes), any others do as in plain NMS. Each detection's mask is read
   from its own slot's channel on its own refined box. Every label is 1: the pipeline stays class-agnostic.
@@ -45,6 +46,8 @@ from torchvision.ops import box_iou, remove_small_boxes
 SLOTS = 2
 #: a proposal's second chromosome is a training target for the second slot at box IoU >= this
 SECOND_FG_IOU = 0.4
+#: proposals holding two chromosomes added to each image's sampled ones, as a share of the sampler's batch
+PAIR_PROPOSAL_SHARE = 0.25
 
 
 class TwoSlotPredictor(nn.Module):
@@ -202,7 +205,7 @@ class TwoSlotRoIHeads(RoIHeads):
         dtype, device = proposals[0].dtype, proposals[0].device
         out_props, out_idx, out_fg, out_reg = [], [], [], []
         gt_boxes = [t["boxes"].to(dtype) for t in targets]
-        proposals = [torch.cat([p, g, pair_boxes(g)]) for p, g in zip(proposals, gt_boxes)]
+        proposals = self.add_gt_proposals(proposals, [torch.cat([g, pair_boxes(g)]) for g in gt_boxes])
         fg_thresh = self.proposal_matcher.high_threshold
         bg_thresh = self.proposal_matcher.low_threshold
         sampler_labels = []
@@ -228,9 +231,10 @@ class TwoSlotRoIHeads(RoIHeads):
             matches.append((idx, fg))
         pos, neg = self.fg_bg_sampler(sampler_labels)
         for props, gt, (idx, fg), p, q in zip(proposals, gt_boxes, matches, pos, neg):
-            # the sampler's proposals, and up to a quarter as many again of those that hold two chromosomes
+            # the sampler's proposals, and up to PAIR_PROPOSAL_SHARE as many again of those that hold two chromosomes
+            n_pairs = int(self.fg_bg_sampler.batch_size_per_image * PAIR_PROPOSAL_SHARE)
             pairs = torch.where(fg[:, 1] & ~(p | q))[0]
-            pairs = pairs[torch.randperm(len(pairs), device=device)[: self.fg_bg_sampler.batch_size_per_image // 4]]
+            pairs = pairs[torch.randperm(len(pairs), device=device)[:n_pairs]]
             keep = torch.cat([torch.where(p | q)[0], pairs])
             props, idx, fg = props[keep], idx[keep], fg[keep]
             if len(gt):

@@ -14,7 +14,14 @@ import torch
 from datasets.record import masks_to_boxes
 from karyotyping.detection import SCORE_THRESH, detect_soft
 from models.segmentation import SegConfig, build_segmentation_model, load_segmentation_checkpoint, save_weights
-from models.two_slot import TwoSlotRoIHeads, agnostic_to_two_slot, emd_loss, set_nms
+from models.two_slot import (
+    SECOND_FG_IOU,
+    TwoSlotRoIHeads,
+    agnostic_to_two_slot,
+    emd_loss,
+    pair_boxes,
+    set_nms,
+)
 from tests.test_orientation import TINY, _agnostic_file, _rod
 
 
@@ -97,8 +104,6 @@ def test_warm_start_finds_the_agnostic_detections_in_slot_0(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- training
 def test_pair_boxes_are_the_unions_of_boxes_that_meet():
-    from models.two_slot import pair_boxes
-
     boxes = torch.tensor(
         [[0.0, 0.0, 20.0, 40.0], [20.0, 0.0, 40.0, 40.0], [10.0, 30.0, 30.0, 60.0], [70.0, 70, 90, 90]]
     )
@@ -111,8 +116,6 @@ def test_pair_boxes_are_the_unions_of_boxes_that_meet():
 def test_a_proposal_on_two_touching_chromosomes_trains_both_slots():
     """Targets: the box on a side-by-side pair (IoU 0.5 with each) has two chromosomes, the box on one of them one,
     a box on neither none."""
-    from models.two_slot import SECOND_FG_IOU
-
     heads = build_segmentation_model(SegConfig(**TINY, two_slot=True)).roi_heads
     a, b = [0.0, 0.0, 20.0, 40.0], [20.0, 0.0, 40.0, 40.0]
     target = {"boxes": torch.tensor([a, b]), "labels": torch.ones(2, dtype=torch.int64),
